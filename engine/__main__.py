@@ -1,0 +1,7 @@
+"""``python -m engine``: the UCI engine (same as ``mistral-chess-uci``)."""
+
+import sys
+
+from engine.uci import main
+
+sys.exit(main())

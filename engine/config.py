@@ -1,0 +1,144 @@
+"""The engine's configuration: dataclasses with defaults, loaded from YAML.
+
+``configs/engine.yaml`` documents every key. UCI ``setoption`` and CLI flags change
+the same fields (see :data:`engine.uci.OPTIONS`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from engine.configtools import load_config
+from engine.errors import ConfigError
+
+Device = Literal["auto", "cpu", "cuda"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+Quantization = Literal["auto", "none", "nf4"]
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    # Local folder or hub name. Empty: the bundled default model (or a clear error
+    # when none is installed). A folder holding only a LoRA adapter works too: its
+    # adapter_config.json names the base model.
+    path: str = ""
+    adapter: str = ""  # LoRA adapter folder (peft), optional
+    device: Device = "auto"  # auto: cuda when available, else cpu
+    dtype: DType = "auto"  # auto: bfloat16 on cuda, float32 on cpu
+    quantization: Quantization = "auto"  # auto: nf4 on cuda for models over 1B parameters, else none
+    revision: str = ""  # hub revision (branch, tag or commit)
+    token_env: str = "HF_TOKEN"  # environment variable holding a hub token, if any
+    local_files_only: bool = False
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    attn_implementation: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        if self.threads < 0:
+            raise ConfigError(f"model.threads must be >= 0, not {self.threads}")
+
+
+@dataclasses.dataclass
+class PromptConfig:
+    template: str = "pgn-base"  # bundled name (pgn-base, pgn-instruct) or a YAML path
+    engine_name: str = "mistral-chess"
+    opponent_name: str = "?"
+    engine_elo: int = 2800  # written to WhiteElo/BlackElo for the engine's side; 0 leaves it empty
+    opponent_elo: int = 0
+    result: str = "auto"  # auto: the engine's side wins; or 1-0, 0-1, 1/2-1/2, *
+    max_prompt_tokens: int = 2048  # older moves are cut (the prompt restarts from a FEN) past this
+
+    def __post_init__(self) -> None:
+        if self.result not in ("auto", "1-0", "0-1", "1/2-1/2", "*"):
+            raise ConfigError(f"prompt.result must be auto, 1-0, 0-1, 1/2-1/2 or *, not {self.result!r}")
+        if self.max_prompt_tokens < 64:
+            raise ConfigError(f"prompt.max_prompt_tokens must be at least 64, not {self.max_prompt_tokens}")
+
+
+@dataclasses.dataclass
+class SearchConfig:
+    mode: Literal["constrained", "generate"] = "constrained"
+    temperature: float = 0.0  # 0: best move / greedy; > 0: sample
+    seed: int = 0  # fixed seed for sampling and random fallbacks; -1 = fresh each game
+    max_new_tokens: int = 8  # generate mode: tokens per try
+    retries: int = 3  # generate mode: extra tries after an invalid output
+    retry_temperature: float = 0.8  # generate mode: sampling temperature of retries
+    fallback: Literal["constrained", "random", "resign"] = "constrained"
+    score_batch: int = 64  # constrained: candidates per forward pass
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or self.retry_temperature < 0:
+            raise ConfigError("search.temperature and search.retry_temperature must be >= 0")
+        if self.retries < 0:
+            raise ConfigError(f"search.retries must be >= 0, not {self.retries}")
+        if not 1 <= self.max_new_tokens <= 64:
+            raise ConfigError(f"search.max_new_tokens must be in 1..64, not {self.max_new_tokens}")
+        if self.score_batch < 1:
+            raise ConfigError(f"search.score_batch must be >= 1, not {self.score_batch}")
+
+
+@dataclasses.dataclass
+class ResignConfig:
+    # never; streak: after the model resigns (writes its own loss) `streak` moves in a
+    # row; threshold: after its play-on probability is below `threshold` `streak`
+    # moves in a row.
+    mode: Literal["never", "streak", "threshold"] = "never"
+    streak: int = 3
+    threshold: float = 0.05
+    min_ply: int = 20  # never resign before this ply
+
+    def __post_init__(self) -> None:
+        if self.streak < 1:
+            raise ConfigError(f"resign.streak must be >= 1, not {self.streak}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"resign.threshold must be in [0, 1], not {self.threshold}")
+
+
+@dataclasses.dataclass
+class DrawConfig:
+    # Answer to a draw offer: never, always, or threshold: accept when the model's
+    # play-on probability (see resign) is below `threshold`, from ply `min_ply` on.
+    accept: Literal["never", "always", "threshold"] = "threshold"
+    threshold: float = 0.25
+    min_ply: int = 40
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"draw.threshold must be in [0, 1], not {self.threshold}")
+
+
+@dataclasses.dataclass
+class TimeConfig:
+    move_overhead_ms: int = 100  # kept back from every budget for the GUI and the pipe
+    moves_to_go: int = 30  # assumed moves left when the clock has no movestogo
+    increment_share: float = 0.8  # share of the increment spent on top of the base slice
+    max_share: float = 0.4  # never spend more than this share of the remaining time
+    min_budget_ms: int = 10
+
+    def __post_init__(self) -> None:
+        if self.move_overhead_ms < 0:
+            raise ConfigError("time.move_overhead_ms must be >= 0")
+        if self.moves_to_go < 1:
+            raise ConfigError("time.moves_to_go must be >= 1")
+        if not 0 < self.max_share <= 1:
+            raise ConfigError("time.max_share must be in (0, 1]")
+
+
+@dataclasses.dataclass
+class EngineConfig:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    prompt: PromptConfig = dataclasses.field(default_factory=PromptConfig)
+    search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
+    resign: ResignConfig = dataclasses.field(default_factory=ResignConfig)
+    draw: DrawConfig = dataclasses.field(default_factory=DrawConfig)
+    time: TimeConfig = dataclasses.field(default_factory=TimeConfig)
+    log_level: str = "INFO"
+    log_file: str = ""  # stderr when empty
+
+
+def load_engine_config(
+    path: str | Path | None = None, overrides: Iterable[str] | Mapping[str, Any] = ()
+) -> EngineConfig:
+    return load_config(EngineConfig, path, overrides)

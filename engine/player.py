@@ -1,0 +1,429 @@
+"""Move choice: from a position to a legal move (or a resignation), never an illegal one.
+
+Two modes (``search.mode``):
+
+``constrained``
+    Every legal move's SAN is scored under the model (log-probability of its tokens
+    after the prompt); the best is played, or one is sampled with ``temperature``.
+    An illegal move cannot happen by construction.
+``generate``
+    Free generation, the first move read with python-chess (SAN, then UCI), known
+    slips repaired; ``1-0``/``0-1`` written against itself counts as a resignation
+    attempt; up to ``retries`` sampled retries, then the ``fallback`` policy
+    (``constrained``, ``random`` or ``resign``). Every fallback is counted and logged
+    at WARNING with the FEN and the raw output.
+
+The resign policy and the draw-offer answer live here too, so the Lichess bot and
+the UCI front end share them.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import random
+import re
+import threading
+from typing import Any
+
+import chess
+from loguru import logger
+
+from engine.config import EngineConfig
+from engine.errors import MoveParseError, PromptError
+from engine.prompt import Prompt, PromptBuilder, PromptTemplate, board_sans, own_loss_result, play_variables
+from engine.scoring import Cancelled, LMScorer
+
+# Confidence -> centipawns: cp = CP_SCALE * log10(p / (1 - p)), clamped.
+CP_SCALE = 400.0
+CP_LIMIT = 2000
+
+_RESULT_RE = re.compile(r"^(1-0|0-1|1/2-1/2|½-½|\*)")
+_MOVE_NUMBER_RE = re.compile(r"^\d+\.(\.\.)?")
+_ANNOTATION_RE = re.compile(r"[!?]+$")
+
+
+@dataclasses.dataclass
+class Decision:
+    """What the player decided for one position."""
+
+    move: chess.Move | None
+    resign: bool = False
+    score_cp: int = 0
+    probability: float | None = None  # of the chosen move among legal moves (constrained)
+    play_on: float | None = None  # 1 - P(own resignation) among moves + resignation
+    tokens: int = 0  # tokens through the model: UCI `nodes`
+    source: str = "model"  # model | forced | fallback-<policy> | error
+    raw_outputs: list[str] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)  # for `info string`
+
+
+@dataclasses.dataclass
+class PlayerStats:
+    moves: int = 0
+    fallbacks: int = 0
+    invalid_outputs: int = 0
+    resign_attempts: int = 0
+    resignations: int = 0
+    errors: int = 0
+    timeouts: int = 0
+    by_source: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+
+
+def probability_to_cp(p: float) -> int:
+    p = min(max(p, 1e-9), 1 - 1e-9)
+    cp = CP_SCALE * math.log10(p / (1 - p))
+    return int(max(-CP_LIMIT, min(CP_LIMIT, round(cp))))
+
+
+def parse_model_move(board: chess.Board, text: str) -> tuple[chess.Move | None, str]:
+    """Read the first move of generated text.
+
+    Returns ``(move, kind)`` where kind is ``san``, ``uci``, ``repaired``,
+    ``resign`` (the side to move wrote its own loss), ``result`` (another result),
+    or ``invalid``.
+    """
+    stripped = text.strip()
+    if not stripped:
+        return None, "invalid"
+    token = stripped.split()[0]
+    # A move number the model repeated ("12." / "12...") before the move.
+    m = _MOVE_NUMBER_RE.match(token)
+    if m:
+        rest = token[m.end() :]
+        if rest:
+            token = rest
+        else:
+            parts = stripped.split()
+            if len(parts) < 2:
+                return None, "invalid"
+            token = parts[1]
+    r = _RESULT_RE.match(token)
+    if r:
+        return None, "resign" if r.group(1) == own_loss_result(board.turn) else "result"
+    try:
+        return board.parse_san(token), "san"
+    except ValueError:
+        pass
+    try:
+        move = chess.Move.from_uci(token.lower())
+        if board.is_legal(move):
+            return move, "uci"
+    except ValueError:
+        pass
+    repaired = _repair(board, token)
+    if repaired is not None:
+        return repaired, "repaired"
+    return None, "invalid"
+
+
+def _repair(board: chess.Board, token: str) -> chess.Move | None:
+    candidates = []
+    t = _ANNOTATION_RE.sub("", token).rstrip(",;.")
+    candidates.append(t)
+    candidates.append(t.replace("0-0-0", "O-O-O").replace("0-0", "O-O"))
+    if t.endswith("="):  # promotion without a piece (Acher's `gxh8=`)
+        candidates.append(t + "Q")
+    if re.fullmatch(r"[a-h]x?[a-h]?[18]", t):  # promotion with no '=' and no piece
+        candidates.append(t + "=Q")
+    if re.fullmatch(r"[a-h]x?[a-h]?[18][qrbn]", t):
+        candidates.append(t[:-1] + "=" + t[-1].upper())
+    if t[:1] in "nkqr" and len(t) >= 3:  # lower-case piece letter (not b: the b-pawn)
+        candidates.append(t[0].upper() + t[1:])
+    for c in candidates:
+        if not c:
+            continue
+        try:
+            return board.parse_san(c)
+        except ValueError:
+            continue
+    return None
+
+
+class Player:
+    """Chooses moves with a model under one :class:`EngineConfig`.
+
+    ``scorer`` may be None: then only fallback moves are possible (the engine reports
+    why). One Player serves one game at a time (it keeps resign streaks); the bot makes
+    one per game over a shared scorer.
+    """
+
+    def __init__(self, config: EngineConfig, scorer: LMScorer | None, *, seed: int | None = None):
+        self.config = config
+        self.scorer = scorer
+        self.stats = PlayerStats()
+        self._template = PromptTemplate.load(config.prompt.template)
+        self._builder: PromptBuilder | None = None
+        self._seed = config.search.seed if seed is None else seed
+        self.rng = random.Random(self._seed if self._seed >= 0 else None)
+        self._resign_streak = 0
+        self._low_streak = 0
+        self.last_decision: Decision | None = None
+
+    # -- game state -------------------------------------------------------------
+    def new_game(self) -> None:
+        self._resign_streak = 0
+        self._low_streak = 0
+        self.last_decision = None
+        if self._seed >= 0:
+            self.rng = random.Random(self._seed)
+
+    @property
+    def builder(self) -> PromptBuilder:
+        if self._builder is None:
+            tokenizer = self.scorer.tokenizer if self.scorer is not None else None
+            self._builder = PromptBuilder(self._template, tokenizer)
+        return self._builder
+
+    def prompt_for(self, board: chess.Board, *, engine_color: chess.Color | None = None) -> Prompt:
+        p = self.config.prompt
+        variables = play_variables(
+            board,
+            engine_color=engine_color,
+            engine_name=p.engine_name,
+            opponent_name=p.opponent_name,
+            engine_elo=p.engine_elo or None,
+            opponent_elo=p.opponent_elo or None,
+            result=p.result,
+        )
+        root, sans = board_sans(board)
+        prompt = self.builder.from_sans(sans, root_fen=root.fen(), variables=variables)
+        if self.scorer is None or self.scorer.count_tokens(prompt) <= p.max_prompt_tokens:
+            return prompt
+        # Too long for the context budget: restart the move text from a later position
+        # (written with [SetUp]/[FEN]), keeping as many recent moves as fit.
+        replay = root.copy(stack=False)
+        moves = list(board.move_stack)
+        lo, hi = 0, len(moves)
+        best = self.builder.from_sans([], root_fen=board.fen(), variables=variables)
+        boards = [replay.fen()]
+        for mv in moves:
+            replay.push(mv)
+            boards.append(replay.fen())
+        while lo < hi:  # smallest cut that fits
+            mid = (lo + hi) // 2
+            cand = self.builder.from_sans(sans[mid:], root_fen=boards[mid], variables=variables)
+            if self.scorer.count_tokens(cand) <= p.max_prompt_tokens:
+                best, hi = cand, mid
+            else:
+                lo = mid + 1
+        return best
+
+    # -- the move -----------------------------------------------------------------
+    def choose(
+        self, board: chess.Board, *, engine_color: chess.Color | None = None, cancel: threading.Event | None = None
+    ) -> Decision:
+        """The move for the side to move of ``board``. Never raises for model trouble."""
+        legal = list(board.legal_moves)
+        if not legal:
+            d = Decision(move=None, source="no-legal-move")
+            self.last_decision = d
+            return d
+        self.stats.moves += 1
+        if len(legal) == 1 and self.config.resign.mode == "never":
+            d = Decision(move=legal[0], source="forced", probability=1.0, score_cp=0)
+            self.stats.by_source["forced"] += 1
+            self.last_decision = d
+            return d
+        if self.scorer is None:
+            d = self._fallback(board, "no model loaded", [], policy="random")
+            self.last_decision = d
+            return d
+        try:
+            prompt = self.prompt_for(board, engine_color=engine_color)
+            if self.config.search.mode == "constrained":
+                d = self._constrained(board, legal, prompt, cancel)
+            else:
+                d = self._generate(board, legal, prompt, cancel)
+        except Cancelled:
+            raise
+        except PromptError:
+            raise
+        except Exception as exc:  # the model failed: a legal move all the same
+            self.stats.errors += 1
+            logger.exception("model error at {}: {}", board.fen(), exc)
+            d = self._fallback(board, f"model error: {type(exc).__name__}: {exc}", [], policy="random")
+            d.source = "error"
+        d = self._apply_resign_policy(board, d)
+        self.stats.by_source[d.source] += 1
+        self.last_decision = d
+        return d
+
+    def emergency_move(self, board: chess.Board, reason: str) -> Decision:
+        """An instant legal move when the model cannot answer in time."""
+        self.stats.timeouts += 1
+        return self._fallback(board, reason, [], policy="random")
+
+    def _constrained(
+        self, board: chess.Board, legal: list[chess.Move], prompt: Prompt, cancel: threading.Event | None
+    ) -> Decision:
+        assert self.scorer is not None
+        sans = [board.san(m) for m in legal]
+        conts = [prompt.completion(s) for s in sans]
+        with_resign = self.config.resign.mode != "never"
+        if with_resign:
+            conts.append(prompt.completion(own_loss_result(board.turn)))
+        scores = self.scorer.score(prompt, conts, cancel)
+        logps = scores.logprobs
+        move_logps = logps[: len(legal)]
+        # Normalise over legal moves (and the resignation, for play_on).
+        mx = max(logps)
+        weights = [math.exp(lp - mx) for lp in logps]
+        total_moves = sum(weights[: len(legal)])
+        play_on = None
+        if with_resign:
+            play_on = total_moves / (total_moves + weights[-1])
+        probs = [w / total_moves for w in weights[: len(legal)]]
+        t = self.config.search.temperature
+        if t > 0:
+            tw = [math.exp((lp - max(move_logps)) / t) for lp in move_logps]
+            idx = self.rng.choices(range(len(legal)), weights=tw, k=1)[0]
+        else:
+            idx = max(range(len(legal)), key=lambda i: move_logps[i])
+        d = Decision(
+            move=legal[idx],
+            probability=probs[idx],
+            play_on=play_on,
+            score_cp=probability_to_cp(probs[idx]),
+            tokens=scores.tokens_evaluated,
+            source="model",
+        )
+        if with_resign and logps[-1] > move_logps[idx]:
+            d.notes.append("model prefers to resign here")
+            d.raw_outputs.append(own_loss_result(board.turn))
+        return d
+
+    def _generate(
+        self, board: chess.Board, legal: list[chess.Move], prompt: Prompt, cancel: threading.Event | None
+    ) -> Decision:
+        assert self.scorer is not None
+        s = self.config.search
+        raws: list[str] = []
+        tokens = 0
+        resign_seen = False
+        for attempt in range(s.retries + 1):
+            temp = s.temperature if attempt == 0 else max(s.retry_temperature, 1e-3)
+            seed = self.rng.randrange(2**31) if temp > 0 else None
+            text, n = self.scorer.generate(
+                prompt, max_new_tokens=s.max_new_tokens, temperature=temp, generator_seed=seed, cancel=cancel
+            )
+            tokens += n
+            raws.append(text)
+            move, kind = parse_model_move(board, text)
+            if move is not None:
+                d = Decision(move=move, tokens=tokens, source="model", raw_outputs=raws)
+                d.score_cp = 0
+                if kind == "repaired":
+                    d.notes.append(f"repaired model output {text.strip()!r} -> {board.san(move)}")
+                if attempt:
+                    d.notes.append(f"legal move on try {attempt + 1}; invalid before: {raws[:-1]!r}")
+                return d
+            if kind == "resign":
+                resign_seen = True
+                self.stats.resign_attempts += 1
+                if self._resign_wanted(board, streak_hit=True):
+                    d = Decision(move=None, resign=True, tokens=tokens, source="model-resign", raw_outputs=raws)
+                    d.notes.append(f"model resigns (wrote {text.strip()!r})")
+                    return d
+            else:
+                self.stats.invalid_outputs += 1
+        reason = "model resigned" if resign_seen and len(raws) == 1 else f"no legal move in {len(raws)} tries"
+        d = self._fallback(board, reason, raws, policy=s.fallback, prompt=prompt, cancel=cancel)
+        d.tokens += tokens
+        return d
+
+    def _fallback(
+        self,
+        board: chess.Board,
+        reason: str,
+        raws: list[str],
+        *,
+        policy: str,
+        prompt: Prompt | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Decision:
+        self.stats.fallbacks += 1
+        logger.warning("fallback ({}): {}; fen={} raw={!r}", policy, reason, board.fen(), raws)
+        note = f"fallback {policy}: {reason}; raw output {raws!r}"
+        legal = list(board.legal_moves)
+        if policy == "resign":
+            self.stats.resignations += 1
+            return Decision(move=None, resign=True, source="fallback-resign", raw_outputs=raws, notes=[note])
+        if policy == "constrained" and prompt is not None and self.scorer is not None:
+            d = self._constrained(board, legal, prompt, cancel)
+            d.source = "fallback-constrained"
+            d.raw_outputs = raws
+            d.notes.append(note)
+            return d
+        move = self.rng.choice(legal)
+        return Decision(move=move, source="fallback-random", raw_outputs=raws, notes=[note])
+
+    # -- resign and draw ------------------------------------------------------------
+    def _resign_wanted(self, board: chess.Board, *, streak_hit: bool) -> bool:
+        r = self.config.resign
+        if r.mode != "streak" or board.ply() < r.min_ply:
+            return False
+        return self._resign_streak + 1 >= r.streak if streak_hit else False
+
+    def _apply_resign_policy(self, board: chess.Board, d: Decision) -> Decision:
+        r = self.config.resign
+        if d.resign:
+            self.stats.resignations += 1
+            return d
+        if r.mode == "never" or d.move is None:
+            return d
+        wants = bool(d.raw_outputs) and d.raw_outputs[-1] == own_loss_result(board.turn) and d.source == "model"
+        if self.config.search.mode == "generate":
+            wants = any(parse_model_move(board, t)[1] == "resign" for t in d.raw_outputs)
+        self._resign_streak = self._resign_streak + 1 if wants else 0
+        low = d.play_on is not None and d.play_on < r.threshold
+        self._low_streak = self._low_streak + 1 if low else 0
+        if board.ply() < r.min_ply:
+            return d
+        if (r.mode == "streak" and self._resign_streak >= r.streak) or (
+            r.mode == "threshold" and self._low_streak >= r.streak
+        ):
+            self.stats.resignations += 1
+            d.notes.append(f"resigning by policy {r.mode} after {r.streak} moves in a row")
+            return Decision(
+                move=None, resign=True, tokens=d.tokens, source="policy-resign", raw_outputs=d.raw_outputs, notes=d.notes
+            )
+        return d
+
+    def accept_draw(self, board: chess.Board) -> bool:
+        """Answer to a draw offer in ``board`` (the engine's side to move or not)."""
+        dc = self.config.draw
+        if dc.accept == "never":
+            return False
+        if dc.accept == "always":
+            return True
+        if board.ply() < dc.min_ply:
+            return False
+        last = self.last_decision
+        if last is None:
+            return False
+        if last.play_on is not None:
+            return last.play_on < dc.threshold
+        # No resignation score (generate mode): fall back on the move's confidence.
+        return last.probability is not None and last.probability < dc.threshold
+
+    def summary(self) -> dict[str, Any]:
+        s = self.stats
+        return {
+            "moves": s.moves,
+            "fallbacks": s.fallbacks,
+            "invalid_outputs": s.invalid_outputs,
+            "resign_attempts": s.resign_attempts,
+            "resignations": s.resignations,
+            "errors": s.errors,
+            "timeouts": s.timeouts,
+            "by_source": dict(s.by_source),
+        }
+
+
+def parse_or_raise(board: chess.Board, text: str) -> chess.Move:
+    move, kind = parse_model_move(board, text)
+    if move is None:
+        raise MoveParseError(f"no legal move in model output {text!r} ({kind}) at {board.fen()}")
+    return move
