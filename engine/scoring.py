@@ -11,6 +11,7 @@ through together (in batches of ``score_batch``) on top of its KV cache.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -73,7 +74,7 @@ class LMScorer:
             dev = self.device if self.device != "cuda" else _model_device(self.model)
             out = self.model(torch.tensor([prefix], device=dev), use_cache=True)
             first_logp = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-            cache = out.past_key_values
+            cache = output_cache(out)
             results: list[float] = [0.0] * len(suffixes)
             for start in range(0, len(suffixes), self.score_batch):
                 if cancel is not None and cancel.is_set():
@@ -103,7 +104,11 @@ class LMScorer:
         batch_cache = copy.deepcopy(cache)
         batch_cache.batch_repeat_interleave(n)
         out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=batch_cache, use_cache=True
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            **{cache_kwarg(self.model): batch_cache},
         )
         logp = torch.log_softmax(out.logits.float(), dim=-1)
         scores: list[float] = []
@@ -152,6 +157,21 @@ class LMScorer:
         if first and isinstance(first[0], str) and first[0].startswith("\u2581") and not text.startswith(" "):
             text = " " + text
         return text, len(ids) + len(new)
+
+
+def cache_kwarg(model: Any) -> str:
+    """Name of the KV-cache argument of ``model.forward``.
+
+    transformers renamed ``past_key_values`` to ``cache`` during 5.x; both are served.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(base.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def output_cache(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 def _model_device(model: Any) -> Any:
