@@ -1,0 +1,118 @@
+"""Training subcommands of ``mistral-chess``: ``dataset selfplay``, ``dataset build``,
+``train`` and ``merge``. Heavy imports stay inside the handlers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def configure_logging(level: str = "INFO") -> None:
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level=level.upper(), format="{time:HH:mm:ss} {level} {message}")
+
+
+def register(sub: Any) -> None:
+    d = sub.add_parser("dataset", help="make training data: Stockfish self-play games, and examples from games")
+    dsub = d.add_subparsers(dest="dataset_command", metavar="ACTION")
+
+    s = dsub.add_parser(
+        "selfplay",
+        help="Stockfish self-play games in the LAION parquet schema (parallel, resumable)",
+        description="Play Stockfish against itself in worker processes and write LAION-schema parquet chunks. "
+        "Rerunning with the same output folder resumes (finished chunks are kept, no game is duplicated).",
+    )
+    s.add_argument("--config", help="YAML file (SelfPlayConfig keys; see docs/training.md)")
+    s.add_argument("--out", help="output folder (key: out)")
+    s.add_argument("--games", type=int, help="total games wanted in the folder (key: games)")
+    s.add_argument("--workers", type=int, help="Stockfish processes; default one per CPU core (key: workers)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. nodes=500 elo=2000")
+    s.set_defaults(func=_selfplay)
+
+    b = dsub.add_parser(
+        "build",
+        help="turn games (LAION parquet, PGN, .pgn.zst) into prompt/completion examples",
+        description="Build a training data set: examples from the engine's prompt module, split by game, "
+        "tokenized, written as parquet with stats.json.",
+    )
+    b.add_argument("--config", help="YAML file (DatasetConfig keys; see configs/dataset/)")
+    b.add_argument("--source", action="append", help="a game file, folder or glob (replaces the config's sources)")
+    b.add_argument("--out", help="output folder (key: out)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. examples.positions_per_game=4")
+    b.set_defaults(func=_build)
+    d.set_defaults(func=lambda args: (d.print_help(), 2)[1])
+
+    t = sub.add_parser(
+        "train",
+        help="fine-tune (QLoRA / LoRA) or train from scratch on a built data set",
+        description="Train with the config; continues from the newest checkpoint in train.output_dir. "
+        "Multi-GPU: accelerate launch --config_file configs/train/accelerate/<...>.yaml -m training train ...",
+    )
+    t.add_argument("--config", help="YAML file (TrainConfig keys; see configs/train/)")
+    t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.max_steps=100")
+    t.set_defaults(func=_train)
+
+    m = sub.add_parser("merge", help="merge a LoRA adapter into its base model and save the result (safetensors)")
+    m.add_argument("adapter", help="adapter folder (adapter_config.json + adapter_model.safetensors)")
+    m.add_argument("out", help="output folder for the merged model")
+    m.add_argument("--base", help="base model folder or hub name (default: the adapter's base_model_name_or_path)")
+    m.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+    m.add_argument("--device", default="cpu", help="where to merge (cpu needs RAM for the whole model)")
+    m.set_defaults(func=_merge)
+
+
+def _overrides(args: argparse.Namespace, mapping: dict[str, Any]) -> list[str]:
+    extra = [f"{key}={value}" for key, value in mapping.items() if value is not None]
+    return extra + list(args.overrides or [])
+
+
+def _selfplay(args: argparse.Namespace) -> int:
+    from training.config import load_selfplay_config
+    from training.selfplay import run_selfplay
+
+    configure_logging()
+    cfg = load_selfplay_config(args.config, _overrides(args, {"out": args.out, "games": args.games, "workers": args.workers}))
+    manifest = run_selfplay(cfg, progress_bar=not args.no_progress)
+    print(json.dumps({k: v for k, v in manifest.items() if k != "chunks"}, indent=1))
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    from training.config import load_dataset_config
+    from training.dataset import build_dataset
+
+    configure_logging()
+    overrides = _overrides(args, {"out": args.out})
+    if args.source:
+        overrides.append("sources=" + json.dumps([{"path": p} for p in args.source]))
+    cfg = load_dataset_config(args.config, overrides)
+    stats = build_dataset(cfg, progress_bar=not args.no_progress)
+    brief = {k: stats[k] for k in ("games", "examples", "examples_dropped_too_long", "speed")}
+    print(json.dumps(brief, indent=1))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.config import load_train_config
+    from training.trainer import train
+
+    cfg = load_train_config(args.config, list(args.overrides or []))
+    configure_logging(cfg.log_level)
+    summary = train(cfg)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from training.merge import merge_adapter
+
+    configure_logging()
+    out = merge_adapter(args.adapter, args.out, base=args.base, dtype=args.dtype, device=args.device)
+    print(out)
+    return 0

@@ -1,0 +1,385 @@
+"""Typed configurations of the training package, read from YAML with ``key=value`` overrides.
+
+Three configs, one per command:
+
+- :class:`SelfPlayConfig`  -- ``mistral-chess dataset selfplay`` (Stockfish games, LAION schema)
+- :class:`DatasetConfig`   -- ``mistral-chess dataset build`` (games -> prompt/completion examples)
+- :class:`TrainConfig`     -- ``mistral-chess train`` (QLoRA / LoRA / full training)
+
+Every key is documented here and in docs/training.md; defaults < YAML < overrides
+(:func:`engine.configtools.load_config`). Values that do not make sense are a
+:class:`~engine.errors.ConfigError` naming the dotted key, raised before any work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from engine.config import PromptConfig
+from engine.configtools import load_config
+from engine.errors import ConfigError
+
+RESULTS = ("1-0", "0-1", "1/2-1/2")
+EXAMPLE_KINDS = ("next_move", "continuation")
+# Lichess speed categories by estimated duration (base + 40 * increment), in seconds.
+TIME_CONTROL_CATEGORIES = ("ultrabullet", "bullet", "blitz", "rapid", "classical", "correspondence")
+
+
+def cpu_count() -> int:
+    """Cores this process may use (respects affinity masks and cgroup-limited sets)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+# -- self-play -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class SelfPlayConfig:
+    out: str = "data/selfplay"  # folder of parquet chunks (LAION schema) + manifest.json
+    games: int = 1000  # total games in the folder; rerun with a larger number to extend it
+    workers: int = 0  # Stockfish processes; 0 = one per CPU core
+    chunk_games: int = 250  # games per parquet file (the unit of resume)
+    seed: int = 0  # game i's random opening comes from (seed, i): reruns give the same games
+    stockfish: str = ""  # path; empty: $STOCKFISH_PATH, `stockfish` on PATH, /usr/games/stockfish
+    nodes: int = 1000  # search budget per move (any of nodes/depth/movetime_ms; 0 = unused)
+    depth: int = 0
+    movetime_ms: int = 0
+    elo: int = 0  # UCI_Elo with UCI_LimitStrength (Stockfish 15.1: 1350..2850); 0 = full strength
+    hash_mb: int = 16
+    random_plies_min: int = 2  # each game opens with a random number of uniformly random legal
+    random_plies_max: int = 6  # moves in [min, max]: fixed-node Stockfish is deterministic otherwise
+    claim_draws: bool = True  # end games at threefold repetition / fifty moves (as claimable draws)
+    max_plies: int = 1000  # safety net: longer games are discarded (and counted)
+
+    def __post_init__(self) -> None:
+        if self.games < 1:
+            raise ConfigError(f"games must be >= 1, not {self.games}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be >= 0 (0 = one per core), not {self.workers}")
+        if self.chunk_games < 1:
+            raise ConfigError(f"chunk_games must be >= 1, not {self.chunk_games}")
+        if min(self.nodes, self.depth, self.movetime_ms) < 0:
+            raise ConfigError("nodes, depth and movetime_ms must be >= 0")
+        if not (self.nodes or self.depth or self.movetime_ms):
+            raise ConfigError("set a search budget per move: nodes, depth or movetime_ms (> 0)")
+        if self.elo < 0:
+            raise ConfigError(f"elo must be >= 0 (0 = full strength), not {self.elo}")
+        if not 0 <= self.random_plies_min <= self.random_plies_max:
+            raise ConfigError(
+                f"need 0 <= random_plies_min <= random_plies_max, got {self.random_plies_min}, {self.random_plies_max}"
+            )
+        if self.max_plies < 1:
+            raise ConfigError(f"max_plies must be >= 1, not {self.max_plies}")
+        if self.hash_mb < 1:
+            raise ConfigError(f"hash_mb must be >= 1, not {self.hash_mb}")
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or cpu_count()
+
+
+# -- data set building ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class SourceConfig:
+    path: str = ""  # a file, a folder (its *.parquet / *.pgn / *.pgn.zst files) or a glob
+    format: Literal["auto", "laion", "pgn"] = "auto"  # auto: by file suffix
+    max_games: int = 0  # games read from this source (after filters); 0 = all
+    # Filters (counted in the stats as `filtered`, not as corrupt):
+    min_plies: int = 0  # games shorter than this are skipped
+    results: list[str] = dataclasses.field(default_factory=list)  # allowed results; empty = all
+    min_elo: int = 0  # PGN only: both WhiteElo and BlackElo at least this (games without Elo are skipped)
+    time_controls: list[str] = dataclasses.field(default_factory=list)  # PGN only: categories or exact "600+0"
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ConfigError("a source needs a path (a file, a folder or a glob)")
+        for r in self.results:
+            if r not in RESULTS:
+                raise ConfigError(f"results: {r!r} is not one of {', '.join(RESULTS)}")
+        for tc in self.time_controls:
+            if tc not in TIME_CONTROL_CATEGORIES and not _is_time_control(tc):
+                raise ConfigError(
+                    f"time_controls: {tc!r} is neither a category ({', '.join(TIME_CONTROL_CATEGORIES)}) "
+                    "nor a PGN TimeControl value like 600+0 or -"
+                )
+        if self.min_plies < 0 or self.min_elo < 0 or self.max_games < 0:
+            raise ConfigError("min_plies, min_elo and max_games must be >= 0")
+
+
+def _is_time_control(text: str) -> bool:
+    if text == "-":
+        return True
+    base, _, inc = text.partition("+")
+    return base.isdigit() and (inc == "" or inc.isdigit())
+
+
+_PLAY = PromptConfig()
+
+
+@dataclasses.dataclass
+class PlayersConfig:
+    """Who the PGN header names, and with which Elo.
+
+    ``play`` (default) writes the headers exactly as the engine writes them at play
+    time with its default prompt config: the side to move is ``engine_name`` /
+    ``engine_elo``, the other side ``opponent_name`` / ``opponent_elo`` (0 leaves the
+    tag out). The engine's ``prompt`` section must then use the same names and Elos.
+    ``source`` takes names and Elos from the source where it has them (PGN files)
+    and ``white``/``black``/``white_elo``/``black_elo`` where not (LAION, self-play).
+    The Result header is always the game's real result.
+    """
+
+    mode: Literal["play", "source"] = "play"
+    engine_name: str = _PLAY.engine_name
+    opponent_name: str = _PLAY.opponent_name
+    engine_elo: int = _PLAY.engine_elo
+    opponent_elo: int = _PLAY.opponent_elo
+    white: str = "?"
+    black: str = "?"
+    white_elo: int = 0
+    black_elo: int = 0
+
+
+@dataclasses.dataclass
+class ExamplesConfig:
+    template: str = "pgn-base"  # engine prompt template (bundled name or YAML path)
+    # Kinds of example and their weights: each sampled position gets a kind drawn by weight.
+    # next_move: completion = " <SAN>"; continuation: completion = the rest of the move text.
+    kinds: dict[str, float] = dataclasses.field(default_factory=lambda: {"next_move": 1.0})
+    positions_per_game: int = 8  # examples per game (sampled positions); 0 = every eligible position
+    moves: Literal["all", "winner"] = "all"  # winner: only positions where the eventual winner moves
+    draws: Literal["keep", "skip"] = "keep"  # with moves=winner: keep both sides of drawn games, or skip them
+    min_ply: int = 0  # first eligible position (plies played before it)
+    max_ply: int = 0  # last eligible position + 1; 0 = to the end
+    continuation_plies: int = 0  # moves in a continuation; 0 = to the end of the game
+    end_with_result: bool = True  # a continuation that reaches the end writes the result (then EOS)
+    seed: int = 0  # position sampling; example choice for a game depends only on (seed, game id)
+
+    def __post_init__(self) -> None:
+        if not self.kinds:
+            raise ConfigError("kinds: give at least one example kind with a weight")
+        for kind, weight in self.kinds.items():
+            if kind not in EXAMPLE_KINDS:
+                raise ConfigError(f"kinds: unknown kind {kind!r} (allowed: {', '.join(EXAMPLE_KINDS)})")
+            if weight < 0:
+                raise ConfigError(f"kinds.{kind}: weight must be >= 0, not {weight}")
+        if sum(self.kinds.values()) <= 0:
+            raise ConfigError("kinds: the weights sum to 0")
+        if self.positions_per_game < 0 or self.min_ply < 0 or self.max_ply < 0 or self.continuation_plies < 0:
+            raise ConfigError("positions_per_game, min_ply, max_ply and continuation_plies must be >= 0")
+        if self.max_ply and self.max_ply <= self.min_ply:
+            raise ConfigError(f"max_ply ({self.max_ply}) must be > min_ply ({self.min_ply}) or 0")
+
+
+@dataclasses.dataclass
+class SplitConfig:
+    validation_fraction: float = 0.02  # share of GAMES (never positions) held out
+    seed: int = 0  # the split is a hash of (seed, game id): stable when data is added
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ConfigError(f"validation_fraction must be in [0, 1), not {self.validation_fraction}")
+
+
+@dataclasses.dataclass
+class DatasetConfig:
+    sources: list[SourceConfig] = dataclasses.field(default_factory=list)
+    out: str = "data/dataset"  # output folder (train-*.parquet, validation-*.parquet, stats.json)
+    overwrite: bool = False  # replace an existing output folder
+    max_games: int = 0  # overall cap on games read (after filters); 0 = all
+    players: PlayersConfig = dataclasses.field(default_factory=PlayersConfig)
+    examples: ExamplesConfig = dataclasses.field(default_factory=ExamplesConfig)
+    split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
+    # Tokenizer folder to pre-tokenize with (input_ids + prompt_tokens columns); "mistral" =
+    # the Mistral-7B tokenizer shipped by mistral-common; "" = text only (the trainer tokenizes).
+    tokenizer: str = "mistral"
+    max_length: int = 2048  # tokens (when tokenized): longer examples are dropped and counted
+    workers: int = 0  # conversion processes; 0 = one per CPU core
+    batch_games: int = 512  # games per work unit sent to a worker
+    shard_examples: int = 100_000  # examples per output parquet file
+    verify_tokens_every: int = 997  # compare fast tokenization with direct tokenization every N examples; 0 = never
+
+    def __post_init__(self) -> None:
+        if self.workers < 0 or self.max_games < 0:
+            raise ConfigError("workers and max_games must be >= 0")
+        if self.batch_games < 1 or self.shard_examples < 1:
+            raise ConfigError("batch_games and shard_examples must be >= 1")
+        if self.max_length < 16:
+            raise ConfigError(f"max_length must be >= 16, not {self.max_length}")
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or cpu_count()
+
+
+# -- training ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ModelSection:
+    # pretrained: fine-tune `path` (a local folder or hub name) with LoRA / QLoRA or fully.
+    # scratch: a new MistralForCausalLM of the size below (full weights; `path` unused).
+    init: Literal["pretrained", "scratch"] = "pretrained"
+    path: str = ""
+    revision: str = ""
+    # Tokenizer: empty = the one in `path`; "mistral" = Mistral-7B's (from mistral-common);
+    # "chess-bpe" = a small byte-level BPE trained on the training set's text (scratch models:
+    # a 32k-token embedding would dominate a small model); or a tokenizer folder.
+    tokenizer: str = ""
+    tokenizer_vocab_size: int = 4096  # for chess-bpe
+    dtype: Literal["bfloat16", "float16", "float32", "auto"] = "auto"  # auto: bf16 on cuda, fp32 on cpu
+    attn_implementation: str = "sdpa"
+    # Architecture of a scratch model (MistralConfig names).
+    hidden_size: int = 256
+    num_hidden_layers: int = 8
+    num_attention_heads: int = 8
+    num_key_value_heads: int = 4
+    intermediate_size: int = 768
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = True
+    rope_theta: float = 10000.0
+
+
+@dataclasses.dataclass
+class QuantSection:
+    load_in_4bit: bool = False  # QLoRA: NF4 base (needs a CUDA GPU and bitsandbytes)
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
+    bnb_4bit_use_double_quant: bool = True
+    bnb_4bit_compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+
+
+@dataclasses.dataclass
+class LoraSection:
+    enabled: bool = True  # false: train all weights (scratch models, small full fine-tunes)
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: list[str] = dataclasses.field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+    def __post_init__(self) -> None:
+        if self.lora_r < 1:
+            raise ConfigError(f"lora.lora_r must be >= 1, not {self.lora_r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"lora.lora_dropout must be in [0, 1), not {self.lora_dropout}")
+        if self.enabled and not self.target_modules:
+            raise ConfigError("lora.target_modules must name at least one module")
+
+
+@dataclasses.dataclass
+class DataSection:
+    path: str = ""  # a folder written by `mistral-chess dataset build`
+    max_length: int = 1024  # tokens per packed row (and per example: longer ones are dropped)
+    packing: bool = True  # several examples per row, attention kept inside each example
+    max_train_examples: int = 0  # 0 = all
+    max_eval_examples: int = 512  # validation examples for the validation loss; 0 = all
+
+
+@dataclasses.dataclass
+class EvalSection:
+    eval_steps: int = 200  # evaluate every N optimizer steps (and at the end); 0 = only at the end
+    eval_batch_size: int = 8
+    generation_positions: int = 64  # held-out next-move positions for accuracy / legal-move rate
+    max_new_tokens: int = 8
+    generation_batch_size: int = 16
+
+
+@dataclasses.dataclass
+class TrainSection:
+    output_dir: str = "runs/qlora"
+    seed: int = 42
+    max_steps: int = 1000  # optimizer steps (num_train_epochs is ignored when > 0)
+    num_train_epochs: float = 1.0  # used when max_steps = 0
+    per_device_train_batch_size: int = 4
+    gradient_accumulation_steps: int = 4
+    learning_rate: float = 2e-4
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    lr_scheduler_type: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.03  # used when warmup_steps = 0
+    min_lr_ratio: float = 0.0  # cosine floor as a share of learning_rate
+    optim: Literal["adamw_torch", "paged_adamw_8bit", "adamw_8bit"] = "adamw_torch"
+    gradient_checkpointing: bool = True
+    bf16: bool = True  # autocast to bf16 on cuda (ignored on cpu)
+    logging_steps: int = 10
+    save_steps: int = 200  # checkpoint every N steps (and at the end); 0 = only at the end
+    save_total_limit: int = 2  # checkpoints kept (the newest); 0 = all
+    resume: Literal["auto", "never"] = "auto"  # auto: continue from the newest checkpoint in output_dir
+    dataloader_num_workers: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = 0  # torch CPU threads (0 = torch default)
+    check_memory: bool = True  # estimate GPU memory from the config and refuse runs that cannot fit
+    stop_after_steps: int = 0  # testing aid: end the process abruptly after this step (simulates a kill)
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 0:
+            raise ConfigError(f"train.max_steps must be >= 0, not {self.max_steps}")
+        if self.max_steps == 0 and self.num_train_epochs <= 0:
+            raise ConfigError("train: set max_steps > 0 or num_train_epochs > 0")
+        if self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
+            raise ConfigError("train.per_device_train_batch_size and gradient_accumulation_steps must be >= 1")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"train.learning_rate must be > 0, not {self.learning_rate}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"train.warmup_ratio must be in [0, 1), not {self.warmup_ratio}")
+        if self.logging_steps < 1:
+            raise ConfigError("train.logging_steps must be >= 1")
+        if self.save_steps < 0 or self.save_total_limit < 0:
+            raise ConfigError("train.save_steps and train.save_total_limit must be >= 0")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    model: ModelSection = dataclasses.field(default_factory=ModelSection)
+    quantization: QuantSection = dataclasses.field(default_factory=QuantSection)
+    lora: LoraSection = dataclasses.field(default_factory=LoraSection)
+    data: DataSection = dataclasses.field(default_factory=DataSection)
+    eval: EvalSection = dataclasses.field(default_factory=EvalSection)
+    train: TrainSection = dataclasses.field(default_factory=TrainSection)
+    template: str = "pgn-base"  # prompt template of the evaluation prompts (must match the data set's)
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.model.init == "scratch" and self.lora.enabled:
+            raise ConfigError("model.init=scratch trains all weights: set lora.enabled=false")
+        if self.model.init == "scratch" and self.quantization.load_in_4bit:
+            raise ConfigError("model.init=scratch cannot be 4-bit: set quantization.load_in_4bit=false")
+        if self.quantization.load_in_4bit and not self.lora.enabled:
+            raise ConfigError("a 4-bit base cannot be trained fully: QLoRA needs lora.enabled=true")
+        if self.model.init == "pretrained" and not self.model.path:
+            raise ConfigError("model.path: give the base model (a folder or a hub name) to fine-tune")
+
+
+def _load(cls: type[Any], path: str | Path | None, overrides: Iterable[str] | Mapping[str, Any]) -> Any:
+    return load_config(cls, path, overrides)
+
+
+def load_selfplay_config(path: str | Path | None = None, overrides: Iterable[str] | Mapping[str, Any] = ()) -> SelfPlayConfig:
+    cfg: SelfPlayConfig = _load(SelfPlayConfig, path, overrides)
+    return cfg
+
+
+def load_dataset_config(path: str | Path | None = None, overrides: Iterable[str] | Mapping[str, Any] = ()) -> DatasetConfig:
+    cfg: DatasetConfig = _load(DatasetConfig, path, overrides)
+    if not cfg.sources:
+        raise ConfigError("sources: name at least one game source (a LAION parquet or PGN file, folder or glob)")
+    return cfg
+
+
+def load_train_config(path: str | Path | None = None, overrides: Iterable[str] | Mapping[str, Any] = ()) -> TrainConfig:
+    cfg: TrainConfig = _load(TrainConfig, path, overrides)
+    return cfg

@@ -1,0 +1,541 @@
+"""``mistral-chess dataset build``: games -> examples on disk, in parallel, with stats.
+
+The main process reads the sources (:mod:`training.sources`) into work units and
+writes the results; worker processes convert (replay, check, filter), make the
+examples (:mod:`training.examples`) and tokenize them. Units are consumed in order,
+so the output does not depend on the number of workers, and ``max_games`` caps are
+exact.
+
+Output folder::
+
+    train-00000.parquet ...        columns: game kind ply prompt completion eos fen
+    validation-00000.parquet ...            [input_ids prompt_tokens]  (when tokenized)
+    tokenizer/                     the tokenizer the ids come from
+    stats.json                     counts, corrupt records by kind, tokens, speed
+    corrupt.jsonl                  every corrupt record with its file and row/game index
+    dataset_config.yaml            the resolved config
+
+The split is by game (a hash of the moves), never by position.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from training.config import DatasetConfig
+from training.errors import DataError
+from training.examples import Example, ExampleMaker, ExampleTokenizer, positions_fen, split_of
+from training.sources import CorruptRecord, Filtered, WorkUnit, convert, expand_source, iter_units
+
+SPLITS = ("train", "validation")
+STATS_FILE = "stats.json"
+
+
+# -- worker side ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class UnitResult:
+    n: int  # records in the unit
+    status: list[str]  # per record: "ok", "filtered:<reason>", "corrupt:<kind>"
+    corrupt: list[tuple[int, dict[str, Any]]]  # (record index in unit, record)
+    tables: dict[str, Any]  # split -> pyarrow.Table (with a game_seq column)
+    too_long: list[int]  # record index of each dropped example
+    counts: dict[str, int]  # worker diagnostics (tokenization paths, draws skipped)
+    mismatch: str | None = None
+
+
+class _Worker:
+    def __init__(self, cfg: DatasetConfig, tokenizer_dir: str | None) -> None:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        self.cfg = cfg
+        chat = None
+        from engine.prompt import PromptTemplate
+
+        if PromptTemplate.load(cfg.examples.template).kind == "instruct":
+            if tokenizer_dir is None:
+                raise DataError("an instruct template needs a tokenizer (its chat template): set tokenizer")
+            from transformers import AutoTokenizer
+
+            chat = AutoTokenizer.from_pretrained(tokenizer_dir)
+        self.maker = ExampleMaker(cfg, chat_tokenizer=chat)
+        self.tokenizer: ExampleTokenizer | None = None
+        if tokenizer_dir is not None:
+            backend, eos_id = load_backend_tokenizer(tokenizer_dir)
+            self.tokenizer = ExampleTokenizer(backend, eos_id=eos_id, verify_every=cfg.verify_tokens_every)
+
+    def run(self, src_index: int, unit: WorkUnit) -> UnitResult:
+        src = self.cfg.sources[src_index]
+        status: list[str] = []
+        corrupt: list[tuple[int, dict[str, Any]]] = []
+        per_game: list[tuple[int, str, list[Example]]] = []
+        for seq, raw in enumerate(unit.raw_games()):
+            got = convert(raw, src)
+            if isinstance(got, CorruptRecord):
+                status.append("corrupt:" + got.kind)
+                corrupt.append((seq, got.as_dict()))
+                continue
+            if isinstance(got, Filtered):
+                status.append("filtered:" + got.reason)
+                continue
+            status.append("ok")
+            exs = self.maker.examples(got)
+            split = split_of(got, self.cfg.split.validation_fraction, self.cfg.split.seed)
+            if split == "validation" and exs:
+                fens = positions_fen(got, [e.ply for e in exs])
+                for e in exs:
+                    e.fen = fens[e.ply]
+            per_game.append((seq, split, exs))
+        if self.tokenizer is not None:
+            self.tokenizer.tokenize([exs for _, _, exs in per_game])
+        tables, too_long = self._tables(per_game)
+        counts = dict(self.maker.counts)
+        self.maker.counts.clear()
+        mismatch = None
+        if self.tokenizer is not None:
+            counts.update({f"tokens_{k}": v for k, v in self.tokenizer.counts.items()})
+            self.tokenizer.counts.clear()
+            mismatch, self.tokenizer.mismatch = self.tokenizer.mismatch, None
+        return UnitResult(len(status), status, corrupt, tables, too_long, counts, mismatch)
+
+    def _tables(self, per_game: list[tuple[int, str, list[Example]]]) -> tuple[dict[str, Any], list[int]]:
+        import pyarrow as pa
+
+        cols: dict[str, dict[str, list[Any]]] = {s: collections.defaultdict(list) for s in SPLITS}
+        too_long: list[int] = []
+        tokenized = self.tokenizer is not None
+        for seq, split, exs in per_game:
+            c = cols[split]
+            for e in exs:
+                if tokenized and e.input_ids is not None and len(e.input_ids) > self.cfg.max_length:
+                    too_long.append(seq)
+                    continue
+                c["game_seq"].append(seq)
+                c["game"].append(e.game)
+                c["kind"].append(e.kind)
+                c["ply"].append(e.ply)
+                c["prompt"].append(e.prompt.text)
+                c["completion"].append(e.completion)
+                c["eos"].append(e.eos)
+                c["fen"].append(e.fen)
+                if tokenized:
+                    c["input_ids"].append(e.input_ids)
+                    c["prompt_tokens"].append(e.prompt_tokens)
+        schema = output_schema(tokenized=tokenized, with_seq=True)
+        tables = {s: pa.Table.from_pydict({f.name: cols[s][f.name] for f in schema}, schema=schema) for s in SPLITS}
+        return tables, too_long
+
+
+def output_schema(*, tokenized: bool, with_seq: bool = False) -> Any:
+    import pyarrow as pa
+
+    fields = [("game_seq", pa.int32())] if with_seq else []
+    fields += [
+        ("game", pa.string()),
+        ("kind", pa.string()),
+        ("ply", pa.int32()),
+        ("prompt", pa.string()),
+        ("completion", pa.string()),
+        ("eos", pa.bool_()),
+        ("fen", pa.string()),
+    ]
+    if tokenized:
+        fields += [("input_ids", pa.list_(pa.int32())), ("prompt_tokens", pa.int32())]
+    return pa.schema(fields)
+
+
+_WORKER: _Worker | None = None
+
+
+def _init_worker(cfg: DatasetConfig, tokenizer_dir: str | None) -> None:
+    global _WORKER
+    _WORKER = _Worker(cfg, tokenizer_dir)
+
+
+def _run_unit(src_index: int, unit: WorkUnit) -> UnitResult:
+    assert _WORKER is not None
+    return _WORKER.run(src_index, unit)
+
+
+# -- tokenizer -----------------------------------------------------------------------------------
+
+
+def load_backend_tokenizer(folder: str | Path) -> tuple[Any, int | None]:
+    """The fast (Rust) tokenizer of a folder and its EOS id, without importing transformers."""
+    from tokenizers import Tokenizer
+
+    path = Path(folder) / "tokenizer.json"
+    if not path.is_file():
+        raise DataError(f"{folder}: no tokenizer.json (save the tokenizer with a fast tokenizer)")
+    tok = Tokenizer.from_file(str(path))
+    eos_id = None
+    cfg_file = Path(folder) / "tokenizer_config.json"
+    if cfg_file.is_file():
+        eos = json.loads(cfg_file.read_text()).get("eos_token")
+        if isinstance(eos, dict):
+            eos = eos.get("content")
+        if isinstance(eos, str):
+            eos_id = tok.token_to_id(eos)
+    return tok, eos_id
+
+
+def tokenizer_fingerprint(backend: Any) -> str:
+    """Identifies a tokenizer's behaviour (vocabulary, merges, normalisation, special tokens)."""
+    return hashlib.sha256(backend.to_str().encode()).hexdigest()[:16]
+
+
+def prepare_tokenizer(spec: str, folder: Path) -> Path | None:
+    """Resolve ``tokenizer`` of the config into ``folder`` (a saved fast tokenizer), or None."""
+    if not spec:
+        return None
+    if spec == "mistral":
+        from engine.tiny import write_mistral_tokenizer
+
+        return write_mistral_tokenizer(folder)
+    src = Path(spec).expanduser()
+    if not src.is_dir():
+        raise DataError(f"tokenizer {spec!r}: no such folder (or use 'mistral', or '' for text only)")
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(src))
+    except Exception as exc:
+        raise DataError(f"tokenizer {spec!r}: cannot be loaded ({exc})") from None
+    if not getattr(tok, "is_fast", False):
+        raise DataError(f"tokenizer {spec!r}: only fast (tokenizers-backed) tokenizers are supported")
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+# -- main side -------------------------------------------------------------------------------------
+
+
+class _Writer:
+    """Parquet shards per split, ``shard_examples`` rows each."""
+
+    def __init__(self, folder: Path, split: str, schema: Any, shard_rows: int) -> None:
+        self.folder, self.split, self.schema, self.shard_rows = folder, split, schema, shard_rows
+        self.writer: Any = None
+        self.in_shard = 0
+        self.shards = 0
+        self.rows = 0
+
+    def write(self, table: Any) -> None:
+        import pyarrow.parquet as pq
+
+        offset = 0
+        while offset < table.num_rows:
+            if self.writer is None:
+                path = self.folder / f"{self.split}-{self.shards:05d}.parquet"
+                self.writer = pq.ParquetWriter(path, self.schema, compression="zstd")
+                self.shards += 1
+                self.in_shard = 0
+            take = min(table.num_rows - offset, self.shard_rows - self.in_shard)
+            self.writer.write_table(table.slice(offset, take), row_group_size=8192)
+            offset += take
+            self.in_shard += take
+            self.rows += take
+            if self.in_shard >= self.shard_rows:
+                self.close()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+@dataclasses.dataclass
+class _Tally:
+    games_read: int = 0
+    games_used: int = 0
+    games_by_split: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    filtered: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    corrupt: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    corrupt_examples: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    examples: dict[str, collections.Counter[str]] = dataclasses.field(
+        default_factory=lambda: {s: collections.Counter() for s in SPLITS}
+    )
+    tokens: dict[str, collections.Counter[str]] = dataclasses.field(
+        default_factory=lambda: {s: collections.Counter() for s in SPLITS}
+    )
+    max_tokens: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
+    too_long: int = 0
+    worker: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    mismatches: list[str] = dataclasses.field(default_factory=list)
+
+
+def build_dataset(cfg: DatasetConfig, *, progress_bar: bool = True) -> dict[str, Any]:
+    """Build the data set of ``cfg`` into ``cfg.out``; returns the stats (also in stats.json)."""
+    import multiprocessing as mp
+
+    from tqdm import tqdm
+
+    from engine.configtools import dump_yaml
+
+    out = Path(cfg.out)
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise DataError(f"output folder {out} exists and is not empty (set overwrite=true to replace it)")
+    files = [(i, path, fmt) for i, src in enumerate(cfg.sources) for path, fmt in expand_source(src)]
+    work = out.with_name(out.name + ".partial")
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    try:
+        tok_dir = prepare_tokenizer(cfg.tokenizer, work / "tokenizer")
+        fingerprint = None
+        if tok_dir is not None:
+            fingerprint = tokenizer_fingerprint(load_backend_tokenizer(tok_dir)[0])
+        schema = output_schema(tokenized=tok_dir is not None)
+        writers = {s: _Writer(work, s, schema, cfg.shard_examples) for s in SPLITS}
+        tally = _Tally()
+        corrupt_log = (work / "corrupt.jsonl").open("w", encoding="utf-8")  # noqa: SIM115 - closed below
+        workers = cfg.worker_count
+        logger.info("dataset: {} file(s), {} worker(s) -> {}", len(files), workers, out)
+        t0 = time.perf_counter()
+        bar = tqdm(unit="game", desc="dataset", disable=not progress_bar, smoothing=0.05)
+        pool: Any = None
+        try:
+            if workers > 1:
+                ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+                pool = ctx.Pool(workers, _init_worker, (cfg, str(tok_dir) if tok_dir else None))
+                submit = lambda i, u: pool.apply_async(_run_unit, (i, u))  # noqa: E731
+            else:
+                local = _Worker(cfg, str(tok_dir) if tok_dir else None)
+                submit = lambda i, u: _Done(local.run(i, u))  # noqa: E731
+            _drive(cfg, files, submit, 2 * workers + 2, tally, writers, corrupt_log, bar)
+        finally:
+            bar.close()
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+            for w in writers.values():
+                w.close()
+            corrupt_log.close()
+        seconds = time.perf_counter() - t0
+        stats = _stats(cfg, tally, writers, seconds, workers, tok_dir, fingerprint)
+        total = sum(w.rows for w in writers.values())
+        if total == 0:
+            raise DataError(_empty_message(tally))
+        if cfg.split.validation_fraction > 0 and writers["validation"].rows == 0:
+            logger.warning("no validation examples: too few games for validation_fraction={}", cfg.split.validation_fraction)
+        for m in tally.mismatches:
+            logger.warning(m)
+        (work / STATS_FILE).write_text(json.dumps(stats, indent=1))
+        dump_yaml(cfg, work / "dataset_config.yaml")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    logger.info(
+        "dataset: {} games -> {} train / {} validation examples in {:.1f}s ({:.0f} games/s); {} corrupt, {} filtered",
+        tally.games_used, writers["train"].rows, writers["validation"].rows, seconds,
+        stats["speed"]["games_per_s"], sum(tally.corrupt.values()), sum(tally.filtered.values()),
+    )  # fmt: skip
+    return stats
+
+
+class _Done:
+    """An already computed result with the AsyncResult interface (single-process mode)."""
+
+    def __init__(self, value: UnitResult) -> None:
+        self.value = value
+
+    def get(self) -> UnitResult:
+        return self.value
+
+
+def _drive(
+    cfg: DatasetConfig,
+    files: list[tuple[int, Path, str]],
+    submit: Any,
+    window: int,
+    tally: _Tally,
+    writers: dict[str, _Writer],
+    corrupt_log: Any,
+    bar: Any,
+) -> None:
+    """Feed units to the workers (at most ``window`` in flight) and take results in order."""
+    pending: deque[tuple[int, Any]] = deque()
+    used_by_source: collections.Counter[int] = collections.Counter()
+    stop_source: set[int] = set()
+    stop_all = False
+
+    def caps(src_index: int) -> int | None:
+        left = []
+        src = cfg.sources[src_index]
+        if src.max_games:
+            left.append(src.max_games - used_by_source[src_index])
+        if cfg.max_games:
+            left.append(cfg.max_games - tally.games_used)
+        return min(left) if left else None
+
+    def take(src_index: int, result: UnitResult) -> None:
+        nonlocal stop_all
+        if stop_all or src_index in stop_source:
+            return
+        limit = caps(src_index)
+        cut = result.n
+        if limit is not None:
+            ok_seqs = [i for i, s in enumerate(result.status) if s == "ok"]
+            if len(ok_seqs) >= limit:
+                cut = ok_seqs[limit - 1] + 1 if limit > 0 else 0
+                stop_source.add(src_index)
+                if cfg.max_games and tally.games_used + limit >= cfg.max_games:
+                    stop_all = True
+        _account(result, cut, tally, writers, corrupt_log)
+        used = sum(1 for s in result.status[:cut] if s == "ok")
+        used_by_source[src_index] += used
+        bar.update(cut)
+
+    for src_index, path, fmt in files:
+        if stop_all:
+            break
+        for item in iter_units(path, fmt, cfg.batch_games):
+            if stop_all or src_index in stop_source:
+                break
+            if isinstance(item, CorruptRecord):
+                tally.corrupt[item.kind] += 1
+                _log_corrupt(tally, corrupt_log, item.as_dict())
+                continue
+            pending.append((src_index, submit(src_index, item)))
+            while len(pending) >= window:
+                i, res = pending.popleft()
+                take(i, res.get())
+    while pending:
+        i, res = pending.popleft()
+        take(i, res.get())
+
+
+def _log_corrupt(tally: _Tally, log: Any, record: dict[str, Any]) -> None:
+    log.write(json.dumps(record) + "\n")
+    if len(tally.corrupt_examples) < 50:
+        tally.corrupt_examples.append(record)
+
+
+def _account(result: UnitResult, cut: int, tally: _Tally, writers: dict[str, _Writer], corrupt_log: Any) -> None:
+    import pyarrow.compute as pc
+
+    tally.games_read += cut
+    for s in result.status[:cut]:
+        if s == "ok":
+            tally.games_used += 1
+        elif s.startswith("filtered:"):
+            tally.filtered[s[len("filtered:") :]] += 1
+        else:
+            tally.corrupt[s[len("corrupt:") :]] += 1
+    for seq, rec in result.corrupt:
+        if seq < cut:
+            _log_corrupt(tally, corrupt_log, rec)
+    tally.too_long += sum(1 for seq in result.too_long if seq < cut)
+    tally.worker.update(result.counts)
+    if result.mismatch:
+        tally.mismatches.append(result.mismatch)
+    for split, table in result.tables.items():
+        if cut < result.n:
+            table = table.filter(pc.less(table["game_seq"], cut))
+        if table.num_rows == 0:
+            continue
+        tally.games_by_split[split] += len(pc.unique(table["game_seq"]))
+        for kind, n in collections.Counter(table["kind"].to_pylist()).items():
+            tally.examples[split][kind] += n
+        if "input_ids" in table.column_names:
+            lengths = pc.list_value_length(table["input_ids"])
+            total = int(pc.sum(lengths).as_py())
+            prompt = int(pc.sum(table["prompt_tokens"]).as_py())
+            tally.tokens[split]["total"] += total
+            tally.tokens[split]["completion"] += total - prompt
+            tally.max_tokens[split] = max(tally.max_tokens[split], int(pc.max(lengths).as_py()))
+        writers[split].write(table.drop_columns(["game_seq"]))
+
+
+def _stats(
+    cfg: DatasetConfig,
+    t: _Tally,
+    writers: dict[str, _Writer],
+    seconds: float,
+    workers: int,
+    tok_dir: Path | None,
+    fingerprint: str | None,
+) -> dict[str, Any]:
+    from engine.configtools import to_dict
+
+    examples = {s: dict(t.examples[s]) | {"total": writers[s].rows} for s in SPLITS}
+    tokens: dict[str, Any] = {}
+    if tok_dir is not None:
+        for s in SPLITS:
+            n = writers[s].rows
+            tokens[s] = {
+                "total": t.tokens[s]["total"],
+                "completion": t.tokens[s]["completion"],
+                "mean_per_example": round(t.tokens[s]["total"] / n, 1) if n else 0,
+                "max_per_example": t.max_tokens[s],
+            }
+    return {
+        "games": {
+            "read": t.games_read,
+            "used": t.games_used,
+            "with_examples_by_split": dict(t.games_by_split),
+            "filtered": dict(t.filtered),
+            "corrupt": dict(t.corrupt),
+            "skipped_draws": t.worker.get("games_skipped_draw", 0),
+        },
+        "examples": examples,
+        "examples_dropped_too_long": t.too_long,
+        "tokens": tokens,
+        "tokenizer": None
+        if tok_dir is None
+        else {
+            "folder": "tokenizer",
+            "source": cfg.tokenizer,
+            "fingerprint": fingerprint,
+            "fast_cut": t.worker.get("tokens_fast", 0),
+            "direct": t.worker.get("tokens_direct", 0),
+            "verified": t.worker.get("tokens_verified", 0),
+            "verify_mismatches": t.worker.get("tokens_verify_mismatch", 0),
+        },
+        "corrupt_examples": t.corrupt_examples,
+        "speed": {
+            "seconds": round(seconds, 3),
+            "games_per_s": round(t.games_read / seconds, 1) if seconds > 0 else None,
+            "workers": workers,
+        },
+        "files": {s: writers[s].shards for s in SPLITS},
+        "config": to_dict(cfg),
+    }
+
+
+def _empty_message(t: _Tally) -> str:
+    parts = [f"{t.games_read} record(s) read", f"{t.games_used} usable game(s)"]
+    if t.corrupt:
+        parts.append("corrupt: " + ", ".join(f"{k} {v}" for k, v in t.corrupt.items()))
+    if t.filtered:
+        parts.append("filtered: " + ", ".join(f"{k} {v}" for k, v in t.filtered.items()))
+    if t.too_long:
+        parts.append(f"{t.too_long} example(s) longer than max_length")
+    return "the data set has no examples (" + "; ".join(parts) + "): check the sources, filters and example settings"
+
+
+def read_stats(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / STATS_FILE
+    if not path.is_file():
+        raise DataError(f"{folder}: not a data set folder (no {STATS_FILE}; build one with `mistral-chess dataset build`)")
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def split_files(folder: str | Path, split: str) -> list[Path]:
+    return sorted(Path(folder).glob(f"{split}-*.parquet"))
+

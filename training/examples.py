@@ -1,0 +1,297 @@
+"""From checked games to training examples: prompt/completion text and tokens.
+
+The prompt text comes from the engine's prompt module (:class:`engine.prompt.PromptBuilder`,
+:func:`engine.prompt.movetext`), so training sees exactly what the engine writes at play
+time. Two kinds of example:
+
+``next_move``
+    prompt = the game so far (header + open-ended move text, ``... 12.``),
+    completion = ``" " + SAN`` of the move played (``Prompt.completion``).
+``continuation``
+    same prompt, completion = the rest of the move text (``continuation_plies`` moves, or
+    to the end of the game followed by the result and, in tokens, EOS).
+
+Tokens without tokenizing every example: for a base template every example of a game
+(with the same header) is a prefix of the longest one, and the Mistral tokenizer does
+not merge across the space that starts a SAN move or a move number. So the longest
+text is tokenized once with offsets, and each example's ``input_ids`` are the tokens
+up to its end, its prompt the tokens up to the prompt's end. This is used only where
+the prefix relation holds and the cut falls on token boundaries; every
+``verify_tokens_every``-th example is also tokenized directly and compared, and a
+mismatch switches the worker to direct tokenization (reported in the stats). The
+reference is what the engine does: ``tokenize(prompt + completion)``, with the prompt
+tokens being the part shared with ``tokenize(prompt)``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import dataclasses
+import hashlib
+import random
+from typing import Any
+
+import chess
+
+from engine.prompt import STANDARD_FEN, Prompt, PromptBuilder, PromptTemplate, movetext, play_variables
+from training.config import DatasetConfig
+from training.sources import Game
+
+_ANY_BOARD = chess.Board()  # play_variables reads the side to move only when no engine_color is given
+
+COLUMNS = ("game", "kind", "ply", "prompt", "completion", "eos", "fen", "input_ids", "prompt_tokens")
+
+
+@dataclasses.dataclass
+class Example:
+    game: str
+    kind: str
+    ply: int  # plies played before the prompt's position
+    prompt: Prompt
+    completion: str
+    eos: bool  # the completion ends the game: EOS follows it in tokens
+    fen: str = ""  # the prompt's position (validation examples only; the evaluation needs it)
+    input_ids: list[int] | None = None
+    prompt_tokens: int = 0
+
+    @property
+    def text(self) -> str:
+        return self.prompt.text + self.completion
+
+
+def split_of(game: Game, fraction: float, seed: int) -> str:
+    """``validation`` for a stable ``fraction`` of games, by a hash of the moves: a game and
+    its duplicates always land in the same split, and adding data moves no game."""
+    if fraction <= 0:
+        return "train"
+    h = hashlib.blake2b(game.content_key() + seed.to_bytes(8, "little", signed=True), digest_size=8).digest()
+    return "validation" if int.from_bytes(h, "little") / 2**64 < fraction else "train"
+
+
+class ExampleMaker:
+    """Examples of one game, as the config says. One per worker process."""
+
+    def __init__(self, cfg: DatasetConfig, *, chat_tokenizer: Any = None) -> None:
+        self.cfg = cfg
+        self.ex = cfg.examples
+        self.players = cfg.players
+        template = PromptTemplate.load(self.ex.template)
+        self.builder = PromptBuilder(template, chat_tokenizer)
+        self.kinds = [k for k, w in self.ex.kinds.items() if w > 0]
+        self.weights = [self.ex.kinds[k] for k in self.kinds]
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    # -- which positions ------------------------------------------------------------------
+    def plan(self, game: Game) -> list[tuple[int, str]]:
+        """(ply, kind) of each example; depends only on the config seed and the game."""
+        n = len(game.sans)
+        lo = self.ex.min_ply
+        hi = min(n, self.ex.max_ply) if self.ex.max_ply else n
+        root_white = _root_turn(game.root_fen) == chess.WHITE
+        plies = list(range(lo, hi))
+        if self.ex.moves == "winner":
+            if game.result == "1/2-1/2":
+                if self.ex.draws == "skip":
+                    self.counts["games_skipped_draw"] += 1
+                    return []
+            else:
+                winner_white = game.result == "1-0"
+                # White moves at even plies when the game starts with White to move.
+                plies = [k for k in plies if ((k % 2 == 0) == root_white) == winner_white]
+        if not plies:
+            return []
+        rng = random.Random(int.from_bytes(game.content_key()[:8], "little") ^ (self.ex.seed * 0x9E3779B97F4A7C15))
+        if self.ex.positions_per_game and len(plies) > self.ex.positions_per_game:
+            plies = sorted(rng.sample(plies, self.ex.positions_per_game))
+        if len(self.kinds) == 1:
+            return [(k, self.kinds[0]) for k in plies]
+        return [(k, rng.choices(self.kinds, self.weights)[0]) for k in plies]
+
+    # -- texts ------------------------------------------------------------------------------
+    def variables(self, game: Game, ply: int) -> dict[str, Any]:
+        p = self.players
+        if p.mode == "play":
+            white_to_move = (ply % 2 == 0) == (_root_turn(game.root_fen) == chess.WHITE)
+            return play_variables(
+                _ANY_BOARD,
+                engine_color=chess.WHITE if white_to_move else chess.BLACK,
+                engine_name=p.engine_name,
+                opponent_name=p.opponent_name,
+                engine_elo=p.engine_elo or None,
+                opponent_elo=p.opponent_elo or None,
+                result=game.result,
+            )
+        return {
+            "white": game.white or p.white,
+            "black": game.black or p.black,
+            "white_elo": game.white_elo or p.white_elo or None,
+            "black_elo": game.black_elo or p.black_elo or None,
+            "result": game.result,
+        }
+
+    def examples(self, game: Game) -> list[Example]:
+        """The game's examples, without tokens."""
+        out: list[Example] = []
+        plan = self.plan(game)
+        if not plan:
+            return out
+        sans = game.sans
+        n = len(sans)
+        fullmove, white = 1, True
+        if game.root_fen != STANDARD_FEN:
+            root = chess.Board(game.root_fen)
+            fullmove, white = root.fullmove_number, root.turn == chess.WHITE
+        where = game.location
+        for ply, kind in plan:
+            prompt = self.builder.from_sans(sans[:ply], root_fen=game.root_fen, variables=self.variables(game, ply))
+            if kind == "next_move":
+                out.append(Example(where, kind, ply, prompt, prompt.completion(sans[ply]), False))
+                continue
+            end = n if not self.ex.continuation_plies else min(n, ply + self.ex.continuation_plies)
+            # The open-ended move text up to the prompt is a prefix of the plain move text of the
+            # longer game; the completion is the difference (the prompt module writes both).
+            head = movetext(sans[:ply], fullmove=fullmove, white_to_move=white, open_end=True)
+            full = movetext(sans[:end], fullmove=fullmove, white_to_move=white, open_end=False)
+            if not full.startswith(head):  # pragma: no cover - would mean engine.prompt changed its format
+                raise AssertionError(f"move text {full!r} does not extend the prompt's {head!r}")
+            completion = full[len(head) :]
+            ends = end == n and self.ex.end_with_result
+            if ends:
+                completion += " " + game.result
+            out.append(Example(where, kind, ply, prompt, completion, ends))
+        return out
+
+
+def _root_turn(fen: str) -> chess.Color:
+    if fen == STANDARD_FEN:
+        return chess.WHITE
+    return chess.WHITE if fen.split()[1] == "w" else chess.BLACK
+
+
+def positions_fen(game: Game, plies: list[int]) -> dict[int, str]:
+    """FEN of the positions before the given plies (one replay of the SAN moves)."""
+    wanted = set(plies)
+    board = chess.Board(game.root_fen)
+    out: dict[int, str] = {}
+    for k, san in enumerate(game.sans):
+        if k in wanted:
+            out[k] = board.fen()
+        if k >= max(wanted):
+            break
+        board.push_san(san)
+    return out
+
+
+class TokenizationMismatch(RuntimeError):
+    pass
+
+
+class ExampleTokenizer:
+    """Tokens of examples, fast where provably equal to direct tokenization (module docstring)."""
+
+    def __init__(self, tokenizer: Any, *, eos_id: int | None, verify_every: int) -> None:
+        self.tok = tokenizer  # a tokenizers.Tokenizer (the fast backend)
+        self.eos_id = eos_id
+        self.verify_every = verify_every
+        self.fast = True
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.mismatch: str | None = None
+        self._seen = 0
+
+    def direct(self, ex: Example) -> tuple[list[int], int]:
+        add = ex.prompt.add_special_tokens
+        encode = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)  # _fast: no offsets (tokenizers >= 0.21)
+        full, head = encode([ex.text, ex.prompt.text], add_special_tokens=add)
+        ids, pids = full.ids, head.ids
+        n = 0
+        for a, b in zip(ids, pids, strict=False):
+            if a != b:
+                break
+            n += 1
+        return ids, n
+
+    def tokenize(self, games: list[list[Example]]) -> None:
+        """Fill ``input_ids`` / ``prompt_tokens`` of every example (EOS appended where it ends a game)."""
+        slow: list[Example] = []
+        longest: list[Example] = []
+        groups: list[list[Example]] = []
+        for exs in games:
+            if not exs:
+                continue
+            if not self.fast:
+                slow.extend(exs)
+                continue
+            # Group by header (players differ by side to move in `play` mode) and template wrapper.
+            by_head: dict[tuple[str, bool], list[Example]] = collections.defaultdict(list)
+            for ex in exs:
+                by_head[(ex.prompt.text[: ex.prompt.text.find("\n\n") + 1], ex.prompt.add_special_tokens)].append(ex)
+            for group in by_head.values():
+                top = max(group, key=lambda e: len(e.prompt.text) + len(e.completion))
+                groups.append(group)
+                longest.append(top)
+        if longest:
+            encs = [
+                self.tok.encode_batch([e.text for e in longest if e.prompt.add_special_tokens is add], add_special_tokens=add)
+                for add in (True, False)
+            ]
+            it = {True: iter(encs[0]), False: iter(encs[1])}
+            for group, top in zip(groups, longest, strict=True):
+                enc = next(it[top.prompt.add_special_tokens])
+                ends = [e for _, e in enc.offsets]
+                starts = [s for s, _ in enc.offsets]
+                ids = enc.ids
+                text = top.text
+                for ex in group:
+                    got = self._cut(ex, text, ids, starts, ends)
+                    if got is None:
+                        slow.append(ex)
+                        continue
+                    ex.input_ids, ex.prompt_tokens = got
+                    self.counts["fast"] += 1
+                    self._seen += 1
+                    if self.verify_every and (self._seen - 1) % self.verify_every == 0:
+                        self._verify(ex)
+        for ex in slow:
+            ex.input_ids, ex.prompt_tokens = self.direct(ex)
+            self.counts["direct"] += 1
+        for exs in games:
+            for ex in exs:
+                if ex.eos and self.eos_id is not None and ex.input_ids is not None:
+                    ex.input_ids.append(self.eos_id)
+
+    @staticmethod
+    def _cut(
+        ex: Example, text: str, ids: list[int], starts: list[int], ends: list[int]
+    ) -> tuple[list[int], int] | None:
+        full_len = len(ex.prompt.text) + len(ex.completion)
+        if not text.startswith(ex.prompt.text) or text[len(ex.prompt.text) : full_len] != ex.completion:
+            return None
+        n_full = _boundary(starts, ends, full_len)
+        n_prompt = _boundary(starts, ends, len(ex.prompt.text))
+        if n_full is None or n_prompt is None:
+            return None
+        return ids[:n_full], n_prompt
+
+    def _verify(self, ex: Example) -> None:
+        assert ex.input_ids is not None
+        self.counts["verified"] += 1
+        ids, n = self.direct(ex)
+        if ids != ex.input_ids or n != ex.prompt_tokens:
+            self.fast = False
+            self.counts["verify_mismatch"] += 1
+            self.mismatch = (
+                f"fast tokenization differs from direct tokenization for {ex.game} ply {ex.ply}; "
+                "switched to direct tokenization"
+            )
+            ex.input_ids, ex.prompt_tokens = ids, n
+
+
+def _boundary(starts: list[int], ends: list[int], pos: int) -> int | None:
+    """Number of tokens covering text[:pos] exactly, or None when a token straddles ``pos``."""
+    n = bisect.bisect_right(ends, pos)
+    if n == 0 or ends[n - 1] != pos:
+        return None
+    if n < len(starts) and starts[n] < pos:
+        return None
+    return n

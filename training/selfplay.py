@@ -1,0 +1,418 @@
+"""Stockfish self-play games in the LAION schema: ``mistral-chess dataset selfplay``.
+
+Worker processes each run one single-threaded Stockfish and play whole chunks of
+games. Stockfish is driven with raw UCI over pipes: at a few hundred nodes a move,
+``chess.engine``'s asyncio machinery costs more than the search itself.
+
+Resume without duplicates: game ``i`` is fully determined by ``(seed, i)`` (its
+random opening plies come from that seed; Stockfish at a fixed node count with one
+thread and a cleared hash is deterministic), and games are written in chunks named
+by their index range (``games-00000000-00000250.parquet``), each written to a
+temporary name and renamed when complete. A rerun plays only the ranges no finished
+file covers; an interrupted chunk is played again from its start.
+
+Columns (LAION): ``Moves`` (list of UCI strings), ``Termination`` (python-chess
+``Termination`` name), ``Result`` (``1-0``, ``0-1``, ``1/2-1/2``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing as mp
+import os
+import queue
+import random
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import chess
+from loguru import logger
+
+from training.config import SelfPlayConfig
+from training.errors import SelfPlayError
+
+CHUNK_RE = re.compile(r"^games-(\d{8})-(\d{8})\.parquet$")
+MANIFEST = "manifest.json"
+CONFIG_FILE = "selfplay_config.yaml"
+# Keys that define which game index i is; changing them in an existing folder would mix games.
+IDENTITY_KEYS = (
+    "seed", "nodes", "depth", "movetime_ms", "elo", "hash_mb", "random_plies_min", "random_plies_max",
+    "claim_draws", "max_plies",
+)  # fmt: skip
+
+
+def find_stockfish(configured: str = "") -> str:
+    """The Stockfish binary: the configured path, $STOCKFISH_PATH, PATH, or Debian's location."""
+    for candidate in (configured, os.environ.get("STOCKFISH_PATH", "")):
+        if candidate:
+            if Path(candidate).is_file():
+                return candidate
+            raise SelfPlayError(f"Stockfish not found at {candidate!r}")
+    found = shutil.which("stockfish") or ("/usr/games/stockfish" if Path("/usr/games/stockfish").is_file() else None)
+    if found is None:
+        raise SelfPlayError("Stockfish not found: install it (Debian: apt install stockfish) or set stockfish=PATH")
+    return found
+
+
+class UciPipe:
+    """A Stockfish process spoken to in raw UCI over pipes (no asyncio, no per-move objects)."""
+
+    def __init__(self, path: str, *, hash_mb: int, elo: int) -> None:
+        try:
+            self.proc = subprocess.Popen(
+                [path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1
+            )
+        except OSError as exc:
+            raise SelfPlayError(f"cannot start Stockfish {path!r}: {exc}") from None
+        self.path = path
+        self.options: dict[str, str] = {}
+        self.send("uci")
+        for line in self._lines_until("uciok"):
+            if line.startswith("option name "):
+                name = line[len("option name ") :].split(" type ")[0]
+                self.options[name] = line
+        self.send("setoption name Threads value 1")
+        self.send(f"setoption name Hash value {hash_mb}")
+        if elo:
+            lo, hi = self.spin_range("UCI_Elo")
+            if not lo <= elo <= hi:
+                self.close()
+                raise SelfPlayError(f"elo={elo} is outside this Stockfish's UCI_Elo range {lo}..{hi}")
+            self.send("setoption name UCI_LimitStrength value true")
+            self.send(f"setoption name UCI_Elo value {elo}")
+        self.send("isready")
+        for _ in self._lines_until("readyok"):
+            pass
+
+    def spin_range(self, name: str) -> tuple[int, int]:
+        line = self.options.get(name)
+        if line is None:
+            self.close()
+            raise SelfPlayError(f"{self.path} has no UCI option {name}")
+        parts = line.split()
+        return int(parts[parts.index("min") + 1]), int(parts[parts.index("max") + 1])
+
+    def send(self, command: str) -> None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(command + "\n")
+        except (BrokenPipeError, OSError):
+            raise SelfPlayError(f"Stockfish ({self.path}) exited unexpectedly") from None
+
+    def _lines_until(self, prefix: str) -> Iterator[str]:
+        assert self.proc.stdout is not None
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise SelfPlayError(f"Stockfish ({self.path}) exited unexpectedly (waiting for {prefix!r})")
+            yield line
+            if line.startswith(prefix):
+                return
+
+    def bestmove(self, moves: list[str], go: str) -> str:
+        self.send("position startpos moves " + " ".join(moves) if moves else "position startpos")
+        self.send(go)
+        line = ""
+        for line in self._lines_until("bestmove"):  # noqa: B007 - the last line is the answer
+            continue
+        return line.split()[1]
+
+    def new_game(self) -> None:
+        self.send("ucinewgame")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.send("quit")
+                self.proc.wait(timeout=5)
+            except (SelfPlayError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+
+def go_command(cfg: SelfPlayConfig) -> str:
+    parts = ["go"]
+    if cfg.nodes:
+        parts += ["nodes", str(cfg.nodes)]
+    if cfg.depth:
+        parts += ["depth", str(cfg.depth)]
+    if cfg.movetime_ms:
+        parts += ["movetime", str(cfg.movetime_ms)]
+    return " ".join(parts)
+
+
+def game_rng(seed: int, index: int) -> random.Random:
+    return random.Random(f"selfplay:{seed}:{index}")
+
+
+@dataclasses.dataclass
+class PlayedGame:
+    moves: list[str]
+    termination: str
+    result: str
+
+
+def game_over(board: chess.Board, *, claim_draws: bool) -> chess.Termination | None:
+    """How the game ended, or None. Claimable draws only when they have happened on the
+    board (threefold repetition, fifty moves): ``Board.outcome(claim_draw=True)`` also tries
+    every legal move for a repetition, which costs more than a 100-node search."""
+    outcome = board.outcome(claim_draw=False)
+    if outcome is not None:
+        return outcome.termination
+    if claim_draws:
+        if board.halfmove_clock >= 100:
+            return chess.Termination.FIFTY_MOVES
+        if board.is_repetition(3):
+            return chess.Termination.THREEFOLD_REPETITION
+    return None
+
+
+def _result(board: chess.Board, termination: chess.Termination) -> str:
+    if termination == chess.Termination.CHECKMATE:
+        return "0-1" if board.turn == chess.WHITE else "1-0"
+    return "1/2-1/2"
+
+
+def play_game(engine: UciPipe, cfg: SelfPlayConfig, index: int, go: str) -> PlayedGame | None:
+    """Game ``index``: random opening plies, then Stockfish against itself. None: discarded (too long)."""
+    rng = game_rng(cfg.seed, index)
+    board = chess.Board()
+    moves: list[str] = []
+    for _ in range(rng.randint(cfg.random_plies_min, cfg.random_plies_max)):
+        legal = list(board.legal_moves)
+        if not legal:
+            break
+        move = rng.choice(legal)
+        board.push(move)
+        moves.append(move.uci())
+    engine.new_game()
+    while True:
+        termination = game_over(board, claim_draws=cfg.claim_draws)
+        if termination is not None:
+            return PlayedGame(moves, termination.name, _result(board, termination))
+        if len(moves) >= cfg.max_plies:
+            return None
+        uci = engine.bestmove(moves, go)
+        try:
+            move = chess.Move.from_uci(uci)
+        except ValueError:
+            raise SelfPlayError(f"Stockfish answered {uci!r} at {board.fen()}") from None
+        if not board.is_legal(move):
+            raise SelfPlayError(f"Stockfish played the illegal move {uci} at {board.fen()}")
+        board.push(move)
+        moves.append(uci)
+
+
+def chunk_name(start: int, end: int) -> str:
+    return f"games-{start:08d}-{end:08d}.parquet"
+
+
+def write_chunk(folder: Path, start: int, end: int, games: list[PlayedGame]) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {
+            "Moves": pa.array([g.moves for g in games], type=pa.list_(pa.string())),
+            "Termination": pa.array([g.termination for g in games], type=pa.string()),
+            "Result": pa.array([g.result for g in games], type=pa.string()),
+        }
+    )
+    final = folder / chunk_name(start, end)
+    tmp = folder / (final.name + f".tmp{os.getpid()}")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, final)  # atomic: a chunk file exists only when complete
+    return final
+
+
+def _worker(cfg: SelfPlayConfig, stockfish: str, tasks: Any, progress: Any) -> None:
+    """Worker process: play each (start, end) task, write its chunk, report every game."""
+    folder = Path(cfg.out)
+    go = go_command(cfg)
+    engine = UciPipe(stockfish, hash_mb=cfg.hash_mb, elo=cfg.elo)
+    try:
+        while True:
+            task = tasks.get()
+            if task is None:
+                return
+            start, end = task
+            games: list[PlayedGame] = []
+            discarded = 0
+            for i in range(start, end):
+                game = play_game(engine, cfg, i, go)
+                if game is None:
+                    discarded += 1
+                else:
+                    games.append(game)
+                progress.put(("game", 1))
+            write_chunk(folder, start, end, games)
+            progress.put(("chunk", (start, end, len(games), discarded)))
+    except SelfPlayError as exc:
+        progress.put(("error", str(exc)))
+    except Exception as exc:  # report, so the parent can stop cleanly and say why
+        progress.put(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        engine.close()
+
+
+def finished_chunks(folder: Path) -> list[tuple[int, int]]:
+    out = []
+    if folder.is_dir():
+        for p in folder.iterdir():
+            m = CHUNK_RE.match(p.name)
+            if m:
+                out.append((int(m.group(1)), int(m.group(2))))
+    return sorted(out)
+
+
+def missing_ranges(cfg: SelfPlayConfig, done: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Chunk-aligned index ranges of [0, games) that no finished chunk covers."""
+    covered = [False] * cfg.games
+    for start, end in done:
+        for i in range(start, min(end, cfg.games)):
+            covered[i] = True
+    tasks: list[tuple[int, int]] = []
+    for c0 in range(0, cfg.games, cfg.chunk_games):
+        c1 = min(c0 + cfg.chunk_games, cfg.games)
+        i = c0
+        while i < c1:
+            if covered[i]:
+                i += 1
+                continue
+            j = i
+            while j < c1 and not covered[j]:
+                j += 1
+            tasks.append((i, j))
+            i = j
+    return tasks
+
+
+def _check_folder_config(folder: Path, cfg: SelfPlayConfig) -> None:
+    from engine.configtools import dump_yaml, read_yaml, to_dict
+
+    cfg_file = folder / CONFIG_FILE
+    if cfg_file.is_file():
+        old = read_yaml(cfg_file)
+        new = to_dict(cfg)
+        changed = [k for k in IDENTITY_KEYS if k in old and old[k] != new[k]]
+        if changed:
+            diffs = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed)
+            raise SelfPlayError(
+                f"{folder} holds games made with other settings ({diffs}); "
+                "use another output folder or the same settings"
+            )
+    dump_yaml(cfg, cfg_file)
+
+
+def _write_manifest(folder: Path, cfg: SelfPlayConfig, extra: dict[str, Any]) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
+    chunks = []
+    rows = 0
+    for start, end in finished_chunks(folder):
+        n = pq.ParquetFile(folder / chunk_name(start, end)).metadata.num_rows
+        rows += n
+        chunks.append({"file": chunk_name(start, end), "first_game": start, "end_game": end, "rows": n})
+    manifest = {
+        "schema": "LAION strategic game dataset (chess): Moves, Termination, Result",
+        "games_requested": cfg.games,
+        "games_written": rows,
+        "chunks": chunks,
+        **extra,
+    }
+    tmp = folder / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, folder / MANIFEST)
+    return manifest
+
+
+def run_selfplay(cfg: SelfPlayConfig, *, progress_bar: bool = True) -> dict[str, Any]:
+    """Play the games of ``cfg`` that ``cfg.out`` does not hold yet; returns the manifest."""
+    from tqdm import tqdm
+
+    stockfish = find_stockfish(cfg.stockfish)
+    folder = Path(cfg.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    _check_folder_config(folder, cfg)
+    for stale in folder.glob("*.parquet.tmp*"):  # chunks a killed run left half-written
+        stale.unlink()
+    # Fail fast (bad path, bad elo) before starting workers.
+    UciPipe(stockfish, hash_mb=cfg.hash_mb, elo=cfg.elo).close()
+
+    done = finished_chunks(folder)
+    tasks = missing_ranges(cfg, done)
+    todo = sum(e - s for s, e in tasks)
+    workers = min(cfg.worker_count, max(1, len(tasks)))
+    logger.info(
+        "self-play: {} games requested, {} to play in {} chunks, {} workers, {}",
+        cfg.games, todo, len(tasks), workers, go_command(cfg),
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    discarded = 0
+    if tasks:
+        # fork: workers need only chess and a pipe, and start at once (spawn would re-import
+        # the caller's main module, which breaks plain scripts without a main guard).
+        ctx: Any = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        task_q: Any = ctx.Queue()
+        progress_q: Any = ctx.Queue()
+        # Largest-first is unnecessary (chunks are equal); put a stop marker per worker.
+        for t in tasks:
+            task_q.put(t)
+        for _ in range(workers):
+            task_q.put(None)
+        procs = [ctx.Process(target=_worker, args=(cfg, stockfish, task_q, progress_q), daemon=True) for _ in range(workers)]
+        for p in procs:
+            p.start()
+        bar = tqdm(total=todo, unit="game", desc="self-play", disable=not progress_bar, smoothing=0.05)
+        chunks_left = len(tasks)
+        error: str | None = None
+        try:
+            while chunks_left and error is None:
+                try:
+                    kind, payload = progress_q.get(timeout=1.0)
+                except queue.Empty:
+                    if not any(p.is_alive() for p in procs):
+                        error = "all self-play workers exited before finishing"
+                    continue
+                if kind == "game":
+                    bar.update(payload)
+                elif kind == "chunk":
+                    chunks_left -= 1
+                    discarded += payload[3]
+                elif kind == "error":
+                    error = payload
+        finally:
+            bar.close()
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+            for p in procs:
+                p.join(timeout=10)
+            if error is not None or chunks_left:
+                _write_manifest(folder, cfg, {"complete": False})
+        if error is not None:
+            raise SelfPlayError(f"self-play stopped: {error} (finished chunks are kept; rerun to resume)")
+    elapsed = time.perf_counter() - t0
+    manifest = _write_manifest(
+        folder,
+        cfg,
+        {
+            "complete": True,
+            "last_run": {
+                "games_played": todo,
+                "discarded_too_long": discarded,
+                "seconds": round(elapsed, 2),
+                "games_per_s": round(todo / elapsed, 2) if todo and elapsed > 0 else None,
+                "workers": workers,
+                "go": go_command(cfg),
+            },
+        },
+    )
+    logger.info("self-play: {} games in {} ({} chunks)", manifest["games_written"], folder, len(manifest["chunks"]))
+    return manifest
