@@ -1,0 +1,148 @@
+"""Write the arena's bundled opening suite, arena/data/openings.pgn.
+
+The candidates are well-known named opening lines, cut to 4-8 plies. Each final
+position is evaluated by full-strength Stockfish at a fixed depth; lines whose
+evaluation is within ``--max-cp`` of equality are kept, in the order below, each
+with its evaluation in an ``Eval`` tag (White's view, centipawns).
+
+    .venv/bin/python benchmarks/arena_make_openings.py [--depth 18] [--max-cp 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import chess
+
+from arena.engines import find_stockfish
+from arena.openings import Opening, bundled_path, check_suite, evaluate, write_pgn
+
+# (ECO, name, SAN moves). 4-8 plies each.
+CANDIDATES: list[tuple[str, str, str]] = [
+    ("C60", "Ruy Lopez", "e4 e5 Nf3 Nc6 Bb5 a6"),
+    ("C65", "Ruy Lopez: Berlin Defence", "e4 e5 Nf3 Nc6 Bb5 Nf6"),
+    ("C78", "Ruy Lopez: Morphy Defence", "e4 e5 Nf3 Nc6 Bb5 a6 Ba4 Nf6"),
+    ("C68", "Ruy Lopez: Exchange Variation", "e4 e5 Nf3 Nc6 Bb5 a6 Bxc6 dxc6"),
+    ("C50", "Italian Game: Giuoco Piano", "e4 e5 Nf3 Nc6 Bc4 Bc5"),
+    ("C55", "Italian Game: Two Knights Defence", "e4 e5 Nf3 Nc6 Bc4 Nf6"),
+    ("C54", "Italian Game: Giuoco Pianissimo", "e4 e5 Nf3 Nc6 Bc4 Bc5 c3 Nf6"),
+    ("C45", "Scotch Game", "e4 e5 Nf3 Nc6 d4 exd4 Nxd4 Nf6"),
+    ("C47", "Four Knights Game", "e4 e5 Nf3 Nc6 Nc3 Nf6"),
+    ("C42", "Petrov Defence", "e4 e5 Nf3 Nf6 Nxe5 d6 Nf3 Nxe4"),
+    ("C41", "Philidor Defence", "e4 e5 Nf3 d6 d4 Nf6"),
+    ("C44", "Ponziani Opening", "e4 e5 Nf3 Nc6 c3 Nf6"),
+    ("C25", "Vienna Game", "e4 e5 Nc3 Nf6"),
+    ("C23", "Bishop's Opening", "e4 e5 Bc4 Nf6"),
+    ("C30", "King's Gambit Declined", "e4 e5 f4 Bc5"),
+    ("C33", "King's Gambit Accepted", "e4 e5 f4 exf4 Nf3 d5"),
+    ("B90", "Sicilian Defence: Najdorf", "e4 c5 Nf3 d6 d4 cxd4 Nxd4 Nf6"),
+    ("B33", "Sicilian Defence: Open, Four Knights", "e4 c5 Nf3 Nc6 d4 cxd4 Nxd4 Nf6"),
+    ("B40", "Sicilian Defence: French Variation", "e4 c5 Nf3 e6 d4 cxd4 Nxd4 a6"),
+    ("B22", "Sicilian Defence: Alapin", "e4 c5 c3 Nf6 e5 Nd5"),
+    ("B23", "Sicilian Defence: Closed", "e4 c5 Nc3 Nc6 g3 g6"),
+    ("B51", "Sicilian Defence: Moscow Variation", "e4 c5 Nf3 d6 Bb5+ Bd7"),
+    ("B30", "Sicilian Defence: Rossolimo", "e4 c5 Nf3 Nc6 Bb5 g6"),
+    ("B27", "Sicilian Defence: Hyperaccelerated Dragon", "e4 c5 Nf3 g6 d4 cxd4"),
+    ("C11", "French Defence: Classical", "e4 e6 d4 d5 Nc3 Nf6"),
+    ("C15", "French Defence: Winawer", "e4 e6 d4 d5 Nc3 Bb4"),
+    ("C02", "French Defence: Advance", "e4 e6 d4 d5 e5 c5"),
+    ("C03", "French Defence: Tarrasch", "e4 e6 d4 d5 Nd2 Nf6"),
+    ("C01", "French Defence: Exchange", "e4 e6 d4 d5 exd5 exd5"),
+    ("B12", "Caro-Kann Defence: Advance", "e4 c6 d4 d5 e5 Bf5"),
+    ("B18", "Caro-Kann Defence: Classical", "e4 c6 d4 d5 Nc3 dxe4 Nxe4 Bf5"),
+    ("B13", "Caro-Kann Defence: Exchange", "e4 c6 d4 d5 exd5 cxd5"),
+    ("B10", "Caro-Kann Defence: Two Knights", "e4 c6 Nc3 d5 Nf3 Bg4"),
+    ("B07", "Pirc Defence", "e4 d6 d4 Nf6 Nc3 g6"),
+    ("B06", "Modern Defence", "e4 g6 d4 Bg7 Nc3 d6"),
+    ("B01", "Scandinavian Defence", "e4 d5 exd5 Qxd5 Nc3 Qa5"),
+    ("B01", "Scandinavian Defence: Modern", "e4 d5 exd5 Nf6 d4 Nxd5"),
+    ("B02", "Alekhine Defence", "e4 Nf6 e5 Nd5 d4 d6"),
+    ("D37", "Queen's Gambit Declined", "d4 d5 c4 e6 Nc3 Nf6"),
+    ("D35", "Queen's Gambit Declined: Exchange", "d4 d5 c4 e6 Nc3 Nf6 cxd5 exd5"),
+    ("D20", "Queen's Gambit Accepted", "d4 d5 c4 dxc4 Nf3 Nf6"),
+    ("D10", "Slav Defence", "d4 d5 c4 c6 Nf3 Nf6"),
+    ("D43", "Semi-Slav Defence", "d4 d5 c4 c6 Nf3 Nf6 Nc3 e6"),
+    ("D11", "Slav Defence: Exchange", "d4 d5 c4 c6 cxd5 cxd5"),
+    ("E20", "Nimzo-Indian Defence", "d4 Nf6 c4 e6 Nc3 Bb4"),
+    ("E32", "Nimzo-Indian Defence: Classical", "d4 Nf6 c4 e6 Nc3 Bb4 Qc2 O-O"),
+    ("E12", "Queen's Indian Defence", "d4 Nf6 c4 e6 Nf3 b6"),
+    ("E11", "Bogo-Indian Defence", "d4 Nf6 c4 e6 Nf3 Bb4+"),
+    ("E60", "King's Indian Defence", "d4 Nf6 c4 g6 Nc3 Bg7"),
+    ("E90", "King's Indian Defence: Classical", "d4 Nf6 c4 g6 Nc3 Bg7 e4 d6"),
+    ("D85", "Grünfeld Defence", "d4 Nf6 c4 g6 Nc3 d5"),
+    ("E01", "Catalan Opening", "d4 Nf6 c4 e6 g3 d5"),
+    ("A57", "Benko Gambit", "d4 Nf6 c4 c5 d5 b5"),
+    ("A60", "Modern Benoni", "d4 Nf6 c4 c5 d5 e6"),
+    ("A80", "Dutch Defence", "d4 f5 g3 Nf6 Bg2 e6"),
+    ("A87", "Dutch Defence: Leningrad", "d4 f5 c4 Nf6 g3 g6"),
+    ("D02", "London System", "d4 d5 Nf3 Nf6 Bf4 e6"),
+    ("A46", "London System vs King's Indian", "d4 Nf6 Bf4 g6 e3 Bg7"),
+    ("D00", "Queen's Pawn: Jobava London", "d4 d5 Nc3 Nf6 Bf4 c5"),
+    ("A45", "Trompowsky Attack", "d4 Nf6 Bg5 e6 e4 h6"),
+    ("D05", "Colle System", "d4 d5 Nf3 Nf6 e3 e6"),
+    ("A40", "English Defence", "d4 e6 c4 b6"),
+    ("A30", "English Opening: Symmetrical", "c4 c5 Nc3 Nc6 g3 g6"),
+    ("A20", "English Opening: Reversed Sicilian", "c4 e5 Nc3 Nf6 g3 d5"),
+    ("A16", "English Opening: Anglo-Indian", "c4 Nf6 Nc3 e6 e4 d5"),
+    ("A15", "English Opening: Anglo-Indian, King's Indian", "c4 Nf6 Nc3 g6 g3 Bg7"),
+    ("A10", "English Opening: Anglo-Dutch", "c4 f5 Nc3 Nf6"),
+    ("A04", "Réti Opening", "Nf3 d5 c4 e6 g3 Nf6"),
+    ("A05", "King's Indian Attack", "Nf3 Nf6 g3 g6 Bg2 Bg7"),
+    ("A06", "Réti Opening: Zukertort", "Nf3 d5 g3 c6 Bg2 Bg4"),
+    ("A01", "Nimzo-Larsen Attack", "b3 e5 Bb2 Nc6"),
+    ("A00", "Sokolsky Opening", "b4 e5 Bb2 Bxb4"),
+    ("A02", "Bird Opening", "f4 d5 Nf3 Nf6 e3 g6"),
+    ("B04", "Alekhine Defence: Modern", "e4 Nf6 e5 Nd5 d4 d6 Nf3 Bg4"),
+    ("A00", "Hungarian Opening", "g3 d5 Bg2 e5"),
+    ("C00", "French Defence: King's Indian Attack", "e4 e6 d3 d5 Nd2 Nf6"),
+    ("B00", "Nimzowitsch Defence", "e4 Nc6 Nf3 d6 d4 Nf6"),
+    ("B08", "Pirc Defence: Classical", "e4 d6 d4 Nf6 Nc3 g6 Nf3 Bg7"),
+    ("A43", "Old Benoni", "d4 c5 d5 e5 e4 d6"),
+    ("D06", "Queen's Gambit: Marshall Defence", "d4 d5 c4 Nf6 cxd5 Nxd5"),
+    ("D30", "Queen's Gambit Declined: Vienna", "d4 d5 c4 e6 Nf3 Nf6 g3 Bb4+"),
+    ("E00", "Indian Game: East Indian", "d4 Nf6 c4 e6 g3 Bb4+ Bd2 Be7"),
+    ("A48", "Torre Attack", "d4 Nf6 Nf3 e6 Bg5 c5"),
+    ("A53", "Old Indian Defence", "d4 Nf6 c4 d6 Nc3 e5"),
+]
+
+
+def build(depth: int) -> tuple[list[Opening], list[int]]:
+    openings = []
+    for eco, name, text in CANDIDATES:
+        board = chess.Board()
+        for san in text.split():
+            board.push_san(san)  # a typo in the list is an error here
+        openings.append(Opening(name=name, fen=chess.STARTING_FEN, moves=tuple(board.move_stack), eco=eco))
+    problems = check_suite(openings)
+    if problems:
+        raise SystemExit("candidate list: " + "; ".join(problems))
+    scores = evaluate(openings, find_stockfish(), depth=depth)
+    return openings, scores
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--depth", type=int, default=18)
+    parser.add_argument("--max-cp", type=int, default=50, help="keep lines within this many centipawns of equality")
+    parser.add_argument("--out", default=str(bundled_path()))
+    args = parser.parse_args()
+    openings, scores = build(args.depth)
+    kept = []
+    for o, cp in zip(openings, scores, strict=True):
+        status = "keep" if abs(cp) <= args.max_cp else "drop"
+        print(f"{status} {cp:+5d}  {o.eco} {o.name}: {' '.join(o.sans())}")
+        if status == "keep":
+            kept.append(Opening(o.name, o.fen, o.moves, o.eco, cp))
+    header = (
+        "mistral-chess arena: bundled opening suite (balanced lines of 4-8 plies).\n"
+        f"Written by benchmarks/arena_make_openings.py: Stockfish depth {args.depth}, kept |Eval| <= {args.max_cp} cp.\n"
+        "Eval: Stockfish's evaluation of the final position, White's view, in centipawns."
+    )
+    write_pgn(kept, args.out, depth=args.depth, header=header)
+    print(f"{len(kept)} of {len(openings)} lines kept -> {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
