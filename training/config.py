@@ -53,8 +53,11 @@ class SelfPlayConfig:
     movetime_ms: int = 0
     elo: int = 0  # UCI_Elo with UCI_LimitStrength (Stockfish 15.1: 1350..2850); 0 = full strength
     hash_mb: int = 16
-    random_plies_min: int = 2  # each game opens with a random number of uniformly random legal
-    random_plies_max: int = 6  # moves in [min, max]: fixed-node Stockfish is deterministic otherwise
+    # Each game opens with a random number in [min, max] of uniformly random legal moves:
+    # fixed-node Stockfish is deterministic, so the opening is all the diversity there is
+    # (2 random plies allow only 400 distinct games; 4 allow about 200,000).
+    random_plies_min: int = 4
+    random_plies_max: int = 8
     claim_draws: bool = True  # end games at threefold repetition / fifty moves (as claimable draws)
     max_plies: int = 1000  # safety net: longer games are discarded (and counted)
 

@@ -80,8 +80,15 @@ class _Worker:
         status: list[str] = []
         corrupt: list[tuple[int, dict[str, Any]]] = []
         per_game: list[tuple[int, str, list[Example]]] = []
+        last_plan: list[list[tuple[int, str]]] = [[]]
+
+        def san_needed(n: int, result: str, key: bytes, root_fen: str) -> int:
+            last_plan[0] = self.maker.plan(n, result, key, root_fen)
+            return self.maker.sans_needed(last_plan[0], n)
+
         for seq, raw in enumerate(unit.raw_games()):
-            got = convert(raw, src)
+            last_plan[0] = []
+            got = convert(raw, src, san_needed)
             if isinstance(got, CorruptRecord):
                 status.append("corrupt:" + got.kind)
                 corrupt.append((seq, got.as_dict()))
@@ -90,7 +97,8 @@ class _Worker:
                 status.append("filtered:" + got.reason)
                 continue
             status.append("ok")
-            exs = self.maker.examples(got)
+            # LAION records were planned before their replay; PGN games are planned now.
+            exs = self.maker.examples(got, last_plan[0] if raw.pgn is None else None)
             split = split_of(got, self.cfg.split.validation_fraction, self.cfg.split.seed)
             if split == "validation" and exs:
                 fens = positions_fen(got, [e.ply for e in exs])

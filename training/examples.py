@@ -65,7 +65,7 @@ def split_of(game: Game, fraction: float, seed: int) -> str:
     its duplicates always land in the same split, and adding data moves no game."""
     if fraction <= 0:
         return "train"
-    h = hashlib.blake2b(game.content_key() + seed.to_bytes(8, "little", signed=True), digest_size=8).digest()
+    h = hashlib.blake2b(game.key + seed.to_bytes(8, "little", signed=True), digest_size=8).digest()
     return "validation" if int.from_bytes(h, "little") / 2**64 < fraction else "train"
 
 
@@ -83,30 +83,40 @@ class ExampleMaker:
         self.counts: collections.Counter[str] = collections.Counter()
 
     # -- which positions ------------------------------------------------------------------
-    def plan(self, game: Game) -> list[tuple[int, str]]:
-        """(ply, kind) of each example; depends only on the config seed and the game."""
-        n = len(game.sans)
+    def plan(self, n: int, result: str, key: bytes, root_fen: str = STANDARD_FEN) -> list[tuple[int, str]]:
+        """(ply, kind) of each example of a game of ``n`` plies; depends only on the config
+        seed and the game (its key), so it can be made before the moves are replayed."""
         lo = self.ex.min_ply
         hi = min(n, self.ex.max_ply) if self.ex.max_ply else n
-        root_white = _root_turn(game.root_fen) == chess.WHITE
+        root_white = _root_turn(root_fen) == chess.WHITE
         plies = list(range(lo, hi))
         if self.ex.moves == "winner":
-            if game.result == "1/2-1/2":
+            if result == "1/2-1/2":
                 if self.ex.draws == "skip":
                     self.counts["games_skipped_draw"] += 1
                     return []
             else:
-                winner_white = game.result == "1-0"
+                winner_white = result == "1-0"
                 # White moves at even plies when the game starts with White to move.
                 plies = [k for k in plies if ((k % 2 == 0) == root_white) == winner_white]
         if not plies:
             return []
-        rng = random.Random(int.from_bytes(game.content_key()[:8], "little") ^ (self.ex.seed * 0x9E3779B97F4A7C15))
+        rng = random.Random(int.from_bytes(key[:8], "little") ^ (self.ex.seed * 0x9E3779B97F4A7C15))
         if self.ex.positions_per_game and len(plies) > self.ex.positions_per_game:
             plies = sorted(rng.sample(plies, self.ex.positions_per_game))
         if len(self.kinds) == 1:
             return [(k, self.kinds[0]) for k in plies]
         return [(k, rng.choices(self.kinds, self.weights)[0]) for k in plies]
+
+    def continuation_end(self, ply: int, n: int) -> int:
+        return n if not self.ex.continuation_plies else min(n, ply + self.ex.continuation_plies)
+
+    def sans_needed(self, plan: list[tuple[int, str]], n: int) -> int:
+        """Plies whose SAN the plan's examples use."""
+        need = 0
+        for ply, kind in plan:
+            need = max(need, ply + 1 if kind == "next_move" else self.continuation_end(ply, n))
+        return need
 
     # -- texts ------------------------------------------------------------------------------
     def variables(self, game: Game, ply: int) -> dict[str, Any]:
@@ -130,14 +140,15 @@ class ExampleMaker:
             "result": game.result,
         }
 
-    def examples(self, game: Game) -> list[Example]:
-        """The game's examples, without tokens."""
+    def examples(self, game: Game, plan: list[tuple[int, str]] | None = None) -> list[Example]:
+        """The game's examples (for ``plan``, default: :meth:`plan`), without tokens."""
         out: list[Example] = []
-        plan = self.plan(game)
+        if plan is None:
+            plan = self.plan(game.n_plies, game.result, game.key, game.root_fen)
         if not plan:
             return out
         sans = game.sans
-        n = len(sans)
+        n = game.n_plies
         fullmove, white = 1, True
         if game.root_fen != STANDARD_FEN:
             root = chess.Board(game.root_fen)
@@ -148,7 +159,7 @@ class ExampleMaker:
             if kind == "next_move":
                 out.append(Example(where, kind, ply, prompt, prompt.completion(sans[ply]), False))
                 continue
-            end = n if not self.ex.continuation_plies else min(n, ply + self.ex.continuation_plies)
+            end = self.continuation_end(ply, n)
             # The open-ended move text up to the prompt is a prefix of the plain move text of the
             # longer game; the completion is the difference (the prompt module writes both).
             head = movetext(sans[:ply], fullmove=fullmove, white_to_move=white, open_end=True)

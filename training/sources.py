@@ -21,7 +21,7 @@ import dataclasses
 import glob
 import hashlib
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +57,18 @@ class RawGame:
 
 @dataclasses.dataclass
 class Game:
-    """A checked game: SAN moves from ``root_fen``, the real result, players where known."""
+    """A checked game: its moves (SAN) from ``root_fen``, the real result, players where known.
+
+    ``sans`` may hold only the first plies (as many as the examples need: SAN is the
+    expensive part); ``n_plies`` is the game's length. Every move was checked either way.
+    """
 
     source: str
     index: int
     sans: list[str]
     result: str
+    key: bytes  # hash of the moves: equal games share it (the split and sampling use it)
+    n_plies: int = -1
     termination: str = ""
     root_fen: str = STANDARD_FEN
     white: str | None = None
@@ -70,17 +76,25 @@ class Game:
     white_elo: int | None = None
     black_elo: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.n_plies < 0:
+            self.n_plies = len(self.sans)
+
     @property
     def location(self) -> str:
         return f"{self.source}:{self.index}"
 
-    def content_key(self) -> bytes:
-        """A hash of what was played: equal games get the same key (the split uses it)."""
-        h = hashlib.blake2b(digest_size=16)
-        h.update(self.root_fen.encode())
-        h.update(b"\0")
-        h.update(" ".join(self.sans).encode())
-        return h.digest()
+
+def moves_key(root_fen: str, moves: list[str]) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(root_fen.encode())
+    h.update(b"\0")
+    h.update(" ".join(moves).encode())
+    return h.digest()
+
+
+# How many plies need SAN, given (n_plies, result, key, root_fen): the example plan decides.
+SanNeeded = Callable[[int, str, bytes, str], int]
 
 
 @dataclasses.dataclass
@@ -278,17 +292,22 @@ class IllegalMove(ValueError):
         super().__init__(f"ply {ply + 1}: {why} {move!r} in {fen}")
 
 
-def replay_uci(moves: list[Any], board: chess.Board | None = None) -> tuple[list[str], chess.Board]:
-    """SAN of every move, checking legality; raises :class:`IllegalMove`.
+def replay_uci(
+    moves: list[Any], board: chess.Board | None = None, *, san_until: int | None = None
+) -> tuple[list[str], chess.Board]:
+    """SAN of the first ``san_until`` moves (all by default), checking every move's legality;
+    raises :class:`IllegalMove`.
 
     The hot loop of data building. Legality is checked as pseudo-legal before the
     move plus "does not leave the own king attacked" after it (``was_into_check``),
     which together are exactly ``Board.is_legal`` but reuse the push that SAN needs.
+    Moves past ``san_until`` are only checked and pushed.
     """
     board = chess.Board() if board is None else board
     sans: list[str] = []
     append = sans.append
     cache = _MOVES
+    limit = len(moves) if san_until is None else min(san_until, len(moves))
     for ply, uci in enumerate(moves):
         try:
             move = cache[uci]
@@ -296,7 +315,10 @@ def replay_uci(moves: list[Any], board: chess.Board | None = None) -> tuple[list
             raise IllegalMove(ply, str(uci), board.fen(), "not a UCI move") from None
         if not board.is_pseudo_legal(move):
             raise IllegalMove(ply, uci, board.fen(), "illegal move")
-        append(board.san_and_push(move))
+        if ply < limit:
+            append(board.san_and_push(move))
+        else:
+            board.push(move)
         if board.was_into_check():
             board.pop()
             raise IllegalMove(ply, uci, board.fen(), "illegal move (leaves the king in check)")
@@ -332,13 +354,14 @@ def check_ending(board: chess.Board, termination: str, result: str) -> str | Non
     return None
 
 
-def convert(raw: RawGame, src: SourceConfig) -> Game | CorruptRecord | Filtered:
+def convert(raw: RawGame, src: SourceConfig, san_needed: SanNeeded | None = None) -> Game | CorruptRecord | Filtered:
+    """Check a raw record and replay it into a :class:`Game` (or say why not)."""
     if raw.pgn is not None:
         return _convert_pgn(raw, src)
-    return _convert_laion(raw, src)
+    return _convert_laion(raw, src, san_needed)
 
 
-def _convert_laion(raw: RawGame, src: SourceConfig) -> Game | CorruptRecord | Filtered:
+def _convert_laion(raw: RawGame, src: SourceConfig, san_needed: SanNeeded | None) -> Game | CorruptRecord | Filtered:
     def bad(kind: str, detail: str) -> CorruptRecord:
         return CorruptRecord(raw.source, raw.index, kind, detail)
 
@@ -352,8 +375,13 @@ def _convert_laion(raw: RawGame, src: SourceConfig) -> Game | CorruptRecord | Fi
         return Filtered("min_plies")
     if src.results and result not in src.results:
         return Filtered("result")
+    if not all(isinstance(m, str) for m in raw.moves):
+        return bad("malformed", "Moves holds a value that is not a string")
+    key = moves_key(STANDARD_FEN, raw.moves)
+    n = len(raw.moves)
+    until = san_needed(n, result, key, STANDARD_FEN) if san_needed is not None else n
     try:
-        sans, board = replay_uci(raw.moves)
+        sans, board = replay_uci(raw.moves, san_until=until)
     except IllegalMove as exc:
         return bad("illegal_move", str(exc))
     termination = raw.termination or ""
@@ -362,7 +390,7 @@ def _convert_laion(raw: RawGame, src: SourceConfig) -> Game | CorruptRecord | Fi
     why = check_ending(board, termination, result)
     if why is not None:
         return bad("bad_termination" if "not a standard" in why else "truncated", why)
-    return Game(raw.source, raw.index, sans, result, termination)
+    return Game(raw.source, raw.index, sans, result, key, n_plies=n, termination=termination)
 
 
 def speed_category(time_control: str) -> str:
@@ -485,6 +513,7 @@ def _convert_pgn(raw: RawGame, src: SourceConfig) -> Game | CorruptRecord | Filt
         raw.index,
         v.sans,
         result,
+        moves_key(fen, v.sans),
         termination=h.get("Termination", ""),
         root_fen=fen,
         white=h.get("White"),
