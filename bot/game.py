@@ -11,11 +11,14 @@ A move is chosen by the game's :class:`engine.player.Player` on the shared model
 in a worker thread, under a deadline from the clock minus ``move_overhead``; when
 the deadline passes first, :meth:`~engine.player.Player.emergency_move` answers.
 
-Sending follows one rule: a move goes out at most ``network.move_retries`` times
-for one position, and again only when the stream still shows that position after
-the last try's outcome was unclear (no answer, 5xx, 429). A move the server rejects
-(400) is never resent: the stream is reconnected to re-sync, and the model thinks
-again only if the fresh ``gameFull`` still has the bot to move.
+Sending a move: after a 429 the same move goes again once ``move_rate_limit_wait``
+has passed; after no answer or a 5xx it goes again only when the stream has not
+shown it within ``game_resync_wait`` (or a growing backoff), so a move the server
+took but answered late is not sent twice. A move the server rejects (400) is
+never resent: the stream is reconnected to re-sync, and the model thinks again
+only if the fresh ``gameFull`` still has the bot to move, at most
+``network.move_retries`` times for one position. The clock bounds everything
+else.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import chess
 import chess.pgn
 from loguru import logger
 
-from bot.client import LichessClient, MoveOutcome
+from bot.client import LichessClient, MoveOutcome, backoff_delay
 from bot.config import BotConfig
 from bot.errors import ApiError
 from bot.streams import StreamFollower
@@ -169,7 +172,9 @@ class GameRunner:
         self.player: Player | None = None
         self.full_count = 0
         self.sent: SentMove | None = None
-        self.attempts: dict[int, int] = {}
+        self.rejections: dict[int, int] = {}  # ply -> moves the server rejected there
+        self.unclear: dict[int, int] = {}  # ply -> sends with no clear answer (timeout, 5xx)
+        self.lost: dict[int, int] = {}  # ply -> resends of a taken move the stream never showed
         self.last_change = time.monotonic()  # when the position last changed
         self.draw_answered: set[int] = set()
         self.takeback_answered: set[int] = set()
@@ -430,34 +435,32 @@ class GameRunner:
         sent = self.sent if self.sent is not None and self.sent.ply == ply else None
         now = time.monotonic()
         if sent is not None:
-            tries = self.attempts.get(ply, 0)
             if sent.outcome == MoveOutcome.SENT:
                 if self.full_count == sent.full_count:
                     # The server took it and the stream will show it; if it stays
                     # silent, reconnect it once for a fresh gameFull.
                     if now - sent.at > net.game_resync_wait and not sent.resync_asked:
                         logger.warning(
-                            "game {}: move {} taken but not in the stream yet; re-syncing",
-                            self.game_id,
-                            sent.uci,
+                            "game {}: move {} taken but not in the stream yet; re-syncing", self.game_id, sent.uci
                         )
                         sent.resync_asked = True
                         self.follower.close_current()
                     return
                 # A fresh gameFull still shows this position: the move was lost; send it again.
-                if tries < net.move_retries and board.is_legal(chess.Move.from_uci(sent.uci)):
+                if self._count(self.lost, ply) <= net.move_retries and board.is_legal(chess.Move.from_uci(sent.uci)):
                     self._send(board, ply, sent.uci)
                 return
             if sent.outcome == MoveOutcome.REJECTED:
-                if sent.full_count == self.full_count or tries >= net.move_retries:
+                if sent.full_count == self.full_count or self.rejections.get(ply, 0) >= net.move_retries:
                     return  # wait for the re-sync; never loop on a rejected move
-            else:  # RATE_LIMITED or UNKNOWN: resend the same move once the wait is over
-                wait = (
-                    net.move_rate_limit_wait
-                    if sent.outcome == MoveOutcome.RATE_LIMITED
-                    else net.game_resync_wait
-                )
-                if now - sent.at < wait or tries >= net.move_retries:
+            else:
+                # 429: resend after move_rate_limit_wait. No answer or 5xx: the stream
+                # had game_resync_wait (or a growing backoff) to show the move; it did not.
+                if sent.outcome == MoveOutcome.RATE_LIMITED:
+                    wait = net.move_rate_limit_wait
+                else:
+                    wait = max(net.game_resync_wait, backoff_delay(self.unclear.get(ply, 1) - 1, net, self.client.rng))
+                if now - sent.at < wait:
                     return
                 if board.is_legal(chess.Move.from_uci(sent.uci)):
                     self._send(board, ply, sent.uci)
@@ -492,8 +495,11 @@ class GameRunner:
         self._send(board, ply, decision.move.uci(), decision=decision)
 
     def _send(self, board: chess.Board, ply: int, uci: str, *, decision: Decision | None = None) -> None:
-        self.attempts[ply] = self.attempts.get(ply, 0) + 1
         outcome, why = self.client.make_move(self.game_id, uci)
+        if outcome == MoveOutcome.REJECTED:
+            self._count(self.rejections, ply)
+        elif outcome == MoveOutcome.UNKNOWN:
+            self._count(self.unclear, ply)
         self.sent = SentMove(ply, uci, outcome, time.monotonic(), self.full_count)
         san = board.san(chess.Move.from_uci(uci)) if board.is_legal(chess.Move.from_uci(uci)) else uci
         if outcome == MoveOutcome.SENT:
@@ -518,6 +524,11 @@ class GameRunner:
                 outcome.value,
                 why,
             )
+
+    @staticmethod
+    def _count(counter: dict[int, int], ply: int) -> int:
+        counter[ply] = counter.get(ply, 0) + 1
+        return counter[ply]
 
     def _drain(self) -> None:
         while True:

@@ -123,7 +123,8 @@ class Request:
     token: str | None  # the bearer token it carried
     body: dict[str, str] | str
     at: float
-    status: int = 0
+    status: int = 0  # the answer's status (0: none was written, the client had hung up)
+    applied: bool = False  # a move the server played
 
 
 @dataclasses.dataclass
@@ -985,6 +986,7 @@ class _Handler(BaseHTTPRequestHandler):
             other = "black" if color == "white" else "white"
             if action.startswith("move/"):
                 err = w.apply_move(g, me.id, action[5:], offering_draw=query.get("offeringDraw") == "true")
+                self.req.applied = err is None
                 if err:
                     self._send_json(400, {"error": err})
                 else:
