@@ -41,42 +41,81 @@ def register(sub: Any) -> None:
 
     m = asub.add_parser("match", help="two engines, many games, Elo difference", description=_ENGINE_HELP)
     _engine_args(m, minimum=2)
-    m.add_argument("--games", type=int, default=None, help="games to play (default 2; even: each opening with both colours)")
-    m.add_argument("--sprt", metavar="'elo0=0 elo1=5 alpha=0.05 beta=0.05'", help="stop early when the SPRT decides")
+    m.add_argument(
+        "--games",
+        type=int,
+        default=None,
+        help="games to play (default 2; even: each opening with both colours)",
+    )
+    m.add_argument(
+        "--sprt", metavar="'elo0=0 elo1=5 alpha=0.05 beta=0.05'", help="stop early when the SPRT decides"
+    )
     _play_args(m)
     _output_args(m)
     m.set_defaults(func=_match)
 
-    lad = asub.add_parser("ladder", help="one engine against Stockfish at several UCI_Elo levels: absolute Elo")
-    lad.add_argument("--engine", nargs="+", action="append", required=True, metavar="SPEC",
-                     help="the engine to rate (mistral:DIR, a command line, ...)")
-    lad.add_argument("--levels", default="1320,1500,1700,2000", help="Stockfish UCI_Elo levels (comma-separated)")
+    lad = asub.add_parser(
+        "ladder", help="one engine against Stockfish at several UCI_Elo levels: absolute Elo"
+    )
+    lad.add_argument(
+        "--engine",
+        nargs="+",
+        action="append",
+        required=True,
+        metavar="SPEC",
+        help="the engine to rate (mistral:DIR, a command line, ...)",
+    )
+    lad.add_argument(
+        "--levels", default="1320,1500,1700,2000", help="Stockfish UCI_Elo levels (comma-separated)"
+    )
     lad.add_argument("--games", type=int, default=None, help="games per level (default 10)")
     lad.add_argument("--plot", help="PNG plot (default: beside --json)")
-    lad.add_argument("--stockfish", help="Stockfish binary (default: $STOCKFISH_PATH, PATH, /usr/games/stockfish)")
+    lad.add_argument(
+        "--stockfish", help="Stockfish binary (default: $STOCKFISH_PATH, PATH, /usr/games/stockfish)"
+    )
     _play_args(lad)
     _output_args(lad)
     lad.set_defaults(func=_ladder)
 
     t = asub.add_parser("tournament", help="round robin among engines or training checkpoints; Elo table")
-    t.add_argument("--engine", nargs="+", action="append", default=[], metavar="SPEC", help="an engine (repeat)")
-    t.add_argument("--checkpoints", metavar="RUN_DIR",
-                   help="a training run folder: every checkpoint in it (adapter or model folder) plays as mistral:DIR")
-    t.add_argument("--checkpoint-options", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="words added to every checkpoint engine (e.g. model.threads=1 search.mode=generate)")
+    t.add_argument(
+        "--engine", nargs="+", action="append", default=[], metavar="SPEC", help="an engine (repeat)"
+    )
+    t.add_argument(
+        "--checkpoints",
+        metavar="RUN_DIR",
+        help="a training run folder: every checkpoint in it (adapter or model folder) plays as mistral:DIR",
+    )
+    t.add_argument(
+        "--checkpoint-options",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="words added to every checkpoint engine (e.g. model.threads=1 search.mode=generate)",
+    )
     t.add_argument("--games", type=int, default=None, help="games per pairing (default 2)")
-    t.add_argument("--anchor", help="the engine whose rating is fixed (default: the first); a Stockfish level "
-                                    "is anchored at its UCI_Elo")
-    t.add_argument("--anchor-elo", type=float, default=None, help="the anchor's rating (default 0, or its UCI_Elo)")
-    t.add_argument("--sprt", metavar="'elo0=0 elo1=5 alpha=0.05 beta=0.05'",
-                   help="two engines only: a match that stops when the SPRT decides")
+    t.add_argument(
+        "--anchor",
+        help="the engine whose rating is fixed (default: the first); a Stockfish level "
+        "is anchored at its UCI_Elo",
+    )
+    t.add_argument(
+        "--anchor-elo", type=float, default=None, help="the anchor's rating (default 0, or its UCI_Elo)"
+    )
+    t.add_argument(
+        "--sprt",
+        metavar="'elo0=0 elo1=5 alpha=0.05 beta=0.05'",
+        help="two engines only: a match that stops when the SPRT decides",
+    )
     t.add_argument("--plot", help="PNG plot of the ratings (default: beside --json)")
     t.add_argument("--stockfish", help="Stockfish binary")
     _play_args(t)
     _output_args(t)
     t.set_defaults(func=_tournament)
 
-    o = asub.add_parser("openings", help="show the opening suite; --evaluate checks its balance with Stockfish")
+    o = asub.add_parser(
+        "openings", help="show the opening suite; --evaluate checks its balance with Stockfish"
+    )
     o.add_argument("--openings", help="a PGN/EPD suite (default: the bundled one)")
     o.add_argument("--evaluate", action="store_true", help="evaluate every line with Stockfish")
     o.add_argument("--depth", type=int, default=18)
@@ -113,9 +152,17 @@ def _help(parser: argparse.ArgumentParser) -> int:
 
 def _engine_args(p: argparse.ArgumentParser, *, minimum: int) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("--engine", nargs="+", action="append", default=[], metavar="SPEC",
-                   help="an engine and its KEY=VALUE words (repeat for each engine)")
-    p.add_argument("--stockfish", help="Stockfish binary (default: $STOCKFISH_PATH, PATH, /usr/games/stockfish)")
+    p.add_argument(
+        "--engine",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="an engine and its KEY=VALUE words (repeat for each engine)",
+    )
+    p.add_argument(
+        "--stockfish", help="Stockfish binary (default: $STOCKFISH_PATH, PATH, /usr/games/stockfish)"
+    )
 
 
 def _play_args(p: argparse.ArgumentParser) -> None:
@@ -126,14 +173,29 @@ def _play_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nodes", type=int, help="node budget per move")
     g.add_argument("--depth", type=int, help="depth budget per move")
     g.add_argument("--concurrency", type=int, help="games played at once (default 1)")
-    g.add_argument("--max-plies", type=int, help="plies after the opening, then a draw by adjudication (default 200)")
+    g.add_argument(
+        "--max-plies", type=int, help="plies after the opening, then a draw by adjudication (default 200)"
+    )
     g.add_argument("--openings", help="opening suite, PGN or EPD (default: the bundled balanced suite)")
-    g.add_argument("--opening-seed", type=int, help="shuffle the openings with this seed (default: file order)")
-    g.add_argument("--time-margin", type=int, help="ms an engine may overrun before losing on time (default 50)")
-    g.add_argument("--stall-timeout", type=float, help="s to wait for a move when no clock limits it (default 60)")
-    g.add_argument("--start-timeout", type=float, help="s for an engine to start and load its model (default 120)")
-    g.add_argument("--no-resign", dest="resign", action="store_false", default=None,
-                   help="ignore the engine's 'info string resign' and play on")
+    g.add_argument(
+        "--opening-seed", type=int, help="shuffle the openings with this seed (default: file order)"
+    )
+    g.add_argument(
+        "--time-margin", type=int, help="ms an engine may overrun before losing on time (default 50)"
+    )
+    g.add_argument(
+        "--stall-timeout", type=float, help="s to wait for a move when no clock limits it (default 60)"
+    )
+    g.add_argument(
+        "--start-timeout", type=float, help="s for an engine to start and load its model (default 120)"
+    )
+    g.add_argument(
+        "--no-resign",
+        dest="resign",
+        action="store_false",
+        default=None,
+        help="ignore the engine's 'info string resign' and play on",
+    )
     g.add_argument("--engine-logs", help="folder for each engine's UCI traffic")
 
 
@@ -148,9 +210,8 @@ def _output_args(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace, **defaults: Any) -> Any:
-    from engine.configtools import load_config
-
     from arena.match import PlaySettings
+    from engine.configtools import load_config
 
     overrides: dict[str, Any] = dict(defaults)
     for flag, key in _SETTING_FLAGS.items():
@@ -217,33 +278,43 @@ def _match(args: argparse.Namespace) -> int:
     report = run_match(specs, settings, opts)
     print_match(report)
     if report["interrupted"]:
-        print(f"interrupted: {report['games']} finished games kept; run the same command with --resume to go on",
-              file=sys.stderr)
+        print(
+            f"interrupted: {report['games']} finished games kept; run the same command with --resume to go on",
+            file=sys.stderr,
+        )
         return 130
     return 0
 
 
 def print_match(report: dict[str, Any]) -> None:
     a, b = (e["name"] for e in report["engines"])
-    print(f"Score of {a} vs {b}: {report['wins']} - {report['losses']} - {report['draws']}"
-          f"  [{_pct(report['score'])}] {report['games']} games")
+    print(
+        f"Score of {a} vs {b}: {report['wins']} - {report['losses']} - {report['draws']}"
+        f"  [{_pct(report['score'])}] {report['games']} games"
+    )
     elo = report["elo"]
-    if elo["diff"] is not None and elo["error"] is not None:
-        print(f"Elo difference: {elo['diff']:+.1f} +/- {elo['error']:.1f} (95%: {elo['lower']:+.1f} .. {elo['upper']:+.1f})"
-              + (f", LOS {100 * report['los']:.1f}%" if report["los"] is not None else ""))
+    los_text = f", LOS {100 * report['los']:.1f}%" if report["los"] is not None else ""
+    if elo["diff"] is None:
+        print(f"Elo difference: infinite (score {_pct(report['score'])}){los_text}")
     else:
-        print(f"Elo difference: not finite (score {_pct(report['score'])})"
-              + (f", LOS {100 * report['los']:.1f}%" if report["los"] is not None else ""))
+        lower = "-inf" if elo["lower"] is None else f"{elo['lower']:+.1f}"
+        upper = "+inf" if elo["upper"] is None else f"{elo['upper']:+.1f}"
+        error = f" +/- {elo['error']:.1f}" if elo["error"] is not None else ""
+        print(f"Elo difference: {elo['diff']:+.1f}{error} (95%: {lower} .. {upper}){los_text}")
     if report.get("sprt"):
         s = report["sprt"]
-        print(f"SPRT [{s['elo0']:g}, {s['elo1']:g}] LLR {s['llr']:.2f} ({s['lower']:.2f}, {s['upper']:.2f}): "
-              f"{s['decision'] or 'undecided'}")
+        print(
+            f"SPRT [{s['elo0']:g}, {s['elo1']:g}] LLR {s['llr']:.2f} ({s['lower']:.2f}, {s['upper']:.2f}): "
+            f"{s['decision'] or 'undecided'}"
+        )
     print("Terminations: " + ", ".join(f"{k} {v}" for k, v in report["terminations"].items()))
     for name, st in report["per_engine"].items():
         mt = st["move_time_ms"]
-        print(f"  {name}: illegal {st['illegal_moves']}, time losses {st['time_losses']}, crashes {st['crashes']}, "
-              f"stalls {st['stalls']}, resignations {st['resignations']}, fallbacks {st['fallbacks']}, "
-              f"invalid outputs {st['invalid_outputs']}, move time median {mt['median']} ms p95 {mt['p95']} ms")
+        print(
+            f"  {name}: illegal {st['illegal_moves']}, time losses {st['time_losses']}, crashes {st['crashes']}, "
+            f"stalls {st['stalls']}, resignations {st['resignations']}, fallbacks {st['fallbacks']}, "
+            f"invalid outputs {st['invalid_outputs']}, move time median {mt['median']} ms p95 {mt['p95']} ms"
+        )
 
 
 def _pct(score: float | None) -> str:
@@ -260,7 +331,9 @@ def _ladder(args: argparse.Namespace) -> int:
     try:
         levels = [int(x) for x in args.levels.replace(" ", "").split(",") if x]
     except ValueError:
-        raise ArenaError(f"--levels {args.levels!r}: comma-separated integers, e.g. 1320,1500,1700,2000") from None
+        raise ArenaError(
+            f"--levels {args.levels!r}: comma-separated integers, e.g. 1320,1500,1700,2000"
+        ) from None
     if not levels:
         raise ArenaError("--levels: at least one level")
     specs = _engines(args)
@@ -282,7 +355,9 @@ def _ladder(args: argparse.Namespace) -> int:
 
     print_ladder(report)
     if report["interrupted"]:
-        print("interrupted: finished games kept; run the same command with --resume to go on", file=sys.stderr)
+        print(
+            "interrupted: finished games kept; run the same command with --resume to go on", file=sys.stderr
+        )
         return 130
     return 0
 
@@ -299,7 +374,9 @@ def _tournament(args: argparse.Namespace) -> int:
 
     unique_names(specs)
     if len(specs) < 2:
-        raise ArenaError("a tournament needs at least two engines (--engine ... and/or --checkpoints RUN_DIR)")
+        raise ArenaError(
+            "a tournament needs at least two engines (--engine ... and/or --checkpoints RUN_DIR)"
+        )
     settings = _settings(args)
     sprt = _sprt(args.sprt)
     if sprt is not None:
@@ -307,10 +384,21 @@ def _tournament(args: argparse.Namespace) -> int:
             raise ArenaError(f"--sprt compares two engines, not {len(specs)}")
         from arena.match import MatchOptions, run_match
 
-        report = run_match(specs, settings, MatchOptions(
-            games=args.games if args.games is not None else 20000, pgn=args.pgn or "", json=args.json or "",
-            log=args.log or "", resume=args.resume, overwrite=args.overwrite, sprt=sprt,
-            show_progress=not args.quiet, event="mistral-chess arena SPRT"))
+        report = run_match(
+            specs,
+            settings,
+            MatchOptions(
+                games=args.games if args.games is not None else 20000,
+                pgn=args.pgn or "",
+                json=args.json or "",
+                log=args.log or "",
+                resume=args.resume,
+                overwrite=args.overwrite,
+                sprt=sprt,
+                show_progress=not args.quiet,
+                event="mistral-chess arena SPRT",
+            ),
+        )
         print_match(report)
         return 130 if report["interrupted"] else 0
     opts = TournamentOptions(
@@ -328,7 +416,9 @@ def _tournament(args: argparse.Namespace) -> int:
     report = run_tournament(specs, settings, opts)
     print_tournament(report)
     if report["interrupted"]:
-        print("interrupted: finished games kept; run the same command with --resume to go on", file=sys.stderr)
+        print(
+            "interrupted: finished games kept; run the same command with --resume to go on", file=sys.stderr
+        )
         return 130
     return 0
 
@@ -344,8 +434,10 @@ def _openings(args: argparse.Namespace) -> int:
         now = f" now {scores[i]:+d}" if scores else ""
         stored = f"{o.eval_cp:+d}" if o.eval_cp is not None else "?"
         print(f"{i + 1:3d} {o.eco:3s} {stored:>5s}{now}  {o.name}: {' '.join(o.sans())}")
-    print(f"{len(suite)} openings, {len({o.key() for o in suite})} distinct positions, "
-          f"{min(len(o.moves) for o in suite)}-{max(len(o.moves) for o in suite)} plies")
+    print(
+        f"{len(suite)} openings, {len({o.key() for o in suite})} distinct positions, "
+        f"{min(len(o.moves) for o in suite)}-{max(len(o.moves) for o in suite)} plies"
+    )
     if scores:
         worst = max(abs(s) for s in scores)
         print(f"Stockfish depth {args.depth}: |eval| <= {worst} cp, mean {sum(scores) / len(scores):+.1f} cp")

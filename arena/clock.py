@@ -122,7 +122,9 @@ def parse_time_control(
             raise TimeControlError(f"time control {text!r}: the base time must be positive")
         if m.group("moves") and moves <= 0:
             raise TimeControlError(f"time control {text!r}: moves per period must be positive")
-    return TimeControl(base_ms=base_ms, inc_ms=inc_ms, moves=moves, movetime_ms=movetime_ms, nodes=nodes, depth=depth)
+    return TimeControl(
+        base_ms=base_ms, inc_ms=inc_ms, moves=moves, movetime_ms=movetime_ms, nodes=nodes, depth=depth
+    )
 
 
 class Clock:

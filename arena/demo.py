@@ -53,7 +53,9 @@ def demo_model(explicit: str | None) -> tuple[str, bool]:
     return str(folder), True
 
 
-def run_demo(*, model: str | None = None, max_plies: int = 40, stockfish: str | None = None, pgn: str | None = None) -> int:
+def run_demo(
+    *, model: str | None = None, max_plies: int = 40, stockfish: str | None = None, pgn: str | None = None
+) -> int:
     from loguru import logger
 
     logger.remove()
@@ -61,8 +63,10 @@ def run_demo(*, model: str | None = None, max_plies: int = 40, stockfish: str | 
     started = time.monotonic()
     folder, random_weights = demo_model(model)
     if random_weights:
-        print("PLUMBING DEMO: the engine runs a tiny RANDOM-WEIGHT model (no chess knowledge). It shows the "
-              "whole path (PGN prompt -> language model -> legal move -> UCI -> referee), not playing strength.")
+        print(
+            "PLUMBING DEMO: the engine runs a tiny RANDOM-WEIGHT model (no chess knowledge). It shows the "
+            "whole path (PGN prompt -> language model -> legal move -> UCI -> referee), not playing strength."
+        )
     engine = parse_engine([f"mistral:{folder}", "name=mistral-chess", "tc=60+1"])
     sf = parse_engine([f"stockfish:{LOWEST_ELO}", "tc=inf", "movetime=100"], stockfish_path=stockfish)
     print(f"White: mistral-chess ({folder})")
@@ -78,7 +82,9 @@ def run_demo(*, model: str | None = None, max_plies: int = 40, stockfish: str | 
         extra = f"  [fallback: {notes.fallback}]" if notes.fallback else ""
         print(f"{number:>5s} {rec.san:8s} {names[who]:18s} {rec.ms / 1000:5.2f} s{extra}", flush=True)
 
-    runner = Runner([engine, sf], settings, [start], event="mistral-chess demo", on_move=on_move, show_progress=False)
+    runner = Runner(
+        [engine, sf], settings, [start], event="mistral-chess demo", on_move=on_move, show_progress=False
+    )
     result = runner.run([GameTask(index=0, white=0, black=1, opening=0, pair=0)], [])
     if not result.records:
         print("demo interrupted", file=sys.stderr)
@@ -89,6 +95,9 @@ def run_demo(*, model: str | None = None, max_plies: int = 40, stockfish: str | 
     if pgn:
         PgnWriter(Path(pgn), event="mistral-chess demo").rewrite([record])
         print(f"\nPGN written to {pgn}")
-    print(f"\n(demo took {time.monotonic() - started:.1f} s"
-          + ("; random-weight model: expect nonsense moves" if random_weights else "") + ")")
+    print(
+        f"\n(demo took {time.monotonic() - started:.1f} s"
+        + ("; random-weight model: expect nonsense moves" if random_weights else "")
+        + ")"
+    )
     return 0

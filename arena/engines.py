@@ -97,7 +97,9 @@ def find_stockfish(explicit: str | None = None) -> str:
             return candidate
         tried.append(f"{label} = {candidate} (not an executable file)")
     raise StockfishNotFoundError(
-        "Stockfish not found; looked at " + "; ".join(tried) + ". Install it (Debian: apt-get install stockfish) "
+        "Stockfish not found; looked at "
+        + "; ".join(tried)
+        + ". Install it (Debian: apt-get install stockfish) "
         f"or set {STOCKFISH_ENV} to the binary"
     )
 
@@ -189,9 +191,8 @@ def parse_engine(words: list[str] | str, *, stockfish_path: str | None = None) -
     first, pairs, args, overrides = _split_words(words)
     options = {k[len("option.") :]: v for k, v in pairs.items() if k.startswith("option.")}
     for key in pairs:
-        if key.startswith("option."):
-            if not key[len("option.") :]:
-                raise EngineSpecError(f"engine {first!r}: option name missing in {key!r}")
+        if key.startswith("option.") and not key[len("option.") :]:
+            raise EngineSpecError(f"engine {first!r}: option name missing in {key!r}")
     limits = _limits(first, pairs)
     cwd = pairs.get("cwd")
     if cwd and not Path(cwd).is_dir():
@@ -203,10 +204,14 @@ def parse_engine(words: list[str] | str, *, stockfish_path: str | None = None) -
         spec = _stockfish(first, pairs, stockfish_path)
     else:
         if overrides:
-            raise EngineSpecError(f"engine {first!r}: {overrides[0]!r}: dotted keys are engine config overrides, only for mistral:")
+            raise EngineSpecError(
+                f"engine {first!r}: {overrides[0]!r}: dotted keys are engine config overrides, only for mistral:"
+            )
         bad = [k for k in pairs if k not in _COMMON_KEYS and not k.startswith("option.")]
         if bad:
-            raise EngineSpecError(f"engine {first!r}: unknown key {bad[0]!r} (allowed: name, option.NAME, arg, cwd, tc, movetime, nodes, depth)")
+            raise EngineSpecError(
+                f"engine {first!r}: unknown key {bad[0]!r} (allowed: name, option.NAME, arg, cwd, tc, movetime, nodes, depth)"
+            )
         if "cmd" in pairs:
             raise EngineSpecError(f"engine {first!r}: cmd= must be the first word")
         command = shlex.split(first[len("cmd=") :] if first.startswith("cmd=") else first)
@@ -237,11 +242,15 @@ def _mistral(first: str, pairs: dict[str, str], overrides: list[str]) -> EngineS
     top_level = {f.name for f in dataclasses.fields(EngineConfig)}  # log_level, log_file
     overrides = overrides + [f"{k}={v}" for k, v in pairs.items() if k in top_level]
     bad = [
-        k for k in pairs if k not in _COMMON_KEYS | {"adapter", "config"} | top_level and not k.startswith("option.")
+        k
+        for k in pairs
+        if k not in _COMMON_KEYS | {"adapter", "config"} | top_level and not k.startswith("option.")
     ]
     if bad:
-        raise EngineSpecError(f"engine {first!r}: unknown key {bad[0]!r} (allowed: adapter, config, name, option.NAME, "
-                              "arg, cwd, tc, movetime, nodes, depth, or an engine override like search.mode=generate)")
+        raise EngineSpecError(
+            f"engine {first!r}: unknown key {bad[0]!r} (allowed: adapter, config, name, option.NAME, "
+            "arg, cwd, tc, movetime, nodes, depth, or an engine override like search.mode=generate)"
+        )
     target = first.split(":", 1)[1] if ":" in first else ""
     config = pairs.get("config", "")
     model = ""
@@ -252,7 +261,9 @@ def _mistral(first: str, pairs: dict[str, str], overrides: list[str]) -> EngineS
         elif path.is_dir():
             model = str(path)
         elif target.startswith((".", "/", "~")) or not path.parent.exists() or path.suffix:
-            raise EngineSpecError(f"mistral engine: {target!r} is neither a model folder nor an engine YAML config")
+            raise EngineSpecError(
+                f"mistral engine: {target!r} is neither a model folder nor an engine YAML config"
+            )
         else:
             model = target  # a hub name such as mistralai/Mistral-7B-v0.1
     adapter = pairs.get("adapter", "")
@@ -277,7 +288,11 @@ def _mistral(first: str, pairs: dict[str, str], overrides: list[str]) -> EngineS
     if adapter:
         command += ["--adapter", adapter]
     command += overrides
-    label = Path(adapter).name if adapter else (Path(model).name if model else (Path(config).stem if config else "default"))
+    label = (
+        Path(adapter).name
+        if adapter
+        else (Path(model).name if model else (Path(config).stem if config else "default"))
+    )
     return EngineSpec(name=f"mistral-chess({label})", command=command, kind="mistral")
 
 

@@ -40,7 +40,9 @@ class GameLog:
         self.path = path
 
     @classmethod
-    def open(cls, path: Path, identity: dict[str, Any], *, resume: bool, overwrite: bool) -> tuple[GameLog, list[GameRecord]]:
+    def open(
+        cls, path: Path, identity: dict[str, Any], *, resume: bool, overwrite: bool
+    ) -> tuple[GameLog, list[GameRecord]]:
         """Start a log, or (``resume``) read the games of an earlier run of the same match."""
         log = cls(path)
         if path.exists() and path.stat().st_size > 0:
@@ -86,7 +88,9 @@ class GameLog:
         diffs = [k for k in sorted(set(old) | set(identity)) if old.get(k) != identity.get(k)]
         if diffs:
             details = "; ".join(f"{k}: was {old.get(k)!r}, now {identity.get(k)!r}" for k in diffs[:3])
-            raise GameLogError(f"{self.path} belongs to another match ({details}); use other output files or --overwrite")
+            raise GameLogError(
+                f"{self.path} belongs to another match ({details}); use other output files or --overwrite"
+            )
         # Rewrite compactly, without a torn last line.
         tmp = self.path.with_name(self.path.name + ".tmp")
         with tmp.open("w", encoding="utf-8") as f:
@@ -124,8 +128,10 @@ def game_pgn(record: GameRecord, *, event: str = "mistral-chess arena") -> chess
     if record.opening_name:
         game.headers["Opening"] = record.opening_name
     game.headers["TimeControl"] = record.tc_tag or "-"
-    game.headers["Termination"] = "normal" if record.termination in RULE_ENDINGS.values() else PGN_TERMINATION.get(
-        record.termination, "unterminated"
+    game.headers["Termination"] = (
+        "normal"
+        if record.termination in RULE_ENDINGS.values()
+        else PGN_TERMINATION.get(record.termination, "unterminated")
     )
     game.headers["TerminationDetails"] = record.reason
     game.headers["PlyCount"] = str(len(record.opening_moves) + len(record.moves))

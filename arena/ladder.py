@@ -53,7 +53,11 @@ def ladder_schedule(n_levels: int, games: int, opening_order: list[int]) -> list
 
 
 def ladder_report(
-    engine: EngineSpec, opponents: list[EngineSpec], settings: PlaySettings, records: list[GameRecord], **extra: Any
+    engine: EngineSpec,
+    opponents: list[EngineSpec],
+    settings: PlaySettings,
+    records: list[GameRecord],
+    **extra: Any,
 ) -> dict[str, Any]:
     levels = []
     fit_games: list[tuple[float, float]] = []
@@ -67,8 +71,17 @@ def ladder_report(
         if score is not None and 0 < score < 1:
             perf = round(opp.elo + score_to_elo(score), 1)
         levels.append(
-            {"requested": opp.requested_elo, "elo": opp.elo, "name": opp.name, "games": n, "wins": w, "draws": d,
-             "losses": lo, "score": None if score is None else round(score, 4), "performance": perf}
+            {
+                "requested": opp.requested_elo,
+                "elo": opp.elo,
+                "name": opp.name,
+                "games": n,
+                "wins": w,
+                "draws": d,
+                "losses": lo,
+                "score": None if score is None else round(score, 4),
+                "performance": perf,
+            }
         )
         fit_games += [(float(opp.elo), r.score_of(0)) for r in games]
     fit = fit_absolute(fit_games)
@@ -102,7 +115,9 @@ def run_ladder(engine: EngineSpec, settings: PlaySettings, opts: LadderOptions) 
     seen: dict[str, int] = {}
     for o in opponents:
         if o.name in seen:
-            raise ArenaError(f"levels {opts.levels[seen[o.name]]} and {o.requested_elo} both play as {o.name}: drop one")
+            raise ArenaError(
+                f"levels {opts.levels[seen[o.name]]} and {o.requested_elo} both play as {o.name}: drop one"
+            )
         seen[o.name] = opponents.index(o)
     specs = [engine, *opponents]
     openings = load_openings(settings.openings or None)
@@ -115,28 +130,68 @@ def run_ladder(engine: EngineSpec, settings: PlaySettings, opts: LadderOptions) 
         "openings": suite_digest(openings),
         **settings.identity(),
     }
-    mopts = MatchOptions(games=len(tasks), pgn=opts.pgn, json=opts.json, log=opts.log, resume=opts.resume,
-                         overwrite=opts.overwrite, event="mistral-chess arena ladder")
+    mopts = MatchOptions(
+        games=len(tasks),
+        pgn=opts.pgn,
+        json=opts.json,
+        log=opts.log,
+        resume=opts.resume,
+        overwrite=opts.overwrite,
+        event="mistral-chess arena ladder",
+    )
     log, pgn, done = open_outputs(identity, mopts)
     plot = opts.plot or (str(Path(opts.json).with_suffix(".png")) if opts.json else "")
-    files = {k: v for k, v in (("pgn", opts.pgn), ("json", opts.json), ("log", str(log.path) if log else ""),
-                               ("plot", plot)) if v}
+    files = {
+        k: v
+        for k, v in (
+            ("pgn", opts.pgn),
+            ("json", opts.json),
+            ("log", str(log.path) if log else ""),
+            ("plot", plot),
+        )
+        if v
+    }
 
     def on_record(records: list[GameRecord]) -> None:
         if opts.json:
-            write_json(ladder_report(engine, opponents, settings, records, interrupted=False, files=files), opts.json)
+            write_json(
+                ladder_report(engine, opponents, settings, records, interrupted=False, files=files), opts.json
+            )
 
     def progress(records: list[GameRecord]) -> str:
-        fit = fit_absolute([(float(specs[r.black_engine if r.white_engine == 0 else r.white_engine].elo or 0),
-                             r.score_of(0)) for r in records])
+        fit = fit_absolute(
+            [
+                (
+                    float(specs[r.black_engine if r.white_engine == 0 else r.white_engine].elo or 0),
+                    r.score_of(0),
+                )
+                for r in records
+            ]
+        )
         elo = f"Elo {fit.elo:.0f}" if fit.elo is not None else (f"Elo < {fit.upper:.0f}" if fit.upper else "")
         return f"{score_text(records)} {elo}"
 
-    runner = Runner(specs, settings, openings, event=mopts.event, log=log, pgn=pgn, on_record=on_record,
-                    progress_text=progress, show_progress=opts.show_progress)
+    runner = Runner(
+        specs,
+        settings,
+        openings,
+        event=mopts.event,
+        log=log,
+        pgn=pgn,
+        on_record=on_record,
+        progress_text=progress,
+        show_progress=opts.show_progress,
+    )
     result = runner.run(tasks, done)
-    report = ladder_report(engine, opponents, settings, result.records, interrupted=result.interrupted, files=files,
-                           games_planned=len(tasks))
+    report = ladder_report(
+        engine,
+        opponents,
+        settings,
+        result.records,
+        interrupted=result.interrupted,
+        files=files,
+        games_planned=len(tasks),
+    )
     report["per_engine"][engine.name]["restarts"] = result.restarts.get(0, 0)
     if opts.json:
         write_json(report, opts.json)
@@ -156,8 +211,10 @@ def print_ladder(report: dict[str, Any]) -> None:
         print(f"  vs {lv['name']}: +{lv['wins']} ={lv['draws']} -{lv['losses']} ({score}{perf})")
     fit = report["fit"]
     if fit["elo"] is not None:
-        print(f"Elo {fit['elo']:.0f} +/- {1.96 * fit['stderr']:.0f} (95% profile interval {fit['lower']:.0f} .. "
-              f"{fit['upper']:.0f}), on Stockfish's UCI_Elo scale")
+        print(
+            f"Elo {fit['elo']:.0f} +/- {1.96 * fit['stderr']:.0f} (95% profile interval {fit['lower']:.0f} .. "
+            f"{fit['upper']:.0f}), on Stockfish's UCI_Elo scale"
+        )
     elif fit["upper"] is not None:
         print(f"Elo below {fit['upper']:.0f} (95%): no game scored a point, so no finite estimate")
     elif fit["lower"] is not None:

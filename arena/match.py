@@ -90,7 +90,11 @@ class PlaySettings:
 
     def identity(self) -> dict[str, Any]:
         """Settings that must match when a match resumes."""
-        return {"tc": self.time_control().describe(), "max_plies": self.max_plies, "opening_seed": self.opening_seed}
+        return {
+            "tc": self.time_control().describe(),
+            "max_plies": self.max_plies,
+            "opening_seed": self.opening_seed,
+        }
 
 
 def paired_schedule(
@@ -107,7 +111,9 @@ def paired_schedule(
         opening = opening_order[local_pair % len(opening_order)]
         white, black = (a, b) if g % 2 == 0 else (b, a)
         tasks.append(
-            GameTask(index=start_index + g, white=white, black=black, opening=opening, pair=start_pair + local_pair)
+            GameTask(
+                index=start_index + g, white=white, black=black, opening=opening, pair=start_pair + local_pair
+            )
         )
     return tasks
 
@@ -324,7 +330,9 @@ def open_outputs(
     return log, pgn, done
 
 
-def match_identity(specs: list[EngineSpec], settings: PlaySettings, openings: list[Opening]) -> dict[str, Any]:
+def match_identity(
+    specs: list[EngineSpec], settings: PlaySettings, openings: list[Opening]
+) -> dict[str, Any]:
     return {
         "kind": "match",
         "engines": [s.identity() for s in specs],
@@ -356,7 +364,9 @@ def match_report(
         "point_of_view": specs[0].name,
         **h2h,
         "terminations": terminations(records),
-        "per_engine": {s.name: engine_stats(records, i, restarts=restarts.get(i, 0)) for i, s in enumerate(specs)},
+        "per_engine": {
+            s.name: engine_stats(records, i, restarts=restarts.get(i, 0)) for i, s in enumerate(specs)
+        },
         "sprt": sprt_state(sprt, records),
         "config": dataclasses.asdict(settings),
         "time_control": settings.time_control().describe(),
@@ -401,11 +411,22 @@ def run_match(
     log, pgn, done = open_outputs(match_identity(specs, settings, openings), opts)
     if done:
         logger.info("resuming: {} finished games read from {}", len(done), log.path if log else "?")
-    paths = {k: v for k, v in (("pgn", opts.pgn), ("json", opts.json), ("log", str(log.path) if log else "")) if v}
+    paths = {
+        k: v for k, v in (("pgn", opts.pgn), ("json", opts.json), ("log", str(log.path) if log else "")) if v
+    }
 
-    def report_of(records: list[GameRecord], *, interrupted: bool, restarts: dict[int, int]) -> dict[str, Any]:
+    def report_of(
+        records: list[GameRecord], *, interrupted: bool, restarts: dict[int, int]
+    ) -> dict[str, Any]:
         return match_report(
-            specs, settings, records, planned=opts.games, interrupted=interrupted, restarts=restarts, sprt=opts.sprt, paths=paths
+            specs,
+            settings,
+            records,
+            planned=opts.games,
+            interrupted=interrupted,
+            restarts=restarts,
+            sprt=opts.sprt,
+            paths=paths,
         )
 
     runner: Runner

@@ -97,7 +97,9 @@ def _read_pgn(text: str, path: Path) -> list[Opening]:
         try:
             eval_cp = int(raw_eval) if raw_eval not in (None, "", "?") else None
         except ValueError:
-            raise OpeningsError(f"{path}: opening {n} ({name}): Eval {raw_eval!r} is not an integer (centipawns)") from None
+            raise OpeningsError(
+                f"{path}: opening {n} ({name}): Eval {raw_eval!r} is not an integer (centipawns)"
+            ) from None
         out.append(Opening(name=name, fen=fen, moves=moves, eco=game.headers.get("ECO", ""), eval_cp=eval_cp))
     return out
 
@@ -139,7 +141,9 @@ def order(openings: list[Opening], seed: int | None) -> list[int]:
     return idx
 
 
-def check_suite(openings: list[Opening], *, min_plies: int = MIN_PLIES, max_plies: int = MAX_PLIES) -> list[str]:
+def check_suite(
+    openings: list[Opening], *, min_plies: int = MIN_PLIES, max_plies: int = MAX_PLIES
+) -> list[str]:
     """Problems with a suite meant as the bundled one (empty: fine)."""
     problems = []
     seen: dict[str, str] = {}
@@ -170,7 +174,9 @@ def evaluate(openings: list[Opening], stockfish: str, *, depth: int = 18, thread
     return scores
 
 
-def write_pgn(openings: list[Opening], path: str | Path, *, depth: int | None = None, header: str = "") -> None:
+def write_pgn(
+    openings: list[Opening], path: str | Path, *, depth: int | None = None, header: str = ""
+) -> None:
     """Write a suite as PGN (one game per opening, result ``*``)."""
     chunks = []
     if header:

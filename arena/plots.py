@@ -29,7 +29,13 @@ def ladder_plot(report: dict[str, Any], path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     ax.errorbar(xs, ys, yerr=errs, fmt="o", color="C0", capsize=4, label="score per level (95% interval)")
     for lv in levels:
-        ax.annotate(f"{lv['games']} g", (lv["elo"], lv["score"]), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        ax.annotate(
+            f"{lv['games']} g",
+            (lv["elo"], lv["score"]),
+            textcoords="offset points",
+            xytext=(6, 6),
+            fontsize=8,
+        )
     lo_x = min(xs + [fit["elo"] or xs[0]]) - 300 if xs else 1000
     hi_x = max(xs + [fit["elo"] or xs[-1]]) + 300 if xs else 3000
     grid = [lo_x + (hi_x - lo_x) * i / 200 for i in range(201)]
@@ -46,17 +52,29 @@ def ladder_plot(report: dict[str, Any], path: str | Path) -> Path:
                 label=f"95%: {fit['lower']:.0f} .. {fit['upper']:.0f}",
             )
     elif fit["upper"] is not None:
-        ax.plot(grid, [expected_score(fit["upper"] - x) for x in grid], "--", color="C3",
-                label=f"no finite fit (no points scored): Elo < {fit['upper']:.0f} (95%)")
+        ax.plot(
+            grid,
+            [expected_score(fit["upper"] - x) for x in grid],
+            "--",
+            color="C3",
+            label=f"no finite fit (no points scored): Elo < {fit['upper']:.0f} (95%)",
+        )
     elif fit["lower"] is not None:
-        ax.plot(grid, [expected_score(fit["lower"] - x) for x in grid], "--", color="C2",
-                label=f"no finite fit (every game won): Elo > {fit['lower']:.0f} (95%)")
+        ax.plot(
+            grid,
+            [expected_score(fit["lower"] - x) for x in grid],
+            "--",
+            color="C2",
+            label=f"no finite fit (every game won): Elo > {fit['lower']:.0f} (95%)",
+        )
     ax.set_xlabel("opponent Elo (Stockfish UCI_Elo)")
     ax.set_ylabel(f"score of {report['engine']['name']}")
     ax.set_ylim(-0.05, 1.05)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
-    ax.set_title(f"Ladder: {report['engine']['name']} ({report['games']} games, {report['time_control']})", fontsize=10)
+    ax.set_title(
+        f"Ladder: {report['engine']['name']} ({report['games']} games, {report['time_control']})", fontsize=10
+    )
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

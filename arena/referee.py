@@ -255,7 +255,9 @@ def play_game(
             engines[color].new_game(rules.ready_timeout_s)
         except EngineFault as exc:
             engines[color].broken = True
-            return lose(color, exc.kind, f"{'crashes' if exc.kind == 'crash' else 'stalls'} before the game: {exc}")
+            return lose(
+                color, exc.kind, f"{'crashes' if exc.kind == 'crash' else 'stalls'} before the game: {exc}"
+            )
 
     root_fen = board.root().fen()
     position_head = "position startpos" if root_fen == chess.STARTING_FEN else f"position fen {root_fen}"
@@ -270,7 +272,9 @@ def play_game(
             text = code if loser is None else f"{side_name[not loser]} wins by {code}"
             return finish(outcome.result(), code, text, loser)
         if rules.max_plies and game_plies >= rules.max_plies:
-            return finish("1/2-1/2", "max plies", f"draw by adjudication after {game_plies} plies (max plies)", None)
+            return finish(
+                "1/2-1/2", "max plies", f"draw by adjudication after {game_plies} plies (max plies)", None
+            )
 
         color = board.turn
         proc = engines[color]
@@ -279,7 +283,9 @@ def play_game(
         allowance = clock.allowance_ms(color)
         deadline = None if allowance is None else allowance + rules.time_margin_ms
         try:
-            res: GoResult | None = proc.go(position, clock.go_command(color), deadline, stall_timeout=rules.stall_timeout_s)
+            res: GoResult | None = proc.go(
+                position, clock.go_command(color), deadline, stall_timeout=rules.stall_timeout_s
+            )
         except EngineFault as exc:
             proc.broken = True
             if exc.kind == "crash":
@@ -297,9 +303,17 @@ def play_game(
                     "stall",
                     f"stalls: no bestmove within {deadline:.0f} ms of its clock, nor {rules.stop_grace_s:g} s after 'stop'",
                 )
-            return lose(color, "time forfeit", f"loses on time: no bestmove within {deadline:.0f} ms ({allowance:.0f} ms left on its clock)")
+            return lose(
+                color,
+                "time forfeit",
+                f"loses on time: no bestmove within {deadline:.0f} ms ({allowance:.0f} ms left on its clock)",
+            )
         if allowance is not None and res.elapsed_ms > allowance + rules.time_margin_ms:
-            return lose(color, "time forfeit", f"loses on time: {res.elapsed_ms:.0f} ms used, {allowance:.0f} ms allowed")
+            return lose(
+                color,
+                "time forfeit",
+                f"loses on time: {res.elapsed_ms:.0f} ms used, {allowance:.0f} ms allowed",
+            )
         clock.charge(color, res.elapsed_ms)
 
         raw = res.bestmove
@@ -314,11 +328,17 @@ def play_game(
 
         notes = read_notes(res.info_strings)
         mrec = MoveRecord(
-            uci=move.uci(), san=board.san(move), ms=round(res.elapsed_ms, 1), score=_score_text(res.info), info_strings=res.info_strings
+            uci=move.uci(),
+            san=board.san(move),
+            ms=round(res.elapsed_ms, 1),
+            score=_score_text(res.info),
+            info_strings=res.info_strings,
         )
         if notes.resign and rules.honour_resign:
             # The engine still sent a legal move (UCI has no resignation); it is not played.
-            return finish("0-1" if color == chess.WHITE else "1-0", "resignation", f"{side_name[color]} resigns", color)
+            return finish(
+                "0-1" if color == chess.WHITE else "1-0", "resignation", f"{side_name[color]} resigns", color
+            )
         record.moves.append(mrec)
         if on_move is not None:
             on_move(board, move, mrec, index_of[color])

@@ -61,7 +61,7 @@ def percentile(values: list[float], q: float) -> float | None:
 def engine_stats(records: list[GameRecord], engine: int, *, restarts: int = 0) -> dict[str, Any]:
     """Faults, notes and move times of one engine."""
     w, d, lo = wdl(records, engine)
-    faults = collections.Counter()
+    faults: collections.Counter[str] = collections.Counter()
     times: list[float] = []
     moves = fallbacks = repaired = 0
     invalid: list[str] = []
@@ -70,7 +70,13 @@ def engine_stats(records: list[GameRecord], engine: int, *, restarts: int = 0) -
     for r in records:
         if engine not in (r.white_engine, r.black_engine):
             continue
-        if r.loser == engine and r.termination in ("illegal move", "time forfeit", "crash", "stall", "resignation"):
+        if r.loser == engine and r.termination in (
+            "illegal move",
+            "time forfeit",
+            "crash",
+            "stall",
+            "resignation",
+        ):
             faults[r.termination] += 1
         # Who made the first game move: the side to move of the start position, flipped per book ply.
         first_white = (r.start_fen.split()[1] == "w") == (len(r.opening_moves) % 2 == 0)

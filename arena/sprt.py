@@ -109,7 +109,9 @@ class Sprt:
             return "H0"
         return None
 
-    def state(self, wins: int, draws: int, losses: int, penta: Sequence[int] | None = None) -> dict[str, object]:
+    def state(
+        self, wins: int, draws: int, losses: int, penta: Sequence[int] | None = None
+    ) -> dict[str, object]:
         llr = self.llr(wins, draws, losses, penta)
         return {
             "elo0": self.elo0,

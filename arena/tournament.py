@@ -86,7 +86,9 @@ def _anchor(specs: list[EngineSpec], opts: TournamentOptions) -> tuple[int, floa
     if opts.anchor:
         names = [s.name for s in specs]
         if opts.anchor not in names:
-            raise ArenaError(f"--anchor {opts.anchor!r} is not an engine of this tournament ({', '.join(names)})")
+            raise ArenaError(
+                f"--anchor {opts.anchor!r} is not an engine of this tournament ({', '.join(names)})"
+            )
         idx = names.index(opts.anchor)
     else:
         levels = [i for i, s in enumerate(specs) if s.elo is not None]
@@ -96,7 +98,11 @@ def _anchor(specs: list[EngineSpec], opts: TournamentOptions) -> tuple[int, floa
 
 
 def tournament_report(
-    specs: list[EngineSpec], settings: PlaySettings, opts: TournamentOptions, records: list[GameRecord], **extra: Any
+    specs: list[EngineSpec],
+    settings: PlaySettings,
+    opts: TournamentOptions,
+    records: list[GameRecord],
+    **extra: Any,
 ) -> dict[str, Any]:
     n = len(specs)
     anchor, anchor_elo = _anchor(specs, opts)
@@ -105,32 +111,40 @@ def tournament_report(
     notes = []
     if not fit.converged:
         fit = fit_ratings(n, games, anchor=anchor, anchor_elo=anchor_elo, prior_draws=1.0)
-        notes.append("some engine won or lost every game, so the plain maximum-likelihood ratings are infinite: "
-                     "fitted with one virtual draw added to every pairing")
+        notes.append(
+            "some engine won or lost every game, so the plain maximum-likelihood ratings are infinite: "
+            "fitted with one virtual draw added to every pairing"
+        )
     rows = []
     for i, s in enumerate(specs):
         w, d, lo = wdl(records, i)
         played = w + d + lo
         se = fit.stderr[i]
         m = _STEP_RE.search(s.name)
-        rows.append({
-            "name": s.name,
-            "elo": round(fit.ratings[i], 1) if played or i == anchor else None,
-            "error": None if se is None or not played else round(Z95 * se, 1),
-            "stderr": None if se is None or not played else round(se, 1),
-            "games": played,
-            "wins": w,
-            "draws": d,
-            "losses": lo,
-            "score": round((w + 0.5 * d) / played, 4) if played else None,
-            "step": int(m.group(1)) if m and s.kind == "mistral" else None,
-        })
+        rows.append(
+            {
+                "name": s.name,
+                "elo": round(fit.ratings[i], 1) if played or i == anchor else None,
+                "error": None if se is None or not played else round(Z95 * se, 1),
+                "stderr": None if se is None or not played else round(se, 1),
+                "games": played,
+                "wins": w,
+                "draws": d,
+                "losses": lo,
+                "score": round((w + 0.5 * d) / played, 4) if played else None,
+                "step": int(m.group(1)) if m and s.kind == "mistral" else None,
+            }
+        )
     cross: dict[str, dict[str, Any]] = {}
     for i, j in itertools.permutations(range(n), 2):
         h = head_to_head(records, i, j)
         if h["games"]:
             cross.setdefault(specs[i].name, {})[specs[j].name] = {
-                "wins": h["wins"], "draws": h["draws"], "losses": h["losses"], "score": h["score"]}
+                "wins": h["wins"],
+                "draws": h["draws"],
+                "losses": h["losses"],
+                "score": h["score"],
+            }
     return {
         "kind": "tournament",
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -151,7 +165,9 @@ def tournament_report(
     }
 
 
-def run_tournament(specs: list[EngineSpec], settings: PlaySettings, opts: TournamentOptions) -> dict[str, Any]:
+def run_tournament(
+    specs: list[EngineSpec], settings: PlaySettings, opts: TournamentOptions
+) -> dict[str, Any]:
     if opts.games < 1:
         raise ArenaError("games per pairing must be >= 1")
     _anchor(specs, opts)  # a bad --anchor is an error before any game
@@ -165,26 +181,59 @@ def run_tournament(specs: list[EngineSpec], settings: PlaySettings, opts: Tourna
         "openings": suite_digest(openings),
         **settings.identity(),
     }
-    mopts = MatchOptions(games=len(tasks), pgn=opts.pgn, json=opts.json, log=opts.log, resume=opts.resume,
-                         overwrite=opts.overwrite, event="mistral-chess arena tournament")
+    mopts = MatchOptions(
+        games=len(tasks),
+        pgn=opts.pgn,
+        json=opts.json,
+        log=opts.log,
+        resume=opts.resume,
+        overwrite=opts.overwrite,
+        event="mistral-chess arena tournament",
+    )
     log, pgn, done = open_outputs(identity, mopts)
     plot = opts.plot or (str(Path(opts.json).with_suffix(".png")) if opts.json else "")
-    files = {k: v for k, v in (("pgn", opts.pgn), ("json", opts.json), ("log", str(log.path) if log else ""),
-                               ("plot", plot)) if v}
+    files = {
+        k: v
+        for k, v in (
+            ("pgn", opts.pgn),
+            ("json", opts.json),
+            ("log", str(log.path) if log else ""),
+            ("plot", plot),
+        )
+        if v
+    }
 
     def on_record(records: list[GameRecord]) -> None:
         if opts.json:
-            write_json(tournament_report(specs, settings, opts, records, interrupted=False, files=files), opts.json)
+            write_json(
+                tournament_report(specs, settings, opts, records, interrupted=False, files=files), opts.json
+            )
 
     def progress(records: list[GameRecord]) -> str:
         last = records[-1]
         return f"last: {last.white} - {last.black} {last.result}"
 
-    runner = Runner(specs, settings, openings, event=mopts.event, log=log, pgn=pgn, on_record=on_record,
-                    progress_text=progress, show_progress=opts.show_progress)
+    runner = Runner(
+        specs,
+        settings,
+        openings,
+        event=mopts.event,
+        log=log,
+        pgn=pgn,
+        on_record=on_record,
+        progress_text=progress,
+        show_progress=opts.show_progress,
+    )
     result = runner.run(tasks, done)
-    report = tournament_report(specs, settings, opts, result.records, interrupted=result.interrupted, files=files,
-                               games_planned=len(tasks))
+    report = tournament_report(
+        specs,
+        settings,
+        opts,
+        result.records,
+        interrupted=result.interrupted,
+        files=files,
+        games_planned=len(tasks),
+    )
     for i, s in enumerate(specs):
         report["per_engine"][s.name]["restarts"] = result.restarts.get(i, 0)
     if opts.json:
@@ -197,7 +246,9 @@ def run_tournament(specs: list[EngineSpec], settings: PlaySettings, opts: Tourna
 
 
 def print_tournament(report: dict[str, Any]) -> None:
-    print(f"Tournament: {report['games']} games; anchor {report['anchor']['name']} = {report['anchor']['elo']:g}")
+    print(
+        f"Tournament: {report['games']} games; anchor {report['anchor']['name']} = {report['anchor']['elo']:g}"
+    )
     width = max(len(r["name"]) for r in report["ratings"])
     print(f"  {'engine':{width}s}    Elo     +/-  games  score")
     for r in report["ratings"]:

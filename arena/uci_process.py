@@ -49,7 +49,9 @@ class GoResult:
 class UciProcess:
     """Start, configure and talk to one engine; ``restart()`` after a fault."""
 
-    def __init__(self, spec: EngineSpec, *, log_file: str | Path | None = None, stderr_keep: int = 40) -> None:
+    def __init__(
+        self, spec: EngineSpec, *, log_file: str | Path | None = None, stderr_keep: int = 40
+    ) -> None:
         self.spec = spec
         self.log_file = Path(log_file) if log_file else None
         self._log: IO[str] | None = None
@@ -105,7 +107,9 @@ class UciProcess:
         out = threading.Thread(
             target=self._read_stdout, args=(self._proc.stdout, self._lines), daemon=True, name="uci-out"
         )
-        err = threading.Thread(target=self._read_stderr, args=(self._proc.stderr,), daemon=True, name="uci-err")
+        err = threading.Thread(
+            target=self._read_stderr, args=(self._proc.stderr,), daemon=True, name="uci-err"
+        )
         out.start()
         err.start()
         self._threads = [out, err]
@@ -119,7 +123,9 @@ class UciProcess:
                     self.declared_options[name.lower()] = line
             for name, value in self.spec.options.items():
                 if name.lower() not in self.declared_options:
-                    logger.warning("{}: option {!r} is not declared by the engine; sent anyway", self.spec.name, name)
+                    logger.warning(
+                        "{}: option {!r} is not declared by the engine; sent anyway", self.spec.name, name
+                    )
                 self.send(f"setoption name {name} value {value}")
             self.isready(ready_timeout)
         except EngineFault as exc:
@@ -260,7 +266,7 @@ class UciProcess:
         return item
 
     def _read_until(self, token: str, limit: float, *, what: str) -> list[str]:
-        lines = []
+        lines: list[str] = []
         while True:
             item = self._get(limit)
             if item is None:

@@ -122,9 +122,13 @@ def build(depth: int) -> tuple[list[Opening], list[int]]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--depth", type=int, default=18)
-    parser.add_argument("--max-cp", type=int, default=50, help="keep lines within this many centipawns of equality")
+    parser.add_argument(
+        "--max-cp", type=int, default=50, help="keep lines within this many centipawns of equality"
+    )
     parser.add_argument("--out", default=str(bundled_path()))
     args = parser.parse_args()
     openings, scores = build(args.depth)

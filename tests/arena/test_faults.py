@@ -1,0 +1,93 @@
+"""Deliberately broken engines lose their games with the right reason; the match goes on."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import chess.pgn
+import pytest
+
+from arena.engines import parse_engine
+from arena.match import MatchOptions, PlaySettings, run_match
+
+ENGINES = Path(__file__).parent / "engines"
+
+
+def engine(script: str, name: str) -> list[str]:
+    return [f"{sys.executable} {ENGINES / script}", f"name={name}"]
+
+
+def play(tmp_path: Path, broken: str, *, games: int = 2, **settings: object) -> dict:
+    specs = [parse_engine(engine(broken, "broken")), parse_engine(engine("random_engine.py", "random"))]
+    base = {"movetime_ms": 200, "tc": "inf", "max_plies": 30, "stop_grace_s": 0.5}
+    base.update(settings)
+    opts = MatchOptions(
+        games=games, pgn=str(tmp_path / "m.pgn"), json=str(tmp_path / "m.json"), show_progress=False
+    )
+    return run_match(specs, PlaySettings(**base), opts)  # type: ignore[arg-type]
+
+
+def pgn_games(path: Path) -> list[chess.pgn.Game]:
+    out = []
+    with path.open() as f:
+        while (g := chess.pgn.read_game(f)) is not None:
+            out.append(g)
+    return out
+
+
+@pytest.mark.timeout(60)
+def test_illegal_move_loses_with_the_move_named(tmp_path: Path) -> None:
+    report = play(tmp_path, "illegal_engine.py")
+    assert report["games"] == 2 and report["losses"] == 2
+    st = report["per_engine"]["broken"]
+    assert st["illegal_moves"] == 2 and st["crashes"] == 0
+    assert report["terminations"] == {"illegal move": 2}
+    games = pgn_games(tmp_path / "m.pgn")
+    assert len(games) == 2
+    assert games[0].headers["Termination"] == "rules infraction"
+    assert "makes an illegal move: 'e2e5'" in games[0].headers["TerminationDetails"]
+    assert games[0].headers["Result"] == "0-1" and games[1].headers["Result"] == "1-0"  # colours alternate
+
+
+@pytest.mark.timeout(60)
+def test_crash_loses_and_the_engine_is_restarted(tmp_path: Path) -> None:
+    report = play(tmp_path, "crash_engine.py")
+    st = report["per_engine"]["broken"]
+    assert report["games"] == 2 and st["crashes"] == 2
+    assert st["restarts"] == 1  # restarted for game 2, which it played (and crashed in) again
+    details = [g.headers["TerminationDetails"] for g in pgn_games(tmp_path / "m.pgn")]
+    assert all("crashes" in d and "code 3" in d and "segmentation fault (simulated)" in d for d in details)
+
+
+@pytest.mark.timeout(60)
+def test_hang_is_a_stall_and_the_process_is_replaced(tmp_path: Path) -> None:
+    report = play(tmp_path, "hang_engine.py")
+    st = report["per_engine"]["broken"]
+    assert report["games"] == 2 and st["stalls"] == 2 and st["time_losses"] == 0
+    assert st["restarts"] == 1
+    assert report["terminations"] == {"stall": 2}
+    detail = pgn_games(tmp_path / "m.pgn")[0].headers["TerminationDetails"]
+    assert "stalls" in detail and "after 'stop'" in detail
+
+
+@pytest.mark.timeout(60)
+def test_hang_without_a_clock_is_caught_by_the_stall_timeout(tmp_path: Path) -> None:
+    report = play(tmp_path, "hang_engine.py", games=1, movetime_ms=0, nodes=1000, stall_timeout_s=1.0)
+    assert report["per_engine"]["broken"]["stalls"] == 1
+    assert "no bestmove within 1 s" in pgn_games(tmp_path / "m.pgn")[0].headers["TerminationDetails"]
+
+
+@pytest.mark.timeout(60)
+def test_slow_engine_loses_on_time_but_is_not_restarted(tmp_path: Path) -> None:
+    report = play(tmp_path, "slow_engine.py")
+    st = report["per_engine"]["broken"]
+    assert report["games"] == 2 and st["time_losses"] == 2 and st["stalls"] == 0
+    assert st["restarts"] == 0  # it answered `stop`: alive and well
+    assert report["terminations"] == {"time forfeit": 2}
+    detail = pgn_games(tmp_path / "m.pgn")[0].headers["TerminationDetails"]
+    assert "loses on time" in detail
+    assert pgn_games(tmp_path / "m.pgn")[0].headers["Termination"] == "time forfeit"
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert saved["per_engine"]["random"]["time_losses"] == 0
