@@ -20,16 +20,19 @@ def register(sub: Any) -> None:
         description="Play on Lichess (or any server speaking its Bot API) with the model. "
         "`mistral-chess bot upgrade` turns the account into a bot account.",
     )
-    p.add_argument(
-        "action", nargs="?", choices=("run", "upgrade"), default="run", help="run (default) or upgrade"
-    )
     p.add_argument("--config", help="bot YAML config (see configs/bot.yaml)")
     p.add_argument("--base-url", help="server base URL (overrides `url`, default https://lichess.org)")
     p.add_argument(
         "--max-games", type=int, default=0, help="stop after this many finished games (0: run until stopped)"
     )
     p.add_argument("--yes", action="store_true", help="upgrade: do not ask for confirmation")
-    p.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. challenge.concurrency=2")
+    p.add_argument(
+        "words",
+        nargs="*",
+        metavar="[upgrade] key=value",
+        help="`upgrade` to turn the account into a bot account; config overrides key=value, "
+        "e.g. challenge.concurrency=2",
+    )
     p.set_defaults(func=run_cli)
 
 
@@ -52,8 +55,15 @@ def _configure_logging(level: str, log_file: str, redactor: Redactor) -> None:
 def run_cli(args: argparse.Namespace) -> int:
     from bot.client import LichessClient
     from bot.config import load_bot_config, resolve_token
+    from bot.errors import BotError
 
-    overrides: list[str] = list(args.overrides or [])
+    words: list[str] = list(args.words or [])
+    action = "run"
+    if words and "=" not in words[0]:
+        action = words.pop(0)
+        if action not in ("run", "upgrade"):
+            raise BotError(f"unknown action {action!r}: use `mistral-chess bot [upgrade] [key=value ...]`")
+    overrides = words
     if args.base_url:
         overrides.append(f"url={args.base_url}")
     cfg = load_bot_config(args.config, overrides)
@@ -62,7 +72,7 @@ def run_cli(args: argparse.Namespace) -> int:
     _configure_logging(cfg.log_level, cfg.log_file, redactor)
     stop = threading.Event()
     client = LichessClient(token, cfg.url, cfg.network, stop=stop, redactor=redactor)
-    if args.action == "upgrade":
+    if action == "upgrade":
         return _upgrade(client, assume_yes=args.yes)
     return _run(cfg, client, stop, max_games=args.max_games)
 
