@@ -23,9 +23,16 @@ def find_stockfish_or_none() -> str | None:
 
 @pytest.fixture(scope="session")
 def mistral_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real Mistral-7B tokenizer (from mistral-common) as a Hugging Face folder."""
+    """The real Mistral-7B tokenizer (from mistral-common) as a Hugging Face folder.
+
+    On machines without mistral-common (the GPU machine), MISTRAL_CHESS_TOKENIZER_DIR
+    may name a folder made earlier by engine.tiny.write_mistral_tokenizer.
+    """
     from engine.tiny import write_mistral_tokenizer
 
+    ready = os.environ.get("MISTRAL_CHESS_TOKENIZER_DIR")
+    if ready:
+        return Path(ready)
     return write_mistral_tokenizer(tmp_path_factory.mktemp("mistral-tokenizer"))
 
 
