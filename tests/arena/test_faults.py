@@ -11,6 +11,7 @@ import pytest
 
 from arena.engines import parse_engine
 from arena.match import MatchOptions, PlaySettings, run_match
+from arena.sprt import Sprt
 
 ENGINES = Path(__file__).parent / "engines"
 
@@ -91,3 +92,36 @@ def test_slow_engine_loses_on_time_but_is_not_restarted(tmp_path: Path) -> None:
     assert pgn_games(tmp_path / "m.pgn")[0].headers["Termination"] == "time forfeit"
     saved = json.loads((tmp_path / "m.json").read_text())
     assert saved["per_engine"]["random"]["time_losses"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_resignation_in_info_string_ends_the_game(tmp_path: Path) -> None:
+    report = play(tmp_path, "resign_engine.py")
+    st = report["per_engine"]["broken"]
+    assert report["terminations"] == {"resignation": 2} and st["resignations"] == 2
+    assert st["illegal_moves"] == 0 and report["losses"] == 2
+    game = pgn_games(tmp_path / "m.pgn")[0]
+    assert game.headers["TerminationDetails"] == "White (broken) resigns"
+    # The move sent with the resignation is not played: two moves per game stand.
+    assert st["moves"] == 4
+    assert game.headers["Result"] == "0-1"
+
+
+@pytest.mark.timeout(60)
+def test_sprt_stops_the_match_when_decided(tmp_path: Path) -> None:
+    specs = [
+        parse_engine(engine("illegal_engine.py", "broken")),
+        parse_engine(engine("random_engine.py", "random")),
+    ]
+    settings = PlaySettings(tc="inf", movetime_ms=200, max_plies=30)
+    opts = MatchOptions(
+        games=20,
+        json=str(tmp_path / "s.json"),
+        show_progress=False,
+        sprt=Sprt(elo0=0, elo1=200, alpha=0.2, beta=0.2),
+    )
+    report = run_match(specs, settings, opts)
+    assert report["sprt"]["decision"] == "H0"
+    assert report["sprt"]["statistics"] == "pentanomial"
+    assert report["games"] == 4  # two lost pairs push the LLR below log(0.2 / 0.8)
+    assert report["complete"] is True

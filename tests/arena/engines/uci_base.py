@@ -24,7 +24,8 @@ def parse_position(words: list[str]) -> chess.Board:
 
 
 def run(name: str, on_go: Callable[[chess.Board, int], str | None]) -> None:
-    """Answer uci/isready/position/go; ``on_go(board, n)`` returns the bestmove text (None: say nothing)."""
+    """Answer uci/isready/position/go; ``on_go(board, n)`` (n: the engine's move number in this game)
+    returns the bestmove text (None: say nothing)."""
     board = chess.Board()
     n = 0
     for raw in sys.stdin:
@@ -34,6 +35,8 @@ def run(name: str, on_go: Callable[[chess.Board, int], str | None]) -> None:
         cmd = words[0]
         if cmd == "uci":
             print(f"id name {name}\nid author tests\nuciok", flush=True)
+        elif cmd == "ucinewgame":
+            n = 0  # `n` counts the moves of this game
         elif cmd == "isready":
             print("readyok", flush=True)
         elif cmd == "position":
