@@ -142,9 +142,8 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         kwargs["attn_implementation"] = cfg.attn_implementation
     if quant == "nf4":
         try:
-            from transformers import BitsAndBytesConfig
-
             import bitsandbytes  # noqa: F401
+            from transformers import BitsAndBytesConfig
         except ImportError:
             raise ModelLoadError("quantization nf4 needs bitsandbytes: pip install 'mistral-chess[gpu]'") from None
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -162,6 +161,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         raise ModelLoadError(f"cannot load the tokenizer from {tok_source!r}: {exc}") from None
 
     logger.info("loading model {} (device={}, dtype={}, quantization={})", path, device, dtype_name, quant)
+    model: Any
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except Exception as exc:

@@ -282,7 +282,7 @@ def test_batched_cached_scores_equal_naive_full_sequence_scores(tiny_scorer: LMS
     fast = tiny_scorer.score(prompt, conts)
     tok = tiny_scorer.tokenizer
     p_ids = tok(prompt.text).input_ids
-    for cont, got in zip(conts, fast.logprobs):
+    for cont, got in zip(conts, fast.logprobs, strict=False):
         ids = tok(prompt.text + cont).input_ids
         assert ids[: len(p_ids)] == p_ids  # the move's tokens follow the prompt's tokens
         with torch.no_grad():

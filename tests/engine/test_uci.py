@@ -183,7 +183,7 @@ def test_broken_position_is_reported_and_never_played_from(position: str, messag
 
 
 def test_castling_as_king_takes_rook_is_accepted() -> None:
-    board = parse_position("fen r3k2r/8/8/8/8/8/8/R3K2R w KQkq - 0 1 moves e1h1".split())
+    board = parse_position(["fen", "r3k2r/8/8/8/8/8/8/R3K2R", "w", "KQkq", "-", "0", "1", "moves", "e1h1"])
     assert board.piece_at(chess.G1) == chess.Piece(chess.KING, chess.WHITE)
 
 
