@@ -186,11 +186,16 @@ class ExamplesConfig:
 @dataclasses.dataclass
 class SplitConfig:
     validation_fraction: float = 0.02  # share of GAMES (never positions) held out
-    seed: int = 0  # the split is a hash of (seed, game id): stable when data is added
+    seed: int = 0  # the split is a hash of (seed, the game's moves): stable when data is added
+    # Next-move positions per validation game written to eval-*.parquet (with their FEN) for
+    # the trainer's exact-move accuracy and legal-move rate, whatever the example kinds are.
+    eval_positions_per_game: int = 4
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ConfigError(f"validation_fraction must be in [0, 1), not {self.validation_fraction}")
+        if self.eval_positions_per_game < 0:
+            raise ConfigError(f"eval_positions_per_game must be >= 0, not {self.eval_positions_per_game}")
 
 
 @dataclasses.dataclass
@@ -326,6 +331,7 @@ class TrainSection:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0  # torch CPU threads (0 = torch default)
     check_memory: bool = True  # estimate GPU memory from the config and refuse runs that cannot fit
+    save_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # full models; auto = float32
     stop_after_steps: int = 0  # testing aid: end the process abruptly after this step (simulates a kill)
 
     def __post_init__(self) -> None:

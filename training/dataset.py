@@ -10,6 +10,7 @@ Output folder::
 
     train-00000.parquet ...        columns: game kind ply prompt completion eos fen
     validation-00000.parquet ...            [input_ids prompt_tokens]  (when tokenized)
+    eval-00000.parquet ...         next-move positions of the validation games (fen set; not tokenized)
     tokenizer/                     the tokenizer the ids come from
     stats.json                     counts, corrupt records by kind, tokens, speed
     corrupt.jsonl                  every corrupt record with its file and row/game index
@@ -38,7 +39,7 @@ from training.errors import DataError
 from training.examples import Example, ExampleMaker, ExampleTokenizer, positions_fen, split_of
 from training.sources import CorruptRecord, Filtered, WorkUnit, convert, expand_source, iter_units
 
-SPLITS = ("train", "validation")
+SPLITS = ("train", "validation", "eval")  # eval: next-move positions of validation games (generation metrics)
 STATS_FILE = "stats.json"
 
 
@@ -70,6 +71,7 @@ class _Worker:
 
             chat = AutoTokenizer.from_pretrained(tokenizer_dir)
         self.maker = ExampleMaker(cfg, chat_tokenizer=chat)
+        self.eval_maker = ExampleMaker(cfg, chat_tokenizer=chat, eval_positions=True)
         self.tokenizer: ExampleTokenizer | None = None
         if tokenizer_dir is not None:
             backend, eos_id = load_backend_tokenizer(tokenizer_dir)
@@ -80,14 +82,20 @@ class _Worker:
         status: list[str] = []
         corrupt: list[tuple[int, dict[str, Any]]] = []
         per_game: list[tuple[int, str, list[Example]]] = []
-        last_plan: list[list[tuple[int, str]]] = [[]]
+        split_cfg = self.cfg.split
+        plans: list[Any] = [[], []]  # the last game's example plan and eval plan
 
         def san_needed(n: int, result: str, key: bytes, root_fen: str) -> int:
-            last_plan[0] = self.maker.plan(n, result, key, root_fen)
-            return self.maker.sans_needed(last_plan[0], n)
+            plans[0] = self.maker.plan(n, result, key, root_fen)
+            need = self.maker.sans_needed(plans[0], n)
+            plans[1] = []
+            if split_cfg.eval_positions_per_game and split_of(key, split_cfg.validation_fraction, split_cfg.seed) != "train":
+                plans[1] = self.eval_maker.plan(n, result, key, root_fen)
+                need = max(need, self.eval_maker.sans_needed(plans[1], n))
+            return need
 
         for seq, raw in enumerate(unit.raw_games()):
-            last_plan[0] = []
+            plans[0] = plans[1] = []
             got = convert(raw, src, san_needed)
             if isinstance(got, CorruptRecord):
                 status.append("corrupt:" + got.kind)
@@ -97,19 +105,23 @@ class _Worker:
                 status.append("filtered:" + got.reason)
                 continue
             status.append("ok")
+            split = split_of(got.key, split_cfg.validation_fraction, split_cfg.seed)
             # LAION records were planned before their replay; PGN games are planned now.
-            exs = self.maker.examples(got, last_plan[0] if raw.pgn is None else None)
-            split = split_of(got, self.cfg.split.validation_fraction, self.cfg.split.seed)
-            if split == "validation" and exs:
-                fens = positions_fen(got, [e.ply for e in exs])
-                for e in exs:
-                    e.fen = fens[e.ply]
+            planned = raw.pgn is None
+            exs = self.maker.examples(got, plans[0] if planned else None)
             per_game.append((seq, split, exs))
-        if self.tokenizer is not None:
-            self.tokenizer.tokenize([exs for _, _, exs in per_game])
+            if split == "validation" and split_cfg.eval_positions_per_game:
+                evals = self.eval_maker.examples(got, plans[1] if planned else None)
+                per_game.append((seq, "eval", evals))
+                fens = positions_fen(got, [e.ply for e in exs + evals])
+                for e in exs + evals:
+                    e.fen = fens[e.ply]
+        if self.tokenizer is not None:  # eval positions are tokenized by the trainer, as prompts
+            self.tokenizer.tokenize([exs for _, split, exs in per_game if split != "eval"])
         tables, too_long = self._tables(per_game)
         counts = dict(self.maker.counts)
         self.maker.counts.clear()
+        self.eval_maker.counts.clear()
         mismatch = None
         if self.tokenizer is not None:
             counts.update({f"tokens_{k}": v for k, v in self.tokenizer.counts.items()})
@@ -126,7 +138,7 @@ class _Worker:
         for seq, split, exs in per_game:
             c = cols[split]
             for e in exs:
-                if tokenized and e.input_ids is not None and len(e.input_ids) > self.cfg.max_length:
+                if e.input_ids is not None and len(e.input_ids) > self.cfg.max_length:
                     too_long.append(seq)
                     continue
                 c["game_seq"].append(seq)
@@ -332,7 +344,7 @@ def build_dataset(cfg: DatasetConfig, *, progress_bar: bool = True) -> dict[str,
             corrupt_log.close()
         seconds = time.perf_counter() - t0
         stats = _stats(cfg, tally, writers, seconds, workers, tok_dir, fingerprint)
-        total = sum(w.rows for w in writers.values())
+        total = writers["train"].rows + writers["validation"].rows
         if total == 0:
             raise DataError(_empty_message(tally))
         if cfg.split.validation_fraction > 0 and writers["validation"].rows == 0:
@@ -456,10 +468,11 @@ def _account(result: UnitResult, cut: int, tally: _Tally, writers: dict[str, _Wr
             table = table.filter(pc.less(table["game_seq"], cut))
         if table.num_rows == 0:
             continue
-        tally.games_by_split[split] += len(pc.unique(table["game_seq"]))
+        if split != "eval":
+            tally.games_by_split[split] += len(pc.unique(table["game_seq"]))
         for kind, n in collections.Counter(table["kind"].to_pylist()).items():
             tally.examples[split][kind] += n
-        if "input_ids" in table.column_names:
+        if "input_ids" in table.column_names and split != "eval":
             lengths = pc.list_value_length(table["input_ids"])
             total = int(pc.sum(lengths).as_py())
             prompt = int(pc.sum(table["prompt_tokens"]).as_py())
@@ -483,7 +496,7 @@ def _stats(
     examples = {s: dict(t.examples[s]) | {"total": writers[s].rows} for s in SPLITS}
     tokens: dict[str, Any] = {}
     if tok_dir is not None:
-        for s in SPLITS:
+        for s in ("train", "validation"):
             n = writers[s].rows
             tokens[s] = {
                 "total": t.tokens[s]["total"],

@@ -60,21 +60,31 @@ class Example:
         return self.prompt.text + self.completion
 
 
-def split_of(game: Game, fraction: float, seed: int) -> str:
-    """``validation`` for a stable ``fraction`` of games, by a hash of the moves: a game and
-    its duplicates always land in the same split, and adding data moves no game."""
+def split_of(key: bytes, fraction: float, seed: int) -> str:
+    """``validation`` for a stable ``fraction`` of games, by a hash of the moves (``Game.key``):
+    a game and its duplicates always land in the same split, and adding data moves no game."""
     if fraction <= 0:
         return "train"
-    h = hashlib.blake2b(game.key + seed.to_bytes(8, "little", signed=True), digest_size=8).digest()
+    h = hashlib.blake2b(key + seed.to_bytes(8, "little", signed=True), digest_size=8).digest()
     return "validation" if int.from_bytes(h, "little") / 2**64 < fraction else "train"
 
 
 class ExampleMaker:
     """Examples of one game, as the config says. One per worker process."""
 
-    def __init__(self, cfg: DatasetConfig, *, chat_tokenizer: Any = None) -> None:
+    def __init__(self, cfg: DatasetConfig, *, chat_tokenizer: Any = None, eval_positions: bool = False) -> None:
         self.cfg = cfg
         self.ex = cfg.examples
+        if eval_positions:  # held-out next-move positions of any ply, both sides
+            self.ex = dataclasses.replace(
+                cfg.examples,
+                kinds={"next_move": 1.0},
+                positions_per_game=cfg.split.eval_positions_per_game,
+                moves="all",
+                min_ply=0,
+                max_ply=0,
+                seed=cfg.examples.seed + 1,
+            )
         self.players = cfg.players
         template = PromptTemplate.load(self.ex.template)
         self.builder = PromptBuilder(template, chat_tokenizer)
@@ -183,6 +193,8 @@ def _root_turn(fen: str) -> chess.Color:
 def positions_fen(game: Game, plies: list[int]) -> dict[int, str]:
     """FEN of the positions before the given plies (one replay of the SAN moves)."""
     wanted = set(plies)
+    if not wanted:
+        return {}
     board = chess.Board(game.root_fen)
     out: dict[int, str] = {}
     for k, san in enumerate(game.sans):

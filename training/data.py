@@ -1,0 +1,274 @@
+"""Training data: a built data set's examples -> token sequences -> packed rows -> batches.
+
+* :func:`load_examples` reads a split. When the data set was tokenized with the same
+  tokenizer (same fingerprint) its ``input_ids`` are used as they are; otherwise the
+  text is tokenized here the way the engine does (``prompt + completion`` whole, the
+  prompt being the tokens shared with ``tokenize(prompt)``), EOS appended where the
+  completion ends the game.
+* :func:`pack_rows` puts several examples in one row of at most ``max_length`` tokens
+  (best-fit decreasing); each keeps its own positions, so attention stays inside it.
+* :class:`BatchPlan` says which rows make micro-batch ``k`` on this rank: a fixed
+  function of (seed, epoch, k). Resuming at optimizer step ``s`` is resuming at
+  micro-batch ``s * gradient_accumulation_steps``, with no state to save.
+* :class:`PackedCollator` turns rows into ``input_ids``, ``labels`` (-100 except on
+  completion tokens) and ``position_ids`` (restarting at 0 for each example, which is
+  how transformers recognises packed sequences when no attention mask is given).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from loguru import logger
+
+from training.errors import DataError
+
+IGNORE_INDEX = -100
+
+
+@dataclasses.dataclass
+class TokenizedSplit:
+    """Examples as one flat int32 array with offsets (a few bytes per token, no Python lists)."""
+
+    tokens: np.ndarray  # all examples' ids, concatenated
+    offsets: np.ndarray  # example i is tokens[offsets[i]:offsets[i + 1]]
+    prompt_lens: np.ndarray  # tokens of example i that are prompt (not trained on)
+    dropped_too_long: int = 0
+
+    def __len__(self) -> int:
+        return len(self.prompt_lens)
+
+    def ids(self, i: int) -> np.ndarray:
+        return self.tokens[self.offsets[i] : self.offsets[i + 1]]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def dataset_fingerprint(folder: str | Path) -> str | None:
+    stats = Path(folder) / "stats.json"
+    if not stats.is_file():
+        return None
+    tok = json.loads(stats.read_text()).get("tokenizer")
+    return tok.get("fingerprint") if isinstance(tok, dict) else None
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    from training.dataset import tokenizer_fingerprint as fp
+
+    return fp(tokenizer.backend_tokenizer)
+
+
+def split_paths(folder: str | Path, split: str) -> list[Path]:
+    return sorted(Path(folder).glob(f"{split}-*.parquet"))
+
+
+def read_rows(folder: str | Path, split: str, columns: list[str], limit: int = 0) -> dict[str, list[Any]]:
+    import pyarrow.parquet as pq
+
+    out: dict[str, list[Any]] = {c: [] for c in columns}
+    n = 0
+    for path in split_paths(folder, split):
+        pf = pq.ParquetFile(path)
+        present = [c for c in columns if c in pf.schema_arrow.names]
+        for batch in pf.iter_batches(batch_size=8192, columns=present):
+            d = batch.to_pydict()
+            take = batch.num_rows if not limit else min(batch.num_rows, limit - n)
+            for c in columns:
+                out[c].extend(d[c][:take] if c in d else [None] * take)
+            n += take
+            if limit and n >= limit:
+                return out
+    return out
+
+
+def load_examples(
+    folder: str | Path, split: str, tokenizer: Any, *, max_length: int, limit: int = 0
+) -> TokenizedSplit:
+    """Token sequences of a split (see the module docstring); examples over ``max_length`` are dropped."""
+    if not split_paths(folder, split):
+        raise DataError(f"{folder}: no {split}-*.parquet files (build the data set with `mistral-chess dataset build`)")
+    same = dataset_fingerprint(folder) == tokenizer_fingerprint(tokenizer)
+    if same:
+        rows = read_rows(folder, split, ["input_ids", "prompt_tokens"], limit)
+        seqs = rows["input_ids"]
+        if any(s is None for s in seqs):
+            same = False
+        else:
+            prompt_lens = rows["prompt_tokens"]
+    if not same:
+        rows = read_rows(folder, split, ["prompt", "completion", "eos"], limit)
+        logger.info("tokenizing {} {} examples (the data set was tokenized with another tokenizer)", len(rows["prompt"]), split)
+        seqs, prompt_lens = tokenize_texts(tokenizer, rows["prompt"], rows["completion"], rows["eos"])
+    keep = [i for i, s in enumerate(seqs) if len(s) <= max_length]
+    dropped = len(seqs) - len(keep)
+    lengths = np.array([len(seqs[i]) for i in keep], dtype=np.int64)
+    offsets = np.zeros(len(keep) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    tokens = np.fromiter((t for i in keep for t in seqs[i]), dtype=np.int32, count=int(offsets[-1]))
+    return TokenizedSplit(tokens, offsets, np.array([prompt_lens[i] for i in keep], dtype=np.int32), dropped)
+
+
+def tokenize_texts(
+    tokenizer: Any, prompts: list[str], completions: list[str], eos: list[bool], *, add_special_tokens: bool = True
+) -> tuple[list[list[int]], list[int]]:
+    """``tokenize(prompt + completion)`` and the prompt's share of it, as the engine tokenizes."""
+    backend = tokenizer.backend_tokenizer
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    seqs: list[list[int]] = []
+    plens: list[int] = []
+    eos_id = tokenizer.eos_token_id
+    step = 4096
+    for start in range(0, len(prompts), step):
+        p = prompts[start : start + step]
+        full = encode([a + b for a, b in zip(p, completions[start : start + step], strict=True)], add_special_tokens=add_special_tokens)
+        head = encode(p, add_special_tokens=add_special_tokens)
+        for f, h, e in zip(full, head, eos[start : start + step], strict=True):
+            ids = list(f.ids)
+            n = 0
+            for a, b in zip(ids, h.ids, strict=False):
+                if a != b:
+                    break
+                n += 1
+            if e and eos_id is not None:
+                ids.append(eos_id)
+            seqs.append(ids)
+            plens.append(n)
+    return seqs, plens
+
+
+def pack_rows(lengths: np.ndarray, max_length: int, *, packing: bool) -> list[np.ndarray]:
+    """Rows of example indices. With packing: best-fit decreasing (each example goes to the
+    open row with the least room that still fits it), so rows are nearly full."""
+    if not packing:
+        return [np.array([i]) for i in range(len(lengths))]
+    order = np.argsort(-lengths, kind="stable")
+    rows: list[list[int]] = []
+    room: list[int] = []
+    # by_room[c]: open rows with exactly c tokens of room; `nonempty` has bit c set when any.
+    by_room: dict[int, list[int]] = {}
+    nonempty = 0
+    for i in order.tolist():
+        need = int(lengths[i])
+        fits = nonempty >> need
+        if fits:
+            c = need + ((fits & -fits).bit_length() - 1)
+            r = by_room[c].pop()
+            if not by_room[c]:
+                nonempty &= ~(1 << c)
+            rows[r].append(i)
+        else:
+            r = len(rows)
+            rows.append([i])
+            room.append(max_length)
+            c = max_length
+        left = c - need
+        room[r] = left
+        if left > 0:
+            by_room.setdefault(left, []).append(r)
+            nonempty |= 1 << left
+    return [np.array(sorted(r)) for r in rows]
+
+
+class BatchPlan:
+    """Micro-batch ``k`` of rank ``rank``: rows of a seeded per-epoch permutation.
+
+    An epoch is ``len(rows) // (batch_size * world)`` global micro-batches (the ragged
+    end is left for the next epoch's permutation to cover).
+    """
+
+    def __init__(self, n_rows: int, batch_size: int, *, world: int = 1, rank: int = 0, seed: int = 0) -> None:
+        self.n_rows, self.batch_size, self.world, self.rank, self.seed = n_rows, batch_size, world, rank, seed
+        self.per_epoch = n_rows // (batch_size * world)
+        if self.per_epoch == 0:
+            raise DataError(
+                f"{n_rows} training row(s) cannot fill one batch of {batch_size} x {world} process(es): "
+                "use more data or a smaller per_device_train_batch_size"
+            )
+        self._epoch = -1
+        self._perm: np.ndarray = np.arange(0)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n_rows)
+            self._epoch = epoch
+        return self._perm
+
+    def epoch_of(self, k: int) -> float:
+        return k / self.per_epoch
+
+    def rows(self, k: int) -> np.ndarray:
+        epoch, j = divmod(k, self.per_epoch)
+        perm = self.permutation(epoch)
+        start = (j * self.world + self.rank) * self.batch_size
+        return perm[start : start + self.batch_size]
+
+
+class PackedCollator:
+    """Rows of examples -> model inputs. One place to swap in padding-free batches later."""
+
+    def __init__(self, split: TokenizedSplit, rows: list[np.ndarray], *, pad_id: int, pad_to_multiple_of: int = 8) -> None:
+        self.split, self.rows, self.pad_id, self.multiple = split, rows, pad_id, pad_to_multiple_of
+
+    def row_arrays(self, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ids, labels, pos = [], [], []
+        for i in self.rows[r]:
+            x = self.split.ids(int(i))
+            lab = x.astype(np.int64)
+            lab[: self.split.prompt_lens[i]] = IGNORE_INDEX
+            ids.append(x)
+            labels.append(lab)
+            pos.append(np.arange(len(x)))
+        return np.concatenate(ids), np.concatenate(labels), np.concatenate(pos)
+
+    def __call__(self, row_ids: np.ndarray) -> dict[str, Any]:
+        import torch
+
+        parts = [self.row_arrays(int(r)) for r in row_ids]
+        width = max(len(p[0]) for p in parts)
+        width = -(-width // self.multiple) * self.multiple
+        n = len(parts)
+        input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
+        # Padding continues the last example's positions: it is never a target and, being at
+        # the end of a causal row, nothing real attends to it.
+        position_ids = torch.zeros((n, width), dtype=torch.long)
+        for b, (x, lab, pos) in enumerate(parts):
+            k = len(x)
+            input_ids[b, :k] = torch.from_numpy(x.astype(np.int64))
+            labels[b, :k] = torch.from_numpy(lab)
+            position_ids[b, :k] = torch.from_numpy(pos)
+            if k < width:
+                position_ids[b, k:] = torch.arange(int(pos[-1]) + 1, int(pos[-1]) + 1 + width - k)
+        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+
+
+@dataclasses.dataclass
+class EvalPosition:
+    prompt: str
+    completion: str
+    fen: str
+
+
+def load_eval_positions(folder: str | Path, limit: int) -> list[EvalPosition]:
+    """Held-out next-move positions (``eval`` split, or validation examples with a FEN)."""
+    for split in ("eval", "validation"):
+        if not split_paths(folder, split):
+            continue
+        rows = read_rows(folder, split, ["prompt", "completion", "fen"], 0)
+        out = [
+            EvalPosition(p, c, f)
+            for p, c, f in zip(rows["prompt"], rows["completion"], rows["fen"], strict=True)
+            if f
+        ]
+        if out:
+            # Spread over the games rather than the first few: a fixed, seeded pick.
+            rng = np.random.default_rng(1234)
+            idx = sorted(rng.choice(len(out), size=min(limit, len(out)), replace=False).tolist())
+            return [out[i] for i in idx]
+    return []
