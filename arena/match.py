@@ -161,6 +161,7 @@ class Runner:
         self._no_more = threading.Event()  # a stop rule fired: finish games in progress, start no more
         self._procs: list[UciProcess] = []
         self._error: BaseException | None = None
+        self._interrupted = False
         self.restarts: dict[int, int] = {i: 0 for i in range(len(specs))}
 
     def run(self, tasks: list[GameTask], done: list[GameRecord]) -> RunResult:
@@ -211,6 +212,7 @@ class Runner:
                     w.join(timeout=0.2)
         except KeyboardInterrupt:
             interrupted = True
+            self._interrupted = True  # engines we kill now are not faults
             self._stop.set()
             self._kill_all()
             for w in workers:
@@ -253,7 +255,7 @@ class Runner:
                 record(rec)
         except BaseException as exc:  # a fatal error (an engine that cannot start): stop everything
             with self._lock:
-                if self._error is None:
+                if self._error is None and not self._interrupted:
                     self._error = exc
             self._stop.set()
         finally:
@@ -409,6 +411,8 @@ def run_match(
     seed = settings.opening_seed if settings.opening_seed >= 0 else None
     tasks = paired_schedule(0, 1, opts.games, order(openings, seed))
     log, pgn, done = open_outputs(match_identity(specs, settings, openings), opts)
+    if log is None:
+        logger.warning("no --json, --pgn or --log: the games are not saved and a stopped match cannot resume")
     if done:
         logger.info("resuming: {} finished games read from {}", len(done), log.path if log else "?")
     paths = {

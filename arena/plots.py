@@ -18,13 +18,25 @@ def _pyplot() -> Any:
     return plt
 
 
+def _wilson(p: float, n: int) -> tuple[float, float]:
+    """Wilson 95% interval of a score fraction (honest at 0% and 100%, unlike the normal one)."""
+    z2 = Z95 * Z95
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def ladder_plot(report: dict[str, Any], path: str | Path) -> Path:
     """Score against opponent Elo, with 95% error bars and the fitted logistic curve."""
     plt = _pyplot()
     levels = [lv for lv in report["levels"] if lv["games"]]
     xs = [lv["elo"] for lv in levels]
     ys = [lv["score"] for lv in levels]
-    errs = [Z95 * math.sqrt(max(lv["score"] * (1 - lv["score"]), 0.0) / lv["games"]) for lv in levels]
+    bounds = [_wilson(lv["score"], lv["games"]) for lv in levels]
+    errs = [
+        [max(0.0, y - lo) for y, (lo, _) in zip(ys, bounds, strict=True)],
+        [max(0.0, hi - y) for y, (_, hi) in zip(ys, bounds, strict=True)],
+    ]
     fit = report["fit"]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     ax.errorbar(xs, ys, yerr=errs, fmt="o", color="C0", capsize=4, label="score per level (95% interval)")
