@@ -235,6 +235,7 @@ def _worker(cfg: SelfPlayConfig, stockfish: str, tasks: Any, progress: Any) -> N
     """Worker process: play each (start, end) task, write its chunk, report every game."""
     folder = Path(cfg.out)
     go = go_command(cfg)
+    parent = os.getppid()
     engine = UciPipe(stockfish, hash_mb=cfg.hash_mb, elo=cfg.elo)
     try:
         while True:
@@ -245,6 +246,8 @@ def _worker(cfg: SelfPlayConfig, stockfish: str, tasks: Any, progress: Any) -> N
             games: list[PlayedGame] = []
             discarded = 0
             for i in range(start, end):
+                if os.getppid() != parent:  # the main process was killed: stop, leave the chunk unwritten
+                    return
                 game = play_game(engine, cfg, i, go)
                 if game is None:
                     discarded += 1

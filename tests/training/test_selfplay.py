@@ -1,0 +1,96 @@
+"""Self-play generation: LAION schema, determinism, resume after a kill without duplicates."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import chess
+import pyarrow.parquet as pq
+import pytest
+
+from training.config import SelfPlayConfig, load_selfplay_config
+from training.errors import SelfPlayError
+from training.selfplay import missing_ranges, run_selfplay
+
+
+def games_of(folder: Path) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    for f in sorted(folder.glob("games-*.parquet")):
+        t = pq.read_table(f)
+        rows += [tuple(m) for m in t.column("Moves").to_pylist()]
+    return rows
+
+
+def test_selfplay_writes_legal_laion_games(selfplay_dir: Path) -> None:
+    files = sorted(selfplay_dir.glob("games-*.parquet"))
+    assert [f.name for f in files] == [
+        "games-00000000-00000008.parquet", "games-00000008-00000016.parquet", "games-00000016-00000024.parquet",
+    ]  # fmt: skip
+    table = pq.read_table(files[0])
+    assert table.column_names == ["Moves", "Termination", "Result"]
+    manifest = json.loads((selfplay_dir / "manifest.json").read_text())
+    assert manifest["games_written"] == 24 and manifest["complete"]
+    cols = table.to_pydict()
+    for moves, term, result in zip(cols["Moves"], cols["Termination"], cols["Result"], strict=True):
+        board = chess.Board()
+        for uci in moves:
+            move = chess.Move.from_uci(uci)
+            assert board.is_legal(move)
+            board.push(move)
+        outcome = board.outcome(claim_draw=True)
+        assert outcome is not None and outcome.termination.name == term and outcome.result() == result
+    # The random openings make the games differ.
+    assert len(set(games_of(selfplay_dir))) == 24
+
+
+def test_missing_ranges_fill_gaps_at_chunk_boundaries() -> None:
+    cfg = SelfPlayConfig(games=10, chunk_games=4)
+    assert missing_ranges(cfg, []) == [(0, 4), (4, 8), (8, 10)]
+    assert missing_ranges(cfg, [(4, 8)]) == [(0, 4), (8, 10)]
+    # A folder made for 6 games, extended to 10: only the missing games are played.
+    assert missing_ranges(cfg, [(0, 4), (4, 6)]) == [(6, 8), (8, 10)]
+
+
+def test_resume_after_kill_gives_the_same_games(tmp_path: Path, stockfish_path: str) -> None:
+    args = ["games=12", "chunk_games=2", "workers=1", "nodes=40", f"stockfish={stockfish_path}", "max_plies=200"]
+    whole = tmp_path / "whole"
+    expected = run_selfplay(load_selfplay_config(None, [f"out={whole}", *args]), progress_bar=False)
+
+    killed = tmp_path / "killed"
+    code = (
+        "import sys; from training.config import load_selfplay_config; from training.selfplay import run_selfplay; "
+        "run_selfplay(load_selfplay_config(None, sys.argv[1:]), progress_bar=False)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, f"out={killed}", *args])
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(killed.glob("games-*.parquet")):
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: no cleanup, a chunk may be half written
+    proc.wait()
+    time.sleep(1.0)  # the orphaned worker notices within a game and stops
+    done_before = len(list(killed.glob("games-*.parquet")))
+    assert 1 <= done_before < 6, "the kill should land while games are still being played"
+
+    manifest = run_selfplay(load_selfplay_config(None, [f"out={killed}", *args]), progress_bar=False)
+    assert manifest["games_written"] == expected["games_written"]  # games over max_plies are dropped alike
+    assert manifest["last_run"]["games_played"] == 12 - 2 * done_before
+    assert not list(killed.glob("*.tmp*"))
+    assert games_of(killed) == games_of(whole)
+
+
+def test_changed_settings_in_an_existing_folder_are_refused(tmp_path: Path, stockfish_path: str) -> None:
+    base = [f"out={tmp_path}", "games=2", "workers=1", "nodes=8", f"stockfish={stockfish_path}"]
+    run_selfplay(load_selfplay_config(None, base), progress_bar=False)
+    with pytest.raises(SelfPlayError, match="nodes: 8 -> 9"):
+        run_selfplay(load_selfplay_config(None, [*base, "nodes=9"]), progress_bar=False)
+
+
+def test_bad_stockfish_and_elo_are_clear_errors(tmp_path: Path, stockfish_path: str) -> None:
+    with pytest.raises(SelfPlayError, match="not found"):
+        run_selfplay(SelfPlayConfig(out=str(tmp_path / "a"), stockfish=str(tmp_path / "nope")), progress_bar=False)
+    with pytest.raises(SelfPlayError, match="UCI_Elo range"):
+        run_selfplay(SelfPlayConfig(out=str(tmp_path / "b"), stockfish=stockfish_path, elo=99), progress_bar=False)
