@@ -168,7 +168,11 @@ def _engine_args(p: argparse.ArgumentParser, *, minimum: int) -> None:
 def _play_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("play settings (also YAML keys of --config)")
     g.add_argument("--config", help="YAML file of play settings (keys as in docs/arena.md)")
-    g.add_argument("--tc", help="time control: 10+0.1 (seconds+increment), 40/60 (moves/seconds), inf")
+    g.add_argument(
+        "--tc",
+        help="time control: 10+0.1 (seconds+increment, the default unless --movetime, --nodes or "
+        "--depth is given), 40/60 (moves/seconds), inf",
+    )
     g.add_argument("--movetime", type=int, help="fixed milliseconds per move")
     g.add_argument("--nodes", type=int, help="node budget per move")
     g.add_argument("--depth", type=int, help="depth budget per move")

@@ -33,12 +33,16 @@ from arena.report import engine_stats, head_to_head, terminations, wdl, write_js
 from arena.sprt import Sprt
 from arena.uci_process import UciProcess
 
+DEFAULT_TC = "10+0.1"
+
 
 @dataclasses.dataclass
 class PlaySettings:
     """How games are played (shared by match, ladder and tournament; YAML keys)."""
 
-    tc: str = "10+0.1"  # BASE+INC seconds, MOVES/BASE, or inf
+    # BASE+INC seconds, MOVES/BASE, or inf. Empty: 10+0.1, or no clock when a
+    # movetime, node or depth limit is given.
+    tc: str = ""
     movetime_ms: int = 0  # fixed time per move (0: none)
     nodes: int = 0  # node budget per move (0: none)
     depth: int = 0  # depth budget per move (0: none)
@@ -67,8 +71,9 @@ class PlaySettings:
                 raise ArenaError(f"{name} must be positive")
 
     def time_control(self) -> TimeControl:
+        tc = self.tc or ("inf" if self.movetime_ms or self.nodes or self.depth else DEFAULT_TC)
         return parse_time_control(
-            self.tc,
+            tc,
             movetime_ms=self.movetime_ms or None,
             nodes=self.nodes or None,
             depth=self.depth or None,

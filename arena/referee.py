@@ -294,7 +294,11 @@ def play_game(
             return lose(color, "stall", f"stalls: {exc}")
         assert res is not None
         if res.bestmove is None:
-            late = proc.stop_search(rules.stop_grace_s)
+            try:
+                late = proc.stop_search(rules.stop_grace_s)
+            except EngineFault as exc:  # it died while we waited for the late move
+                proc.broken = True
+                return lose(color, "crash", f"crashes (disconnects) after its flag fell: {exc}")
             if late is None:
                 proc.broken = True
                 proc.kill()

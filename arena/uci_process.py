@@ -228,11 +228,11 @@ class UciProcess:
                 return GoResult(move, (stamp - sent) * 1000.0, info, ponder)
 
     def stop_search(self, grace: float) -> GoResult | None:
-        """After a flag: ``stop`` and wait ``grace`` s for the late ``bestmove`` (None: stalled)."""
-        try:
-            self.send("stop")
-        except EngineFault:
-            return None
+        """After a flag: ``stop`` and wait ``grace`` s for the late ``bestmove``.
+
+        None: nothing came (a stall); :class:`EngineFault` (``crash``): the process died.
+        """
+        self.send("stop")
         sent = time.monotonic()
         info: list[str] = []
         while True:

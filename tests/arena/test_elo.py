@@ -186,3 +186,14 @@ def test_sprt_bounds_and_decisions() -> None:
         Sprt(elo0=5, elo1=0)
     with pytest.raises(ValueError, match="unknown key"):
         parse_sprt("elo2=3")
+
+
+def test_pentanomial_elo_and_llr_agree_with_fastchess() -> None:
+    # fastchess 1.8.2 (logistic SPRT [0, 10], alpha = beta = 0.05) printed for a 16-game
+    # match with Ptnml(0-2) [1, 0, 4, 0, 3]: "Elo: 88.74 +/- 190.27", "LLR: 0.11 (-2.94, 2.94)".
+    est = elo_pentanomial([1, 0, 4, 0, 3])
+    assert est.diff == pytest.approx(88.74, abs=0.005)
+    assert est.error == pytest.approx(190.27, abs=0.005)
+    sprt = Sprt(elo0=0, elo1=10, alpha=0.05, beta=0.05)
+    assert round(sprt.llr(10, 0, 6, [1, 0, 4, 0, 3]), 2) == 0.11
+    assert round(sprt.upper, 2) == 2.94 and round(sprt.lower, 2) == -2.94

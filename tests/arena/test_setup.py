@@ -97,3 +97,13 @@ def test_bundled_openings_are_50_distinct_balanced_lines_of_4_to_8_plies() -> No
     assert len({o.key() for o in suite}) == len(suite)
     assert all(o.eval_cp is not None and abs(o.eval_cp) <= 50 for o in suite)
     assert all(o.fen == chess.STARTING_FEN for o in suite)  # the model sees them as PGN moves
+
+
+def test_default_clock_gives_way_to_a_per_move_limit() -> None:
+    from arena.match import PlaySettings
+
+    assert PlaySettings().time_control().describe() == "10+0.1"
+    only_movetime = PlaySettings(movetime_ms=100).time_control()
+    assert only_movetime.base_ms is None and only_movetime.movetime_ms == 100
+    both = PlaySettings(tc="5+0.05", nodes=1000).time_control()
+    assert both.base_ms == 5000 and both.nodes == 1000
