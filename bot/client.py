@@ -130,6 +130,17 @@ class LichessClient:
     def __repr__(self) -> str:
         return f"<LichessClient {self.base_url}>"
 
+    def stream_session(self) -> BotSession:
+        """A session of its own for one stream.
+
+        A stream closed from another thread must not hand its connection back to
+        the pool the other requests share (a second thread would then read from a
+        socket the stream's reader still holds).
+        """
+        return BotSession(
+            self._token, connect_timeout=self.net.connect_timeout, read_timeout=self.net.stream_stall_timeout
+        )
+
     def url(self, path: str) -> str:
         return self.base_url + path.lstrip("/")
 

@@ -441,13 +441,17 @@ class GameRunner:
                     # silent, reconnect it once for a fresh gameFull.
                     if now - sent.at > net.game_resync_wait and not sent.resync_asked:
                         logger.warning(
-                            "game {}: move {} taken but not in the stream yet; re-syncing", self.game_id, sent.uci
+                            "game {}: move {} taken but not in the stream yet; re-syncing",
+                            self.game_id,
+                            sent.uci,
                         )
                         sent.resync_asked = True
                         self.follower.close_current()
                     return
                 # A fresh gameFull still shows this position: the move was lost; send it again.
-                if self._count(self.lost, ply) <= net.move_retries and board.is_legal(chess.Move.from_uci(sent.uci)):
+                if self._count(self.lost, ply) <= net.move_retries and board.is_legal(
+                    chess.Move.from_uci(sent.uci)
+                ):
                     self._send(board, ply, sent.uci)
                 return
             if sent.outcome == MoveOutcome.REJECTED:
@@ -459,7 +463,10 @@ class GameRunner:
                 if sent.outcome == MoveOutcome.RATE_LIMITED:
                     wait = net.move_rate_limit_wait
                 else:
-                    wait = max(net.game_resync_wait, backoff_delay(self.unclear.get(ply, 1) - 1, net, self.client.rng))
+                    wait = max(
+                        net.game_resync_wait,
+                        backoff_delay(self.unclear.get(ply, 1) - 1, net, self.client.rng),
+                    )
                 if now - sent.at < wait:
                     return
                 if board.is_legal(chess.Move.from_uci(sent.uci)):

@@ -11,6 +11,7 @@ after a backoff with jitter when the failures repeat.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -53,13 +54,15 @@ class NdjsonStream:
         self.path = path
         self.endpoint = endpoint
         self.response: requests.Response | None = None
+        self.session: requests.Session | None = None
         self.lines_read = 0
         self._closed = threading.Event()
 
     def open(self) -> NdjsonStream:
         net = self.client.net
+        self.session = self.client.stream_session()
         try:
-            r = self.client.session.get(
+            r = self.session.get(
                 self.client.url(self.path),
                 stream=True,
                 timeout=(net.connect_timeout, net.stream_stall_timeout),
@@ -75,7 +78,7 @@ class NdjsonStream:
             except ValueError:
                 detail = r.reason
             status = r.status_code
-            r.close()
+            self.close()
             if status == 429:
                 self.client.note_rate_limited(self.endpoint, r, self.client.net.rate_limit_wait)
             raise StreamError(self.client.redact(f"{self.endpoint}: HTTP {status}: {detail}"), status=status)
@@ -126,15 +129,33 @@ class NdjsonStream:
                 self.client.redact(f"{self.endpoint}: connection broke: {type(exc).__name__}: {exc}")
             ) from None
         finally:
-            self.close()
+            self._release()
+
+    @property
+    def closed_by_us(self) -> bool:
+        """True when :meth:`close` was called (not when the server ended the stream)."""
+        return self._closed.is_set()
 
     def close(self) -> None:
+        """Close the stream; safe from another thread (the blocked reader wakes up)."""
         self._closed.set()
+        self._release()
+
+    def _release(self) -> None:
         if self.response is not None:
+            # shutdown() wakes a reader blocked in recv() at once; close() alone may not.
+            sock = getattr(getattr(self.response.raw, "connection", None), "sock", None)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
             try:
                 self.response.close()
-            except Exception:  # closing a half-dead socket can fail; nothing to do
+            except Exception:  # closing a half-dead connection can fail; nothing to do
                 pass
+        if self.session is not None:
+            self.session.close()
 
 
 class StreamFollower:
@@ -209,6 +230,9 @@ class StreamFollower:
                         break
                 if self.stop.is_set():
                     break
+                if stream.closed_by_us:
+                    logger.info("{}: reconnecting to re-sync", self.endpoint)
+                    continue
                 logger.warning("{}: the server closed the stream; reconnecting", self.endpoint)
                 failures = 1 if time.monotonic() - opened >= healthy_s else failures + 1
             except StreamError as exc:

@@ -117,8 +117,11 @@ class Harness:
         self.wait(lambda: self.world.stream_connects.get(f"event:{BOT_ID}", 0) >= 1, 15, "the event stream")
 
     def wait_game_over(self, gid: str, timeout: float = 40.0) -> Game:
-        self.wait(lambda: gid in self.world.games and self.world.games[gid].status not in ("created", "started"),
-                  timeout, f"game {gid} to end")
+        self.wait(
+            lambda: gid in self.world.games and self.world.games[gid].status not in ("created", "started"),
+            timeout,
+            f"game {gid} to end",
+        )
         # ...and the bot to record it.
         self.wait(lambda: gid in self.bot.finished_games, 10, f"the bot to record game {gid}")
         return self.world.games[gid]
@@ -154,13 +157,17 @@ def assert_clean_traffic(world: World, *, allow_rejected_moves: int = 0) -> None
     moves = [r for r in reqs if "/move/" in r.path]
     for r in moves:
         gid = r.path.split("/")[4]
-        assert gid in games and games[gid].color_of(BOT_ID), f"move sent in a game that is not the bot's: {r.path}"
+        assert gid in games and games[gid].color_of(BOT_ID), (
+            f"move sent in a game that is not the bot's: {r.path}"
+        )
     # Every move the server played came from one request; a move sent again after the
     # server had taken it would be answered 400 (not your turn), so rejections count
     # duplicates too.
     for gid, g in games.items():
         mine = [m for m in g.accepted_moves if m[2] == BOT_ID]
         applied = [r for r in moves if r.path.split("/")[4] == gid and r.applied]
-        assert len(applied) == len(mine), f"game {gid}: {len(applied)} move requests played, {len(mine)} moves"
+        assert len(applied) == len(mine), (
+            f"game {gid}: {len(applied)} move requests played, {len(mine)} moves"
+        )
     rejected = [r for r in moves if r.status == 400]
     assert len(rejected) <= allow_rejected_moves, f"moves rejected: {[r.path for r in rejected]}"

@@ -38,7 +38,12 @@ from urllib.parse import parse_qs, urlsplit
 import chess
 
 LIVE = ("created", "started")
-VARIANT_NAMES = {"standard": "Standard", "fromPosition": "From Position", "chess960": "Chess960", "atomic": "Atomic"}
+VARIANT_NAMES = {
+    "standard": "Standard",
+    "fromPosition": "From Position",
+    "chess960": "Chess960",
+    "atomic": "Atomic",
+}
 
 
 def speed_of(limit_s: int, inc_s: int) -> str:
@@ -83,7 +88,9 @@ class User:
 class Opponent:
     """How the server plays a side."""
 
-    moves: str | list[str] = "random"  # "random", "mate" (mate in one when possible), or UCI moves then random
+    moves: str | list[str] = (
+        "random"  # "random", "mate" (mate in one when possible), or UCI moves then random
+    )
     delay: float = 0.05  # seconds before each move
     resign_at_ply: int | None = None  # resign instead of moving from this ply on
     offer_draw_at_ply: int | None = None  # offer a draw (with the move) at this ply
@@ -233,7 +240,11 @@ class Game:
         return {
             "type": "gameFull",
             "id": self.id,
-            "variant": {"key": self.variant, "name": VARIANT_NAMES.get(self.variant, self.variant), "short": "Std"},
+            "variant": {
+                "key": self.variant,
+                "name": VARIANT_NAMES.get(self.variant, self.variant),
+                "short": "Std",
+            },
             "clock": {"initial": self.initial_ms, "increment": self.inc_ms},
             "speed": self.speed,
             "perf": {"name": self.speed.capitalize()},
@@ -299,7 +310,13 @@ class World:
 
     # -- set-up -------------------------------------------------------------------------------
     def start_game_now(
-        self, white_id: str, black_id: str, *, limit_s: int = 60, inc_s: int = 0, initial_fen: str | None = None
+        self,
+        white_id: str,
+        black_id: str,
+        *,
+        limit_s: int = 60,
+        inc_s: int = 0,
+        initial_fen: str | None = None,
     ) -> Game:
         """A game that starts without a challenge (as an arena pairing does)."""
         with self.lock:
@@ -386,7 +403,12 @@ class World:
         days: int | None = None,
     ) -> dict[str, Any]:
         if limit_s is not None and inc_s is not None:
-            tc: dict[str, Any] = {"type": "clock", "limit": limit_s, "increment": inc_s, "show": f"{limit_s // 60}+{inc_s}"}
+            tc: dict[str, Any] = {
+                "type": "clock",
+                "limit": limit_s,
+                "increment": inc_s,
+                "show": f"{limit_s // 60}+{inc_s}",
+            }
             speed = speed_of(limit_s, inc_s)
         elif days is not None:
             tc, speed = {"type": "correspondence", "daysPerTurn": days}, "correspondence"
@@ -442,7 +464,9 @@ class World:
                 days=days,
             )
             self.challenges[cid] = ch
-            self.push_event(dest_id, {"type": "challenge", "challenge": ch, "compat": {"bot": True, "board": False}})
+            self.push_event(
+                dest_id, {"type": "challenge", "challenge": ch, "compat": {"bot": True, "board": False}}
+            )
             return cid
 
     def start_game(self, ch: dict[str, Any]) -> Game:
@@ -545,7 +569,9 @@ class World:
                 if opp.gone_at_ply is not None and ply >= opp.gone_at_ply:
                     if side.id not in g.gone:
                         g.gone[side.id] = now + opp.claim_win_in
-                        self.push_game(g, {"type": "opponentGone", "gone": True, "claimWinInSeconds": opp.claim_win_in})
+                        self.push_game(
+                            g, {"type": "opponentGone", "gone": True, "claimWinInSeconds": opp.claim_win_in}
+                        )
                     continue
                 if opp.stop_at_ply is not None and ply >= opp.stop_at_ply:
                     continue
@@ -554,11 +580,19 @@ class World:
                 if opp.resign_at_ply is not None and ply >= opp.resign_at_ply:
                     self.finish(g, "resign", "black" if g.turn == "white" else "white")
                     continue
-                if opp.takeback_at_ply is not None and ply >= opp.takeback_at_ply and "takeback" not in opp.done_offers:
+                if (
+                    opp.takeback_at_ply is not None
+                    and ply >= opp.takeback_at_ply
+                    and "takeback" not in opp.done_offers
+                ):
                     opp.done_offers.add("takeback")
                     g.takeback_offer[g.turn] = True
                     self.push_game(g)
-                offer = opp.offer_draw_at_ply is not None and ply >= opp.offer_draw_at_ply and "draw" not in opp.done_offers
+                offer = (
+                    opp.offer_draw_at_ply is not None
+                    and ply >= opp.offer_draw_at_ply
+                    and "draw" not in opp.done_offers
+                )
                 if offer:
                     opp.done_offers.add("draw")
                 self.apply_move(g, side.id, opp.choose(g.board).uci(), offering_draw=offer)
@@ -594,7 +628,9 @@ class FakeLichess:
         handler = type("Handler", (_Handler,), {"server_obj": self})
         self.httpd = _Server(("127.0.0.1", self.port), handler)
         self.port = self.httpd.server_address[1]
-        self._serve = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._serve = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._serve.start()
         if self._ticker is None:
             self._ticker = threading.Thread(target=self._tick, daemon=True)
@@ -750,7 +786,14 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if method == "GET" and path == "/api/account":
             self._send_json(
-                200, {"id": me.id, "username": me.name, "title": me.title, "perfs": me.perfs(), "createdAt": 1700000000000}
+                200,
+                {
+                    "id": me.id,
+                    "username": me.name,
+                    "title": me.title,
+                    "perfs": me.perfs(),
+                    "createdAt": 1700000000000,
+                },
             )
             return
         if method == "GET" and path == "/api/account/playing":
@@ -783,7 +826,9 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "POST" and m:
             self._create_challenge(me, m.group(1).lower(), body)
             return
-        m = re.fullmatch(r"/api/bot/game/(\w+)/(move/\w+|chat|abort|resign|draw/\w+|takeback/\w+|claim-victory)", path)
+        m = re.fullmatch(
+            r"/api/bot/game/(\w+)/(move/\w+|chat|abort|resign|draw/\w+|takeback/\w+|claim-victory)", path
+        )
         if method == "POST" and m:
             self._game_action(me, m.group(1), m.group(2), query, body)
             return
@@ -813,7 +858,9 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def _follow(self, kind: str, source: list[dict[str, Any]], start: int, *, done: Any, still_mine: Any) -> None:
+    def _follow(
+        self, kind: str, source: list[dict[str, Any]], start: int, *, done: Any, still_mine: Any
+    ) -> None:
         """Send ``source[start:]`` as it grows, with keep-alives; stop on ``done()``."""
         w = self.world
         opened = time.monotonic()
@@ -822,7 +869,9 @@ class _Handler(BaseHTTPRequestHandler):
         last_write = time.monotonic()
         while True:
             with w.lock:
-                if self.server_obj.down.is_set() or (w.drop_gen != drop_gen and w.drop_filter in (kind, "all")):
+                if self.server_obj.down.is_set() or (
+                    w.drop_gen != drop_gen and w.drop_filter in (kind, "all")
+                ):
                     self._abort()
                     return
                 if not still_mine():
@@ -887,9 +936,7 @@ class _Handler(BaseHTTPRequestHandler):
         if over:
             self._end_chunks()
             return
-        self._follow(
-            "game", g.events, start, done=lambda: g.status not in LIVE, still_mine=lambda: True
-        )
+        self._follow("game", g.events, start, done=lambda: g.status not in LIVE, still_mine=lambda: True)
 
     # -- actions --------------------------------------------------------------------------------
     def _challenge_action(self, me: User, cid: str, action: str, body: Any) -> None:
@@ -967,7 +1014,10 @@ class _Handler(BaseHTTPRequestHandler):
                     w.declines[cid] = "later"
                     w.push_event(
                         me.id,
-                        {"type": "challengeDeclined", "challenge": {**ch, "declineReason": "later", "declineReasonKey": "later"}},
+                        {
+                            "type": "challengeDeclined",
+                            "challenge": {**ch, "declineReason": "later", "declineReasonKey": "later"},
+                        },
                     )
 
         threading.Thread(target=respond, daemon=True).start()

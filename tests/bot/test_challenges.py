@@ -44,7 +44,10 @@ def challenge(**kw: Any) -> dict[str, Any]:
         # A Chess960 start sent as "from position" (castling rights on the b- and g-file rooks).
         (
             {"variants": ["standard", "fromPosition"]},
-            challenge(variant="fromPosition", initialFen="bqnb1rkr/pp3ppp/3ppn2/2p5/5P2/P2P4/NPP1P1PP/BQ1BNRKR w HFhf - 2 9"),
+            challenge(
+                variant="fromPosition",
+                initialFen="bqnb1rkr/pp3ppp/3ppn2/2p5/5P2/P2P4/NPP1P1PP/BQ1BNRKR w HFhf - 2 9",
+            ),
             "variant",
         ),
         ({}, challenge(tc={"type": "correspondence", "daysPerTurn": 3}, speed="correspondence"), "tooSlow"),
@@ -75,7 +78,12 @@ def test_accepts_what_fits_and_says_later_when_busy() -> None:
     assert check_challenge(challenge(), cfg, my_ratings={"blitz": 1500}).accept
     assert check_challenge(challenge(rating=1800), cfg, my_ratings={"blitz": 1500}).reason == "generic"
     assert check_challenge(challenge(), cfg, busy_slots=2).reason == "later"
-    assert check_challenge(challenge(), ChallengeConfig(concurrency=3), busy_slots=1, games_with_challenger=1).reason == "later"
+    assert (
+        check_challenge(
+            challenge(), ChallengeConfig(concurrency=3), busy_slots=1, games_with_challenger=1
+        ).reason
+        == "later"
+    )
 
 
 def test_variant_and_time_control_challenges_declined_over_http(harness, lichess) -> None:

@@ -27,7 +27,9 @@ def test_shipped_config_loads_and_equals_the_defaults_where_it_documents_them() 
 
 
 def test_overrides_beat_the_file(tmp_path: Path) -> None:
-    cfg = load_bot_config(ROOT / "configs" / "bot.yaml", ["challenge.concurrency=3", "url=http://127.0.0.1:9"])
+    cfg = load_bot_config(
+        ROOT / "configs" / "bot.yaml", ["challenge.concurrency=3", "url=http://127.0.0.1:9"]
+    )
     assert cfg.challenge.concurrency == 3 and cfg.url == "http://127.0.0.1:9"
 
 
@@ -54,7 +56,9 @@ def test_bad_config_names_the_key(data: dict, words: list[str]) -> None:
 
 
 def test_engine_file_is_merged_under_the_engine_section(tmp_path: Path) -> None:
-    (tmp_path / "engine.yaml").write_text("search:\n  mode: generate\n  temperature: 0.5\nresign:\n  mode: streak\n")
+    (tmp_path / "engine.yaml").write_text(
+        "search:\n  mode: generate\n  temperature: 0.5\nresign:\n  mode: streak\n"
+    )
     (tmp_path / "bot.yaml").write_text("engine_file: engine.yaml\nengine:\n  search:\n    temperature: 0.0\n")
     cfg = load_bot_config(tmp_path / "bot.yaml")
     assert cfg.engine.search.mode == "generate"  # from the engine file

@@ -60,7 +60,9 @@ def test_silent_streams_are_reconnected(harness, lichess) -> None:
     stalled_at = time.monotonic()
     world.stall_streams(5.0)  # no data, no keep-alive; the bot's stall timeout is 1 s
     h.wait(
-        lambda: world.stream_connects[f"event:{BOT_ID}"] > events and world.stream_connects[f"game:{cid}"] > games,
+        lambda: (
+            world.stream_connects[f"event:{BOT_ID}"] > events and world.stream_connects[f"game:{cid}"] > games
+        ),
         4,
         "both streams to reconnect",
     )
@@ -76,7 +78,7 @@ def test_429_burst_on_moves_waits_and_does_not_hammer(harness, lichess) -> None:
     _finished_cleanly(h, world, cid)
     assert fault.hits == 3
     moves = [r for r in world.requests if "/move/" in r.path]
-    for prev, nxt in zip(moves, moves[1:]):
+    for prev, nxt in zip(moves, moves[1:], strict=False):
         if prev.status == 429:
             assert nxt.at - prev.at >= 0.2 - 0.01, "a move was resent before move_rate_limit_wait"
 
@@ -86,7 +88,11 @@ def test_429_on_other_endpoints_holds_them(harness, lichess) -> None:
     world.add_fault(r"^/api/account/playing$", status=429, times=1)
     h = harness()
     h.wait_connected()
-    h.wait(lambda: sum(1 for r in world.requests if r.path == "/api/account/playing") >= 2, 5, "the retried listing")
+    h.wait(
+        lambda: sum(1 for r in world.requests if r.path == "/api/account/playing") >= 2,
+        5,
+        "the retried listing",
+    )
     listing = [r for r in world.requests if r.path == "/api/account/playing"]
     assert listing[1].at - listing[0].at >= 0.4 - 0.01  # rate_limit_wait
     cid = _start_game(h, world, resign_at_ply=6)
@@ -104,7 +110,9 @@ def test_500s_and_dropped_answers_are_retried_with_backoff(harness, lichess) -> 
     _finished_cleanly(h, world, cid)
     account = [r.at for r in world.requests if r.path == "/api/account"]
     assert len(account) == 3  # two 500s, then the answer
-    assert all(b - a >= 0.02 for a, b in zip(account, account[1:])), "retried without a backoff wait"
+    assert all(b - a >= 0.02 for a, b in zip(account, account[1:], strict=False)), (
+        "retried without a backoff wait"
+    )
     assert sum(1 for r in world.requests if r.path == "/api/stream/event") >= 3
 
 

@@ -19,7 +19,10 @@ def test_plays_a_game_until_the_opponent_resigns_and_saves_the_pgn(harness, lich
     g = h.wait_game_over(cid)
     assert g.status == "resign" and g.winner == "white"
     assert [m[2] for m in g.accepted_moves] == [BOT_ID, "alice"] * 4 + [BOT_ID]
-    assert [c for c in g.chat if c[1] == BOT_ID] == [("player", BOT_ID, "Hi Alice, I am MistralBot"), ("player", BOT_ID, "Good game!")]
+    assert [c for c in g.chat if c[1] == BOT_ID] == [
+        ("player", BOT_ID, "Hi Alice, I am MistralBot"),
+        ("player", BOT_ID, "Good game!"),
+    ]
     pgns = list((tmp_path / "pgn").glob("*.pgn"))
     assert len(pgns) == 1
     game = chess.pgn.read_game(pgns[0].open())
@@ -38,7 +41,9 @@ def test_from_position_game_ends_in_the_bots_mate(harness, lichess, tmp_path: Pa
     world = lichess.world
     h = harness(**{"challenge.variants": ["standard", "fromPosition"]})
     h.wait_connected()
-    cid = world.send_challenge("alice", BOT_ID, variant="fromPosition", initial_fen=BOT_MATES_FEN, color="black")
+    cid = world.send_challenge(
+        "alice", BOT_ID, variant="fromPosition", initial_fen=BOT_MATES_FEN, color="black"
+    )
     g = h.wait_game_over(cid)
     assert (g.status, g.winner) == ("mate", "white")
     assert [m.uci() for m in g.board.move_stack] == ["g3g2"]
@@ -52,7 +57,9 @@ def test_the_bot_gets_mated_and_records_the_loss(harness, lichess, tmp_path: Pat
     world.users["alice"].opponent = Opponent(moves="mate")
     h = harness(**{"challenge.variants": ["standard", "fromPosition"]})
     h.wait_connected()
-    cid = world.send_challenge("alice", BOT_ID, variant="fromPosition", initial_fen=BOT_MATED_FEN, color="black")
+    cid = world.send_challenge(
+        "alice", BOT_ID, variant="fromPosition", initial_fen=BOT_MATED_FEN, color="black"
+    )
     g = h.wait_game_over(cid)
     assert (g.status, g.winner) == ("mate", "black")
     assert h.bot.results["lost"] == 1

@@ -26,8 +26,11 @@ def test_speed_of_follows_lichess() -> None:
 
 
 def _challenges(world) -> list:
-    return [r for r in world.requests if r.method == "POST" and r.path.startswith("/api/challenge/")
-            and r.path.count("/") == 3]
+    return [
+        r
+        for r in world.requests
+        if r.method == "POST" and r.path.startswith("/api/challenge/") and r.path.count("/") == 3
+    ]
 
 
 def test_idle_bot_challenges_an_online_bot_and_plays_it_within_the_daily_cap(harness, lichess) -> None:

@@ -64,7 +64,9 @@ class _BrokenScorer:
         raise RuntimeError("CUDA error: out of memory")
 
 
-def test_test_move_plays_with_the_model_and_a_broken_model_stops_the_start(lichess, tmp_path, tiny_scorer) -> None:
+def test_test_move_plays_with_the_model_and_a_broken_model_stops_the_start(
+    lichess, tmp_path, tiny_scorer
+) -> None:
     good = _bot(lichess, tmp_path, BOT_TOKEN, scorer=tiny_scorer, test_move=True)
     good.prepare()  # no error: the test move was played by the model
     bad = _bot(lichess, tmp_path, BOT_TOKEN, scorer=_BrokenScorer(), test_move=True)
@@ -78,10 +80,16 @@ def test_test_move_plays_with_the_model_and_a_broken_model_stops_the_start(liche
 
 def _cli_args(lichess, tmp_path: Path, tiny_model_dir: Path) -> list[str]:
     args = [
-        sys.executable, "-m", "engine.cli", "bot",
-        "--config", str(ROOT / "configs" / "bot.yaml"),
-        "--base-url", lichess.url,
-        "--max-games", "1",
+        sys.executable,
+        "-m",
+        "engine.cli",
+        "bot",
+        "--config",
+        str(ROOT / "configs" / "bot.yaml"),
+        "--base-url",
+        lichess.url,
+        "--max-games",
+        "1",
         f"engine.model.path={tiny_model_dir}",
         f"pgn_directory={tmp_path / 'pgn'}",
         "log_level=DEBUG",
@@ -99,7 +107,11 @@ def test_cli_plays_a_game_and_never_logs_the_token(lichess, tmp_path: Path, tiny
     world.add_fault(r"^/api/account/playing$", status=500, times=1)
     world.add_fault(r"/move/", drop=True, times=1)
     proc = subprocess.Popen(
-        _cli_args(lichess, tmp_path, tiny_model_dir), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        _cli_args(lichess, tmp_path, tiny_model_dir),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 90
