@@ -350,6 +350,8 @@ def save_for_engine(model: Any, tokenizer: Any, cfg: TrainConfig, output_dir: Pa
         if state_dict is None:
             state_dict = model.state_dict()
         state_dict = {k: v.detach().to("cpu", save_dtype) for k, v in state_dict.items()}
+        if getattr(model.config, "tie_word_embeddings", False):
+            state_dict.pop("lm_head.weight", None)  # the copy would break the tie (and double the size)
         model.config.use_cache = True
         model.config.dtype = str(save_dtype).replace("torch.", "")
         model.save_pretrained(str(output_dir), safe_serialization=True, state_dict=state_dict)
