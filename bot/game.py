@@ -377,6 +377,10 @@ class GameRunner:
     def _on_reader_end(self, reason: str) -> None:
         if self.over or reason in ("done", "stopped"):
             return
+        if reason == "unauthorized":
+            logger.error("game {}: the server no longer accepts the token; stopping the bot", self.game_id)
+            self.ctx.stop.set()
+            return
         # 404 / 401 / gave up: ask the server whether the game still runs.
         logger.warning("game {}: game stream ended ({}); checking /api/account/playing", self.game_id, reason)
         try:
@@ -384,7 +388,7 @@ class GameRunner:
         except ApiError as exc:
             logger.warning("game {}: cannot list ongoing games: {}", self.game_id, exc)
             ongoing = {self.game_id}
-        if self.game_id in ongoing and reason != "unauthorized" and not self.ctx.stop.is_set():
+        if self.game_id in ongoing and not self.ctx.stop.is_set():
             if self.ctx.stop.wait(self.cfg.network.backoff_initial):
                 return
             self.reader = threading.Thread(target=self._read, name=f"stream-{self.game_id}", daemon=True)

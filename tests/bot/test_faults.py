@@ -145,3 +145,31 @@ def test_bot_restart_resumes_the_game_from_the_server(harness, lichess) -> None:
     second = harness()
     _finished_cleanly(second, world, cid)
     assert world.games[cid].ply > ply
+
+
+def test_a_rejected_move_is_resynced_and_replayed_once(harness, lichess) -> None:
+    world = lichess.world
+    h = harness()
+    cid = _start_game(h, world)
+    connects = world.stream_connects[f"game:{cid}"]
+    world.add_fault(
+        rf"/api/bot/game/{cid}/move/",
+        status=400,
+        times=1,
+        body={"error": "Not your turn, or game already over"},
+    )
+    _finished_cleanly(h, world, cid, allow_rejected_moves=1)
+    assert world.stream_connects[f"game:{cid}"] > connects, "no re-sync after the rejected move"
+
+
+def test_rejected_moves_are_never_retried_in_a_loop(harness, lichess) -> None:
+    world = lichess.world
+    h = harness()
+    cid = _start_game(h, world)
+    before = sum(1 for r in world.requests if "/move/" in r.path)
+    world.add_fault(
+        rf"/api/bot/game/{cid}/move/", status=400, times=1000, body={"error": "Piece on e2 cannot move"}
+    )
+    time.sleep(3.0)
+    sent = sum(1 for r in world.requests if "/move/" in r.path) - before
+    assert sent == 3, f"{sent} moves sent into a server that rejects them all (move_retries is 3)"
