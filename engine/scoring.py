@@ -4,8 +4,19 @@
 each continuation (``" Nf3"``) after a prompt, tokenized *in context*: the text
 ``prompt + continuation`` is tokenized whole and the continuation's tokens are those
 after the part shared with the other candidates, so they are exactly the tokens the
-model would write. The shared prefix goes through the model once; all candidates go
-through together (in batches of ``score_batch``) on top of its KV cache.
+model would write.
+
+Two paths compute the same numbers:
+
+* the fast path (:mod:`engine.fastpath`, used whenever the model supports it):
+  per-game KV caches kept between moves (matched by token ids, so takebacks, new
+  games and prompts cut to the budget invalidate exactly what changed), all
+  candidates in one forward as a token tree, concurrent calls from many games'
+  threads gathered into one forward (:mod:`engine.batcher`), CUDA graphs on a GPU;
+* the plain path (:meth:`LMScorer.score_plain`): the shared prefix through the
+  model once, the candidates in batches of ``score_batch`` on a copy of its cache.
+  It is the reference the fast path is tested against, and the fallback for models
+  the fast path does not support.
 """
 
 from __future__ import annotations
@@ -16,7 +27,11 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from loguru import logger
+
+from engine.batcher import Batcher
 from engine.prompt import Prompt
+from engine.tokentree import CandidateTree, ContextEncoder, common_prefix_len, shared_prefix_len
 
 
 class Cancelled(Exception):
@@ -30,42 +45,151 @@ class Scores:
     tokens_evaluated: int  # prefix + candidate tokens through the model (the `nodes` of UCI info)
 
 
-def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
-    first = seqs[0]
-    n = min(len(s) for s in seqs)
-    for i in range(n):
-        t = first[i]
-        for s in seqs:
-            if s[i] != t:
-                return i
-    return n
+# Kept for callers of the old private name.
+_common_prefix_len = common_prefix_len
+
+FAST_FAILURES_BEFORE_OFF = 3
 
 
 class LMScorer:
-    """Scores and generates with one model. Calls are serialised by a lock."""
+    """Scores and generates with one model; safe to share between threads (games).
 
-    def __init__(self, model: Any, tokenizer: Any, device: str, *, score_batch: int = 64):
+    ``fast``: None (default) uses the fast path when the model supports it, False
+    never, True insists (an unsupported model raises). ``cache_slots`` is how many
+    games' KV caches are kept (give it more than the number of concurrent games);
+    ``max_batch`` caps the games scored in one forward; ``cuda_graphs`` None means
+    on for CUDA devices; ``gather_ms`` is how long a batch waits for late games.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        device: str,
+        *,
+        score_batch: int = 64,
+        fast: bool | None = None,
+        cache_slots: int = 4,
+        max_batch: int = 16,
+        cuda_graphs: bool | None = None,
+        cache_capacity: int = 1024,
+        gather_ms: float = 2.0,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
         self.score_batch = score_batch
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # one model call at a time (fast steps, plain scoring, generate)
+        self._tok_lock = threading.Lock()  # HF tokenizers are not safe to call from several threads
+        self.encoder = ContextEncoder(tokenizer)
+        self.fast_path: Any = None
+        self.fast_reason = "disabled (fast=False)"
+        self._fast_failures = 0
+        if fast is not False:
+            from engine.fastpath import FastPath, FastPathUnsupported
+
+            try:
+                self.fast_path = FastPath(
+                    model, slots=max(cache_slots, 1), capacity=cache_capacity, cuda_graphs=cuda_graphs
+                )
+                self.fast_reason = ""
+            except FastPathUnsupported as exc:
+                if fast:
+                    raise
+                self.fast_reason = str(exc)
+                logger.info("fast path off: {}", exc)
+        self._batcher: Batcher[Any, list[float]] = Batcher(
+            self._run_jobs, max_items=max(1, min(max_batch, cache_slots)), gather_s=gather_ms / 1000.0,
+            cancelled=Cancelled,
+        )
 
     def encode(self, text: str, *, add_special_tokens: bool) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=add_special_tokens).input_ids)
+        with self._tok_lock:
+            return self.encoder.encode(text, add_special_tokens=add_special_tokens)
 
     def count_tokens(self, prompt: Prompt) -> int:
         return len(self.encode(prompt.text, add_special_tokens=prompt.add_special_tokens))
 
-    def score(self, prompt: Prompt, continuations: Sequence[str], cancel: threading.Event | None = None) -> Scores:
-        import torch
+    # -- fast path --------------------------------------------------------------------
+    @property
+    def fast(self) -> bool:
+        """Whether ``score`` goes through the fast path."""
+        return self.fast_path is not None
 
+    def reset_cache(self) -> None:
+        """Forget every cached game. Never needed for correctness (prompts are matched
+        by token ids); frees the slots for new games at once."""
+        if self.fast_path is not None:
+            with self.lock:
+                self.fast_path.reset()
+
+    def warmup(self, *, max_tokens: int = 256) -> int:
+        """Capture the CUDA graphs of single-game steps now rather than at the first
+        moves (a no-op on a CPU). Returns the number of graphs captured."""
+        if self.fast_path is None:
+            return 0
+        with self.lock:
+            return int(self.fast_path.warmup(max_tokens=max_tokens))
+
+    def _run_jobs(self, jobs: list[Any]) -> list[Any]:
+        assert self.fast_path is not None
+        with self.lock:
+            return self.fast_path.score_jobs(jobs)
+
+    def score(self, prompt: Prompt, continuations: Sequence[str], cancel: threading.Event | None = None) -> Scores:
         if not continuations:
             return Scores([], [], 0)
-        full = [self.encode(prompt.text + c, add_special_tokens=prompt.add_special_tokens) for c in continuations]
-        # The shared prefix must leave at least one token per candidate to score.
-        prefix_len = min(_common_prefix_len(full), min(len(f) for f in full) - 1)
-        prefix_len = max(prefix_len, 1)
+        if self.fast_path is None:
+            return self.score_plain(prompt, continuations, cancel)
+        from engine.fastpath import Job
+
+        with self._tok_lock:
+            full = self.encoder.encode_candidates(
+                prompt.text, continuations, add_special_tokens=prompt.add_special_tokens
+            )
+        prefix_len = shared_prefix_len(full)
+        suffixes = [f[prefix_len:] for f in full]
+        evaluated = prefix_len + sum(len(s) for s in suffixes)
+        job = Job(full[0][:prefix_len], CandidateTree.build(suffixes), cancel)
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+        if not self.fast_path.fits(job):
+            return self._score_ids(full, prefix_len, cancel)
+        try:
+            logps = self._batcher.submit(job, cancel)
+        except Cancelled:
+            raise
+        except Exception as exc:
+            self._fast_failed(exc)
+            return self._score_ids(full, prefix_len, cancel)
+        return Scores(logps, [len(s) for s in suffixes], evaluated)
+
+    def _fast_failed(self, exc: Exception) -> None:
+        self._fast_failures += 1
+        logger.warning("fast path failed ({}: {}); scored with the plain path", type(exc).__name__, exc)
+        if self._fast_failures >= FAST_FAILURES_BEFORE_OFF and self.fast_path is not None:
+            logger.warning("fast path off after {} failures", self._fast_failures)
+            self.fast_reason = f"off after {self._fast_failures} failures; last: {type(exc).__name__}: {exc}"
+            self.fast_path = None
+
+    # -- plain path -------------------------------------------------------------------
+    def score_plain(
+        self, prompt: Prompt, continuations: Sequence[str], cancel: threading.Event | None = None
+    ) -> Scores:
+        """The reference scorer: every ``prompt + continuation`` tokenized whole, the
+        shared prefix through the model once, candidates in batches on a copy of its cache."""
+        if not continuations:
+            return Scores([], [], 0)
+        with self._tok_lock:
+            full = [
+                list(self.tokenizer(prompt.text + c, add_special_tokens=prompt.add_special_tokens).input_ids)
+                for c in continuations
+            ]
+        return self._score_ids(full, shared_prefix_len(full), cancel)
+
+    def _score_ids(self, full: list[list[int]], prefix_len: int, cancel: threading.Event | None) -> Scores:
+        import torch
+
         prefix = full[0][:prefix_len]
         suffixes = [f[prefix_len:] for f in full]
         with self.lock, torch.inference_mode():
@@ -150,10 +274,11 @@ class LMScorer:
                 kwargs.update(do_sample=False)
             out = self.model.generate(input_ids, **kwargs)
         new = out[0, len(ids) :].tolist()
-        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        with self._tok_lock:
+            text = self.tokenizer.decode(new, skip_special_tokens=True)
+            first = self.tokenizer.convert_ids_to_tokens(new[:1])
         # Decoding drops the word-initial space of the first token; put it back so the
         # text reads as it continues the prompt.
-        first = self.tokenizer.convert_ids_to_tokens(new[:1])
         if first and isinstance(first[0], str) and first[0].startswith("\u2581") and not text.startswith(" "):
             text = " " + text
         return text, len(ids) + len(new)

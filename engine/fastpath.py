@@ -1,0 +1,606 @@
+"""The fast path: every legal move of one or many games scored in one forward pass.
+
+:class:`FastPath` runs the model's own modules (embedding, norms, the q/k/v/o and
+MLP projections with whatever they are: plain, bitsandbytes NF4, peft LoRA) with
+its own attention over its own static KV cache (:mod:`engine.kvcache`):
+
+* **cache kept between moves**: a prompt reuses the longest token-id prefix that a
+  cache slot already holds; only the new tokens (a few a ply) are computed.
+* **tree attention**: the candidates' tokens after the shared prefix form a trie
+  (:class:`engine.tokentree.CandidateTree`); trie nodes are appended to the step's
+  tokens, each at rotary position ``prefix_len - 1 + depth``, and a mask lets each
+  node see the prefix and its own ancestors only. No copy of the prefix cache per
+  candidate, and a token shared by several moves is read once. The trie nodes are
+  written to the cache after the prefix and are overwritten by the next step, so
+  candidates never pollute the cache.
+* **many games in one forward**: each game's tokens are packed into one sequence
+  for the projections; for attention the queries are scattered into one row per
+  cache slot (grouped-query heads folded into the query axis, so keys and values
+  are never repeated) and SDPA runs on all slots at once.
+* **CUDA graphs**: on a GPU, steps are padded to a few bucket shapes and each shape
+  is captured once as a CUDA graph; a step is then one host-to-device copy of its
+  index tensors, one graph replay and one small copy back.
+
+Supported: decoder-only models of the Mistral/Llama family (``model_type`` mistral
+or llama, rotary embeddings without dynamic scaling). Anything else is reported by
+:func:`unsupported_reason` and served by the plain scorer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from loguru import logger
+
+from engine.kvcache import KVStore, SlotPlan, SlotTable
+from engine.tokentree import CandidateTree
+
+SUPPORTED_MODEL_TYPES = ("mistral", "llama")
+STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+_BUCKETS = (16, 32, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512, 640, 768, 1024, 1280, 1536, 2048)
+_S_STEP = 256  # key-length buckets: multiples of this
+
+
+class FastPathUnsupported(Exception):
+    """This model (or this request) cannot go through the fast path."""
+
+
+def bucket(n: int) -> int:
+    for b in _BUCKETS:
+        if n <= b:
+            return b
+    return -(-n // 512) * 512
+
+
+def base_model(model: Any) -> Any:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def unsupported_reason(model: Any) -> str | None:
+    """Why ``model`` cannot use the fast path, or None when it can."""
+    base = base_model(model)
+    cfg = getattr(base, "config", None)
+    mtype = getattr(cfg, "model_type", None)
+    if mtype not in SUPPORTED_MODEL_TYPES:
+        return f"model_type {mtype!r} is not one of {SUPPORTED_MODEL_TYPES}"
+    core: Any = getattr(base, "model", None)
+    for name in ("embed_tokens", "layers", "norm", "rotary_emb"):
+        if not hasattr(core, name):
+            return f"the model has no model.{name}"
+    if not hasattr(base, "lm_head"):
+        return "the model has no lm_head"
+    rope = getattr(core.rotary_emb, "rope_type", "default")
+    if rope not in STATIC_ROPE_TYPES:
+        return f"rope type {rope!r} changes with the sequence length"
+    layer = core.layers[0]
+    for name in ("input_layernorm", "post_attention_layernorm", "self_attn", "mlp"):
+        if not hasattr(layer, name):
+            return f"decoder layers have no {name}"
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling"):
+        if not hasattr(layer.self_attn, name):
+            return f"attention has no {name}"
+    return None
+
+
+@dataclasses.dataclass
+class Job:
+    """One ``score`` call: the shared prefix ids and the candidates' trie."""
+
+    prefix: list[int]
+    tree: CandidateTree
+    cancel: threading.Event | None = None
+
+    @property
+    def fed_candidates(self) -> int:
+        return len(self.tree.node_tokens)
+
+
+@dataclasses.dataclass
+class _Row:
+    job: Job
+    plan: SlotPlan
+    n_new: int  # prefix tokens fed (positions reuse..len(prefix)-1)
+
+    @property
+    def length(self) -> int:
+        return self.n_new + self.job.fed_candidates
+
+
+class _Graph:
+    """A captured forward for one bucket shape, with its static inputs and output."""
+
+    def __init__(self, ints: Any, loc: Any, stage_ints: Any, stage_loc: Any) -> None:
+        self.ints = ints
+        self.loc = loc
+        self.stage_ints = stage_ints
+        self.stage_loc = stage_loc
+        self.graph: Any = None
+        self.out: Any = None
+
+
+@dataclasses.dataclass
+class FastStats:
+    steps: int = 0
+    jobs: int = 0
+    graph_replays: int = 0
+    graphs_captured: int = 0
+    eager_steps: int = 0
+    prefix_tokens_fed: int = 0
+    prefix_tokens_reused: int = 0
+    candidate_tokens_fed: int = 0
+
+
+class FastPath:
+    """Scores candidate tries for many games at once over per-game KV caches."""
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        slots: int = 4,
+        capacity: int = 1024,
+        max_capacity: int | None = None,
+        cuda_graphs: bool | None = None,
+        max_step_tokens: int = 2048,
+        graph_max_tokens: int = 1024,
+    ) -> None:
+        import torch
+
+        reason = unsupported_reason(model)
+        if reason is not None:
+            raise FastPathUnsupported(reason)
+        self.model = model
+        self.base = base_model(model)
+        self.core = self.base.model
+        self.layers = list(self.core.layers)
+        cfg = self.base.config
+        attn0 = self.layers[0].self_attn
+        self.n_heads = int(cfg.num_attention_heads)
+        self.n_kv = int(getattr(cfg, "num_key_value_heads", None) or self.n_heads)
+        self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads)
+        self.group = self.n_heads // self.n_kv
+        self.scaling = float(attn0.scaling)
+        emb = self.core.embed_tokens.weight
+        self.device = emb.device
+        self.dtype = emb.dtype
+        limit = int(getattr(cfg, "max_position_embeddings", 4096) or 4096)
+        window = getattr(cfg, "sliding_window", None)
+        if window:
+            # Within the window a sliding-window model is an ordinary causal model.
+            limit = min(limit, int(window))
+        self.max_capacity = min(limit, max_capacity or limit)
+        self.max_step_tokens = max_step_tokens
+        self.graph_max_tokens = graph_max_tokens
+        on_cuda = self.device.type == "cuda"
+        self.use_graphs = on_cuda if cuda_graphs is None else (cuda_graphs and on_cuda)
+        self.slots = SlotTable(slots)
+        self.stats = FastStats()
+        self.graph_error: str | None = None
+        with torch.inference_mode():
+            rot = self.core.rotary_emb
+            self._inv_freq = rot.inv_freq.detach().to(device=self.device, dtype=torch.float32)
+            self._rope_scale = float(getattr(rot, "attention_scaling", 1.0))
+            self.store = KVStore(
+                layers=len(self.layers),
+                slots=slots,
+                kv_heads=self.n_kv,
+                head_dim=self.head_dim,
+                capacity=min(_round_up(capacity, _S_STEP), self.max_capacity),
+                dtype=self.dtype,
+                device=self.device,
+            )
+            self._make_rope_table()
+        self._graphs: dict[tuple[int, int, int], _Graph] = {}
+        self._graph_generation = self.store.generation
+        self._pool: Any = None
+
+    # -- capacity and rope ------------------------------------------------------------
+    def _make_rope_table(self) -> None:
+        import torch
+
+        pos = torch.arange(self.store.alloc, device=self.device, dtype=torch.float32)
+        freqs = pos[:, None] * self._inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self._cos = (emb.cos() * self._rope_scale).to(self.dtype)
+        self._sin = (emb.sin() * self._rope_scale).to(self.dtype)
+
+    def fits(self, job: Job) -> bool:
+        """Whether the job's prefix and trie fit in the largest cache this model allows."""
+        return len(job.prefix) + job.fed_candidates <= self.max_capacity
+
+    def _ensure_capacity(self, needed: int) -> None:
+        if needed <= self.store.capacity:
+            return
+        new = self.store.capacity
+        while new < needed:
+            new *= 2
+        new = min(_round_up(new, _S_STEP), self.max_capacity)
+        if new < needed:
+            raise FastPathUnsupported(f"{needed} tokens exceed the fast path's limit of {self.max_capacity}")
+        logger.info("fast path: KV cache grows from {} to {} positions per slot", self.store.capacity, new)
+        self.store.grow(new)
+        self._make_rope_table()
+
+    def reset(self) -> None:
+        """Forget every cached game (the tensors stay allocated)."""
+        self.slots.clear()
+
+    # -- scoring ------------------------------------------------------------------------
+    def score_jobs(self, jobs: Sequence[Job]) -> list[list[float] | BaseException]:
+        """Candidate log-probabilities per job (or the exception that job ended with)."""
+        import torch
+
+        from engine.scoring import Cancelled
+
+        results: list[list[float] | BaseException] = [[] for _ in jobs]
+        pending = list(range(len(jobs)))
+        with torch.inference_mode():
+            while pending:
+                rows: list[_Row] = []
+                idxs: list[int] = []
+                taken: set[int] = set()
+                tokens = 0
+                rest: list[int] = []
+                for i in pending:
+                    job = jobs[i]
+                    if job.cancel is not None and job.cancel.is_set():
+                        results[i] = Cancelled()
+                        continue
+                    if len(rows) >= self.slots.n_slots:
+                        rest.append(i)
+                        continue
+                    prefix = np.asarray(job.prefix, dtype=np.int64)
+                    plan = self.slots.plan(prefix, taken)
+                    row = _Row(job, plan, len(prefix) - plan.reuse)
+                    if rows and tokens + row.length > self.max_step_tokens:
+                        rest.append(i)
+                        continue
+                    taken.add(plan.slot)
+                    rows.append(row)
+                    idxs.append(i)
+                    tokens += row.length
+                pending = rest
+                if not rows:
+                    continue
+                try:
+                    per_row = self._step(rows)
+                except BaseException as exc:
+                    for row in rows:
+                        self.slots.forget(row.plan.slot)
+                    for i in idxs:
+                        results[i] = exc
+                    continue
+                for i, row, logps in zip(idxs, rows, per_row, strict=True):
+                    results[i] = logps
+                    self.slots.commit(row.plan.slot, np.asarray(row.job.prefix, dtype=np.int64))
+        return results
+
+    def _step(self, rows: list[_Row]) -> list[list[float]]:
+        needed = max(len(r.job.prefix) + r.job.fed_candidates for r in rows)
+        self._ensure_capacity(needed)
+        for r in rows:
+            if r.plan.copy_from is not None:
+                self.store.copy_prefix(r.plan.copy_from, r.plan.slot, r.plan.reuse)
+        inp = self._inputs(rows)
+        T = inp["T"]
+        E = len(inp["esrc"])
+        use_graph = self.use_graphs and self.graph_error is None
+        if use_graph:
+            t_b = bucket(max(T, (E - 64 + 1) // 2, 1))
+            if t_b > self.graph_max_tokens:
+                use_graph = False
+        if use_graph:
+            lp_b = t_b if len(rows) == 1 else bucket(inp["Lp"])
+            s_b = min(_round_up(needed, _S_STEP), self.store.capacity)
+            try:
+                out = self._run_graph((t_b, lp_b, s_b), inp)
+            except Exception as exc:  # capture trouble: stay correct, lose the speed
+                self.graph_error = f"{type(exc).__name__}: {exc}"
+                logger.warning("fast path: CUDA graphs disabled ({}); running eagerly", self.graph_error)
+                self._graphs.clear()
+                use_graph = False
+        if not use_graph:
+            out = self._run_eager(inp, needed)
+        edge = out[:E].tolist()
+        self.stats.steps += 1
+        self.stats.jobs += len(rows)
+        per_row: list[list[float]] = []
+        for r, (e0, e1) in zip(rows, inp["edge_ranges"], strict=True):
+            per_row.append(r.job.tree.candidate_logprobs(edge[e0:e1]))
+            self.stats.prefix_tokens_fed += r.n_new
+            self.stats.prefix_tokens_reused += r.plan.reuse
+            self.stats.candidate_tokens_fed += r.job.fed_candidates
+        return per_row
+
+    # -- step inputs ----------------------------------------------------------------------
+    def _inputs(self, rows: list[_Row]) -> dict[str, Any]:
+        """Index arrays of one step (numpy, exact sizes)."""
+        alloc = self.store.alloc
+        n_slots = self.slots.n_slots
+        lengths = [r.length for r in rows]
+        T = sum(lengths)
+        Lp = max(lengths)
+        ids = np.zeros(T, dtype=np.int64)
+        pos = np.zeros(T, dtype=np.int64)
+        dst = np.zeros(T, dtype=np.int64)
+        col = np.zeros(T, dtype=np.int64)
+        slot_of = np.zeros(T, dtype=np.int64)
+        start = np.ones(n_slots, dtype=np.int64)  # idle slots: only key 0 visible
+        locs: list[tuple[int, np.ndarray]] = []
+        need: list[int] = []
+        esrc: list[int] = []
+        etok: list[int] = []
+        edge_ranges: list[tuple[int, int]] = []
+        t0 = 0
+        for r in rows:
+            job, tree = r.job, r.job.tree
+            L0 = len(job.prefix)
+            reuse, n, m = r.plan.reuse, r.n_new, len(tree.node_tokens)
+            lt = n + m
+            sl = slice(t0, t0 + lt)
+            ids[t0 : t0 + n] = job.prefix[reuse:]
+            ids[t0 + n : t0 + lt] = tree.node_tokens
+            pos[t0 : t0 + n] = np.arange(reuse, L0)
+            pos[t0 + n : t0 + lt] = L0 - 1 + np.asarray(tree.node_depth, dtype=np.int64)
+            dst[sl] = r.plan.slot * alloc + reuse + np.arange(lt)
+            col[sl] = np.arange(lt)
+            slot_of[sl] = r.plan.slot
+            start[r.plan.slot] = reuse
+            loc = np.zeros((lt, lt), dtype=bool)
+            loc[:n, :n] = np.tri(n, dtype=bool)
+            if m:
+                loc[n:, :n] = True
+                anc = np.zeros((m, m), dtype=bool)
+                for j, parent in enumerate(tree.node_parent):
+                    if parent >= 0:
+                        anc[j] = anc[parent]
+                    anc[j, j] = True
+                loc[n:, n:] = anc
+            locs.append((r.plan.slot, loc))
+            base_need = len(need)
+            need.append(t0 + n - 1)  # the prefix's last token: predicts each candidate's first token
+            need.extend(t0 + n + j for j in range(m))
+            e0 = len(esrc)
+            esrc.extend(base_need + (s + 1) for s in tree.edge_src)  # -1 (root) -> base_need
+            etok.extend(tree.edge_token)
+            edge_ranges.append((e0, len(esrc)))
+            t0 += lt
+        return {
+            "T": T,
+            "Lp": Lp,
+            "ids": ids,
+            "pos": pos,
+            "dst": dst,
+            "col": col,
+            "slot_of": slot_of,
+            "start": start,
+            "locs": locs,
+            "need": np.asarray(need, dtype=np.int64),
+            "esrc": np.asarray(esrc, dtype=np.int64),
+            "etok": np.asarray(etok, dtype=np.int64),
+            "edge_ranges": edge_ranges,
+        }
+
+    # -- the forward ----------------------------------------------------------------------
+    def _forward(
+        self,
+        ids: Any,
+        pos: Any,
+        dst: Any,
+        qrow: Any,
+        start: Any,
+        loc: Any,
+        need: Any,
+        esrc: Any,
+        etok: Any,
+        S: int,
+    ) -> Any:
+        """Log-probabilities of the scored edges. All inputs are device tensors."""
+        import torch
+        import torch.nn.functional as F
+
+        n_slots = self.slots.n_slots
+        Lp = loc.shape[1]
+        T = ids.shape[0]
+        H, KV, G, D = self.n_heads, self.n_kv, self.group, self.head_dim
+        mask = self._mask(start, loc, S)
+        cos = self._cos[pos][:, None, :]
+        sin = self._sin[pos][:, None, :]
+        h = self.core.embed_tokens(ids[None])
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            x = layer.input_layernorm(h)
+            q = attn.q_proj(x).view(T, H, D)
+            k = attn.k_proj(x).view(T, KV, D)
+            v = attn.v_proj(x).view(T, KV, D)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            kc, vc = self.store.k[i], self.store.v[i]
+            kc.view(-1, KV, D).index_copy_(0, dst, k)
+            vc.view(-1, KV, D).index_copy_(0, dst, v)
+            qp = q.new_zeros(n_slots * Lp + 1, H, D)
+            qp.index_copy_(0, qrow, q)
+            qf = qp[: n_slots * Lp].view(n_slots, Lp, KV, G, D).permute(0, 2, 3, 1, 4).reshape(n_slots, KV, G * Lp, D)
+            o = F.scaled_dot_product_attention(
+                qf, kc[:, :S].transpose(1, 2), vc[:, :S].transpose(1, 2), attn_mask=mask, scale=self.scaling
+            )
+            o = o.view(n_slots, KV, G, Lp, D).permute(0, 3, 1, 2, 4).reshape(n_slots * Lp, H * D)
+            o = F.pad(o, (0, 0, 0, 1))[qrow]
+            h = h + attn.o_proj(o[None])
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        hn = self.core.norm(h[0, need])
+        logits = self.base.lm_head(hn).float()
+        lse = torch.logsumexp(logits, dim=-1)
+        return logits[esrc, etok] - lse[esrc]
+
+    def _mask(self, start: Any, loc: Any, S: int) -> Any:
+        """Additive mask (slots, 1, group * Lp, S): the committed prefix below ``start``,
+        then the step's own tokens as ``loc`` allows."""
+        import torch
+
+        n_slots, Lp = loc.shape[0], loc.shape[1]
+        keys = torch.arange(S, device=start.device)
+        rel = keys[None, :] - start[:, None]
+        before = rel < 0
+        inside = (rel >= 0) & (rel < Lp)
+        local = torch.gather(loc, 2, rel.clamp(0, Lp - 1)[:, None, :].expand(n_slots, Lp, S))
+        allowed = before[:, None, :] | (inside[:, None, :] & local)
+        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=start.device)
+        mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+        return mask[:, None, None].expand(n_slots, 1, self.group, Lp, S).reshape(n_slots, 1, self.group * Lp, S)
+
+    # -- eager and graph runs -------------------------------------------------------------------
+    def _run_eager(self, inp: dict[str, Any], needed: int) -> Any:
+        import torch
+
+        self.stats.eager_steps += 1
+        dev = self.device
+        Lp = inp["Lp"]
+        n_slots = self.slots.n_slots
+        loc = np.zeros((n_slots, Lp, Lp), dtype=bool)
+        for slot, lmat in inp["locs"]:
+            n = lmat.shape[0]
+            loc[slot, :n, :n] = lmat
+            loc[slot, n:, 0] = True
+        qrow = inp["slot_of"] * Lp + inp["col"]
+        S = needed if dev.type == "cpu" else min(_round_up(needed, _S_STEP), self.store.capacity)
+
+        def t(a: np.ndarray) -> Any:
+            return torch.from_numpy(a).to(dev)
+
+        return self._forward(
+            t(inp["ids"]), t(inp["pos"]), t(inp["dst"]), t(qrow), t(inp["start"]), t(loc),
+            t(inp["need"]), t(inp["esrc"]), t(inp["etok"]), S,
+        ).cpu()
+
+    def _layout(self, t_b: int, n_slots: int) -> dict[str, slice]:
+        e_b = 2 * t_b + 64
+        names = (("ids", t_b), ("pos", t_b), ("dst", t_b), ("qrow", t_b), ("need", t_b), ("esrc", e_b), ("etok", e_b),
+                 ("start", n_slots))
+        out: dict[str, slice] = {}
+        o = 0
+        for name, n in names:
+            out[name] = slice(o, o + n)
+            o += n
+        return out
+
+    def _run_graph(self, key: tuple[int, int, int], inp: dict[str, Any]) -> Any:
+        if self._graph_generation != self.store.generation:
+            self._graphs.clear()
+            self._pool = None
+            self._graph_generation = self.store.generation
+        g = self._graphs.get(key)
+        if g is None:
+            g = self._capture(key)
+        t_b, lp_b, _ = key
+        n_slots = self.slots.n_slots
+        lay = self._layout(t_b, n_slots)
+        ints = g.stage_ints.numpy()
+        loc = g.stage_loc.numpy()
+        self._fill_padding(ints, loc, lay, lp_b)
+        T = inp["T"]
+        ints[lay["ids"]][:T] = inp["ids"]
+        ints[lay["pos"]][:T] = inp["pos"]
+        ints[lay["dst"]][:T] = inp["dst"]
+        ints[lay["qrow"]][:T] = inp["slot_of"] * lp_b + inp["col"]
+        need = inp["need"]
+        ints[lay["need"]][: len(need)] = need
+        E = len(inp["esrc"])
+        ints[lay["esrc"]][:E] = inp["esrc"]
+        ints[lay["etok"]][:E] = inp["etok"]
+        ints[lay["start"]] = inp["start"]
+        for slot, lmat in inp["locs"]:
+            n = lmat.shape[0]
+            loc[slot, :n, :n] = lmat
+            loc[slot, n:, 0] = True
+        g.ints.copy_(g.stage_ints, non_blocking=True)
+        g.loc.copy_(g.stage_loc, non_blocking=True)
+        g.graph.replay()
+        self.stats.graph_replays += 1
+        return g.out.cpu()
+
+    def _fill_padding(self, ints: np.ndarray, loc: np.ndarray, lay: dict[str, slice], lp_b: int) -> None:
+        """Inputs of an empty step: every write goes to the scratch row, every read is harmless."""
+        ints[:] = 0
+        ints[lay["dst"]] = self.store.trash_index
+        ints[lay["qrow"]] = self.slots.n_slots * lp_b
+        ints[lay["start"]] = 1
+        loc[:] = False
+
+    def _capture(self, key: tuple[int, int, int]) -> _Graph:
+        import torch
+
+        t_b, lp_b, s_b = key
+        n_slots = self.slots.n_slots
+        lay = self._layout(t_b, n_slots)
+        size = lay["start"].stop
+        g = _Graph(
+            ints=torch.zeros(size, dtype=torch.int64, device=self.device),
+            loc=torch.zeros((n_slots, lp_b, lp_b), dtype=torch.bool, device=self.device),
+            stage_ints=torch.zeros(size, dtype=torch.int64).pin_memory(),
+            stage_loc=torch.zeros((n_slots, lp_b, lp_b), dtype=torch.bool).pin_memory(),
+        )
+        self._fill_padding(g.stage_ints.numpy(), g.stage_loc.numpy(), lay, lp_b)
+        g.ints.copy_(g.stage_ints)
+        g.loc.copy_(g.stage_loc)
+        v = {name: g.ints[sl] for name, sl in lay.items()}
+
+        def run() -> Any:
+            return self._forward(
+                v["ids"], v["pos"], v["dst"], v["qrow"], v["start"], g.loc, v["need"], v["esrc"], v["etok"], s_b
+            )
+
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            run()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            g.out = run()
+        g.graph = graph
+        self._graphs[key] = g
+        self.stats.graphs_captured += 1
+        return g
+
+    def warmup(self, *, max_tokens: int = 256) -> int:
+        """Capture the graphs a game will need (single-game shapes up to ``max_tokens``
+        step tokens, key lengths up to the current cache capacity). Returns how many."""
+        if not (self.use_graphs and self.graph_error is None):
+            return 0
+        import torch
+
+        count = 0
+        with torch.inference_mode():
+            for s_b in range(_S_STEP, self.store.capacity + 1, _S_STEP):
+                for t_b in _BUCKETS:
+                    if t_b > max_tokens:
+                        break
+                    key = (t_b, t_b, s_b)
+                    if key not in self._graphs:
+                        try:
+                            self._capture(key)
+                        except Exception as exc:
+                            self.graph_error = f"{type(exc).__name__}: {exc}"
+                            logger.warning("fast path: CUDA graphs disabled ({})", self.graph_error)
+                            self._graphs.clear()
+                            return count
+                        count += 1
+        return count
+
+
+def _rotate_half(x: Any) -> Any:
+    import torch
+
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _round_up(n: int, step: int) -> int:
+    return -(-n // step) * step

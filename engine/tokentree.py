@@ -1,0 +1,147 @@
+"""Candidate tokens for the fast path: tokenized in context, then shared as a tree.
+
+Two jobs, both exact with respect to the plain scorer:
+
+* :class:`ContextEncoder` gives, for a prompt and its candidate continuations, the
+  token ids of ``prompt + continuation`` as the tokenizer writes them *whole* (so a
+  candidate's tokens are exactly those the model would write after the prompt). It
+  gets there without re-tokenizing the whole prompt once per candidate: the prompt
+  is tokenized once (and remembered), and only a short tail of it, cut at a space
+  (a word boundary for SentencePiece and byte-level BPE tokenizers alike), is
+  tokenized again with each candidate. The cut is checked against the prompt's own
+  tokens; when the check fails the encoder tokenizes every text whole.
+* :class:`CandidateTree` folds the candidates' suffix tokens into a trie: legal moves
+  share first tokens (``▁N``, ``▁e``...), so the model reads each shared token once.
+  Only proper prefixes of the suffixes are fed to the model (the last token of a
+  candidate is predicted, never read).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+
+def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest prefix shared by every sequence."""
+    first = seqs[0]
+    n = min(len(s) for s in seqs)
+    for i in range(n):
+        t = first[i]
+        for s in seqs:
+            if s[i] != t:
+                return i
+    return n
+
+
+def shared_prefix_len(full: Sequence[Sequence[int]]) -> int:
+    """The plain scorer's split: shared tokens, leaving each candidate at least one to score."""
+    n = min(common_prefix_len(full), min(len(f) for f in full) - 1)
+    return max(n, 1)
+
+
+class ContextEncoder:
+    """Tokenizes prompts (remembering the last few) and candidates in context."""
+
+    def __init__(self, tokenizer: Any, *, remember: int = 64, tail_chars: int = 12) -> None:
+        self.tokenizer = tokenizer
+        self.remember = remember
+        self.tail_chars = tail_chars
+        self._memo: collections.OrderedDict[tuple[str, bool], tuple[int, ...]] = collections.OrderedDict()
+        self.whole_fallbacks = 0  # calls where the tail check failed and every text was tokenized whole
+
+    def encode(self, text: str, *, add_special_tokens: bool) -> list[int]:
+        key = (text, add_special_tokens)
+        ids = self._memo.get(key)
+        if ids is None:
+            ids = tuple(self.tokenizer(text, add_special_tokens=add_special_tokens).input_ids)
+            self._memo[key] = ids
+            if len(self._memo) > self.remember:
+                self._memo.popitem(last=False)
+        else:
+            self._memo.move_to_end(key)
+        return list(ids)
+
+    def _encode_many(self, texts: list[str], *, add_special_tokens: bool) -> list[list[int]]:
+        return [list(x) for x in self.tokenizer(texts, add_special_tokens=add_special_tokens).input_ids]
+
+    def encode_candidates(self, text: str, continuations: Sequence[str], *, add_special_tokens: bool) -> list[list[int]]:
+        """Token ids of ``text + c`` for every continuation, as whole-text tokenization gives them."""
+        prompt_ids = self.encode(text, add_special_tokens=add_special_tokens)
+        cut = text.rfind(" ", 0, max(0, len(text) - self.tail_chars))
+        if cut > 0:
+            tail = text[cut:]
+            tail_ids = self.encode(tail, add_special_tokens=False)
+            k = len(prompt_ids) - len(tail_ids)
+            if tail_ids and k > 0 and prompt_ids[k:] == tail_ids:
+                head = prompt_ids[:k]
+                tails = self._encode_many([tail + c for c in continuations], add_special_tokens=False)
+                return [head + t for t in tails]
+        self.whole_fallbacks += 1
+        return self._encode_many([text + c for c in continuations], add_special_tokens=add_special_tokens)
+
+
+@dataclasses.dataclass
+class CandidateTree:
+    """The candidates' suffix tokens after a shared prefix, as a trie.
+
+    ``node_tokens[j]`` is the token of trie node ``j`` (fed to the model),
+    ``node_parent[j]`` its parent node or -1 for the root (the prefix's last token),
+    ``node_depth[j]`` its depth (1 for a child of the root). Edges are the scored
+    (source, token) pairs: ``edge_src[e]`` is -1 (root) or a node, ``edge_token[e]``
+    the token predicted. ``cand_edges[i]`` lists candidate ``i``'s edges in order.
+    """
+
+    node_tokens: list[int]
+    node_parent: list[int]
+    node_depth: list[int]
+    edge_src: list[int]
+    edge_token: list[int]
+    cand_edges: list[list[int]]
+
+    @classmethod
+    def build(cls, suffixes: Sequence[Sequence[int]]) -> CandidateTree:
+        nodes: dict[tuple[int, ...], int] = {}
+        node_tokens: list[int] = []
+        node_parent: list[int] = []
+        node_depth: list[int] = []
+        edges: dict[tuple[int, int], int] = {}
+        edge_src: list[int] = []
+        edge_token: list[int] = []
+        cand_edges: list[list[int]] = []
+        for suffix in suffixes:
+            path: list[int] = []
+            src = -1
+            for j, tok in enumerate(suffix):
+                e = edges.get((src, tok))
+                if e is None:
+                    e = len(edge_src)
+                    edges[(src, tok)] = e
+                    edge_src.append(src)
+                    edge_token.append(tok)
+                path.append(e)
+                if j == len(suffix) - 1:
+                    break
+                key = tuple(suffix[: j + 1])
+                node = nodes.get(key)
+                if node is None:
+                    node = len(node_tokens)
+                    nodes[key] = node
+                    node_tokens.append(tok)
+                    node_parent.append(src)
+                    node_depth.append(j + 1)
+                src = node
+            cand_edges.append(path)
+        return cls(node_tokens, node_parent, node_depth, edge_src, edge_token, cand_edges)
+
+    def ancestors_or_self(self, node: int) -> list[int]:
+        out = []
+        while node >= 0:
+            out.append(node)
+            node = self.node_parent[node]
+        return out
+
+    def candidate_logprobs(self, edge_logps: Sequence[float]) -> list[float]:
+        return [sum(edge_logps[e] for e in path) for path in self.cand_edges]
