@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -221,49 +222,65 @@ def hf_config_for(cfg: TrainConfig, tokenizer: Any) -> Any:
         raise TrainingError(f"cannot read the model config of {m.path!r}: {exc}") from None
 
 
-def build_model(cfg: TrainConfig, tokenizer: Any, hf_config: Any, device: str) -> Any:
-    """The model to train, on ``device``: LoRA over a (4-bit) base, or all weights."""
+# A function that returns the (possibly quantized) base model instead of loading it from
+# model.path: the GPU benchmark builds a random 7B model in memory this way.
+BaseLoader = Callable[[TrainConfig, Any, str], Any]
+
+
+def load_base_model(cfg: TrainConfig, hf_config: Any, device: str) -> Any:
+    """The base model from ``model.path`` (4-bit when configured), or a new scratch model."""
     import torch
+    from transformers import AutoModelForCausalLM
 
     m, q = cfg.model, cfg.quantization
-    dtype = torch_dtype(m.dtype, device)
-    fsdp = using_fsdp()
     if m.init == "scratch":
-        from transformers import AutoModelForCausalLM
-
         torch.manual_seed(cfg.train.seed)
         hf_config._attn_implementation = m.attn_implementation
-        model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
-    else:
-        from transformers import AutoModelForCausalLM
-
-        kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": m.attn_implementation}
-        if m.revision:
-            kwargs["revision"] = m.revision
-        if q.load_in_4bit:
-            if device != "cuda":
-                raise ResourceError("quantization.load_in_4bit needs a CUDA GPU (bitsandbytes); set it false on a CPU")
-            try:
-                import bitsandbytes  # noqa: F401
-                from transformers import BitsAndBytesConfig
-            except ImportError:
-                raise ResourceError("quantization.load_in_4bit needs bitsandbytes: pip install 'mistral-chess[gpu]'") from None
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type=q.bnb_4bit_quant_type,
-                bnb_4bit_use_double_quant=q.bnb_4bit_use_double_quant,
-                bnb_4bit_compute_dtype=getattr(torch, q.bnb_4bit_compute_dtype),
-                # FSDP shards float tensors only: store the 4-bit weights in a bf16 container.
-                bnb_4bit_quant_storage=torch.bfloat16 if fsdp else torch.uint8,
-            )
-            if not fsdp:
-                kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
-        elif not cfg.lora.enabled:
-            kwargs["dtype"] = torch.float32  # full fine-tuning keeps fp32 master weights
+        return AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(m.dtype, device), "attn_implementation": m.attn_implementation}
+    if m.revision:
+        kwargs["revision"] = m.revision
+    if q.load_in_4bit:
+        if device != "cuda":
+            raise ResourceError("quantization.load_in_4bit needs a CUDA GPU (bitsandbytes); set it false on a CPU")
         try:
-            model = AutoModelForCausalLM.from_pretrained(m.path, **kwargs)
-        except Exception as exc:
-            raise TrainingError(f"cannot load the model {m.path!r}: {exc}") from None
+            import bitsandbytes  # noqa: F401
+            from transformers import BitsAndBytesConfig
+        except ImportError:
+            raise ResourceError("quantization.load_in_4bit needs bitsandbytes: pip install 'mistral-chess[gpu]'") from None
+        fsdp = using_fsdp()
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=q.bnb_4bit_quant_type,
+            bnb_4bit_use_double_quant=q.bnb_4bit_use_double_quant,
+            bnb_4bit_compute_dtype=getattr(torch, q.bnb_4bit_compute_dtype),
+            # FSDP shards float tensors only: store the 4-bit weights in a bf16 container.
+            bnb_4bit_quant_storage=torch.bfloat16 if fsdp else torch.uint8,
+        )
+        if not fsdp:
+            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    elif not cfg.lora.enabled:
+        kwargs["dtype"] = torch.float32  # full fine-tuning keeps fp32 master weights
+    try:
+        return AutoModelForCausalLM.from_pretrained(m.path, **kwargs)
+    except Exception as exc:
+        raise TrainingError(f"cannot load the model {m.path!r}: {exc}") from None
+
+
+def build_model(
+    cfg: TrainConfig, tokenizer: Any, hf_config: Any, device: str, *, base_loader: BaseLoader | None = None
+) -> Any:
+    """The model to train, on ``device``: LoRA over a (4-bit) base, or all weights."""
+    model = (base_loader or load_base_model)(cfg, hf_config, device)
+    return prepare_for_training(model, cfg, device)
+
+
+def prepare_for_training(model: Any, cfg: TrainConfig, device: str) -> Any:
+    """Gradient checkpointing, k-bit preparation and the LoRA adapter, as the config says."""
+    import torch
+
+    q = cfg.quantization
+    fsdp = using_fsdp()
     model.config.use_cache = False
     gc_kwargs = {"use_reentrant": False}
     if q.load_in_4bit and not fsdp:
@@ -297,8 +314,9 @@ def build_model(cfg: TrainConfig, tokenizer: Any, hf_config: Any, device: str) -
             for param in model.parameters():
                 if param.requires_grad:
                     param.data = param.data.to(torch.bfloat16)
-    if not (q.load_in_4bit and not fsdp):
-        model.to(device)
+    if not q.load_in_4bit:
+        model.to(device)  # a 4-bit model is placed where it was quantized
+    model.train()  # from_pretrained returns eval mode: no dropout, no checkpointing
     return model
 
 

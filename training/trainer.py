@@ -52,6 +52,7 @@ from training.data import (
     split_paths,
 )
 from training.errors import CheckpointError, DataError, TrainingError
+from training.modeling import BaseLoader
 
 CHECKPOINTS = "checkpoints"
 LOG_FILE = "log.jsonl"
@@ -107,8 +108,9 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(self, cfg: TrainConfig, *, base_loader: BaseLoader | None = None) -> None:
         self.cfg = cfg
+        self.base_loader = base_loader
         self.out = Path(cfg.train.output_dir)
         self.ckpt_root = self.out / CHECKPOINTS
 
@@ -126,7 +128,7 @@ class Trainer:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cuda" and not torch.cuda.is_available():
             raise TrainingError("train.device is cuda but torch sees no CUDA GPU (use device: cpu or auto)")
-        if cfg.quantization.load_in_4bit and device != "cuda":
+        if cfg.quantization.load_in_4bit and device != "cuda" and self.base_loader is None:
             raise TrainingError("quantization.load_in_4bit needs a CUDA GPU; on a CPU set quantization.load_in_4bit=false")
         if tc.threads and device == "cpu":
             torch.set_num_threads(tc.threads)
@@ -188,7 +190,7 @@ class Trainer:
 
         from training.modeling import build_collator, build_model, count_trainable
 
-        self.model = build_model(cfg, self.tokenizer, hf_config, device)
+        self.model = build_model(cfg, self.tokenizer, hf_config, device, base_loader=self.base_loader)
         trainable, total = count_trainable(self.model)
         logger.info("model: {:,} parameters, {:,} trained ({:.2%})", total, trainable, trainable / max(1, total))
         self.params_info = {"total": total, "trainable": trainable}
@@ -497,7 +499,10 @@ class Trainer:
         if self.main:
             model = self.acc.unwrap_model(self.model)
             save_for_engine(model, self.tokenizer, self.cfg, self.out, state_dict=state_dict)
-            plot_curves(self.out / LOG_FILE, self.out)
+            try:
+                plot_curves(self.out / LOG_FILE, self.out)
+            except ImportError as exc:  # matplotlib missing: the log holds the same numbers
+                logger.warning("no PNG curves ({}); the numbers are in {}", exc, LOG_FILE)
         summary = {
             "output_dir": str(self.out),
             "steps": self.state.step,
