@@ -221,6 +221,7 @@ class ExampleTokenizer:
         self.counts: collections.Counter[str] = collections.Counter()
         self.mismatch: str | None = None
         self._seen = 0
+        self._headers: dict[tuple[str, bool], list[int]] = {}
 
     def direct(self, ex: Example) -> tuple[list[int], int]:
         add = ex.prompt.add_special_tokens
@@ -235,38 +236,34 @@ class ExampleTokenizer:
         return ids, n
 
     def tokenize(self, games: list[list[Example]]) -> None:
-        """Fill ``input_ids`` / ``prompt_tokens`` of every example (EOS appended where it ends a game)."""
+        """Fill ``input_ids`` / ``prompt_tokens`` of every example (EOS appended where it ends a game).
+
+        One text is tokenized per game: its longest example. Examples whose PGN header
+        differs (in ``play`` mode the names follow the side to move) take their header's
+        tokens, tokenized once per distinct header, followed by the longest text's move
+        tokens; this needs the header to end on a token boundary, which is checked.
+        """
         slow: list[Example] = []
-        longest: list[Example] = []
-        groups: list[list[Example]] = []
+        tops: list[Example] = []
+        todo: list[list[Example]] = []
         for exs in games:
             if not exs:
                 continue
             if not self.fast:
                 slow.extend(exs)
                 continue
-            # Group by header (players differ by side to move in `play` mode) and template wrapper.
-            by_head: dict[tuple[str, bool], list[Example]] = collections.defaultdict(list)
-            for ex in exs:
-                by_head[(ex.prompt.text[: ex.prompt.text.find("\n\n") + 1], ex.prompt.add_special_tokens)].append(ex)
-            for group in by_head.values():
-                top = max(group, key=lambda e: len(e.prompt.text) + len(e.completion))
-                groups.append(group)
-                longest.append(top)
-        if longest:
-            encs = [
-                self.tok.encode_batch([e.text for e in longest if e.prompt.add_special_tokens is add], add_special_tokens=add)
-                for add in (True, False)
-            ]
-            it = {True: iter(encs[0]), False: iter(encs[1])}
-            for group, top in zip(groups, longest, strict=True):
-                enc = next(it[top.prompt.add_special_tokens])
-                ends = [e for _, e in enc.offsets]
-                starts = [s for s, _ in enc.offsets]
-                ids = enc.ids
-                text = top.text
-                for ex in group:
-                    got = self._cut(ex, text, ids, starts, ends)
+            todo.append(exs)
+            tops.append(max(exs, key=lambda e: len(e.prompt.text) + len(e.completion)))
+        if tops:
+            encs: dict[bool, Any] = {}
+            for add in (True, False):
+                texts = [t.text for t in tops if t.prompt.add_special_tokens is add]
+                encs[add] = iter(self.tok.encode_batch(texts, add_special_tokens=add)) if texts else iter(())
+            for exs, top in zip(todo, tops, strict=True):
+                enc = next(encs[top.prompt.add_special_tokens])
+                cut = _Cutter(top, enc, self._header_ids)
+                for ex in exs:
+                    got = cut(ex)
                     if got is None:
                         slow.append(ex)
                         continue
@@ -283,18 +280,14 @@ class ExampleTokenizer:
                 if ex.eos and self.eos_id is not None and ex.input_ids is not None:
                     ex.input_ids.append(self.eos_id)
 
-    @staticmethod
-    def _cut(
-        ex: Example, text: str, ids: list[int], starts: list[int], ends: list[int]
-    ) -> tuple[list[int], int] | None:
-        full_len = len(ex.prompt.text) + len(ex.completion)
-        if not text.startswith(ex.prompt.text) or text[len(ex.prompt.text) : full_len] != ex.completion:
-            return None
-        n_full = _boundary(starts, ends, full_len)
-        n_prompt = _boundary(starts, ends, len(ex.prompt.text))
-        if n_full is None or n_prompt is None:
-            return None
-        return ids[:n_full], n_prompt
+    def _header_ids(self, header: str, add_special_tokens: bool) -> list[int]:
+        key = (header, add_special_tokens)
+        ids = self._headers.get(key)
+        if ids is None:
+            if len(self._headers) > 4096:  # names from PGN files vary: keep the cache bounded
+                self._headers.clear()
+            ids = self._headers[key] = list(self.tok.encode(header, add_special_tokens=add_special_tokens).ids)
+        return ids
 
     def _verify(self, ex: Example) -> None:
         assert ex.input_ids is not None
@@ -318,3 +311,56 @@ def _boundary(starts: list[int], ends: list[int], pos: int) -> int | None:
     if n < len(starts) and starts[n] < pos:
         return None
     return n
+
+
+def _header_of(text: str) -> str:
+    """The PGN tag section with the blank line after it (empty when there is none)."""
+    i = text.find("\n\n")
+    return text[: i + 2] if i >= 0 else ""
+
+
+class _Cutter:
+    """Token sequences of a game's examples, cut from the tokens of its longest example."""
+
+    def __init__(self, top: Example, enc: Any, header_ids: Any) -> None:
+        self.text = top.text
+        self.ids = enc.ids
+        self.starts = [a for a, _ in enc.offsets]
+        self.ends = [b for _, b in enc.offsets]
+        self.add = top.prompt.add_special_tokens
+        self.header = _header_of(top.prompt.text)
+        self.header_ids = header_ids
+        self.n_header: int | None = None
+        if self.header:
+            n = _boundary(self.starts, self.ends, len(self.header))
+            # Header swaps are safe only if the header's own tokens start the long text.
+            if n is not None and list(self.ids[:n]) == header_ids(self.header, self.add):
+                self.n_header = n
+
+    def __call__(self, ex: Example) -> tuple[list[int], int] | None:
+        if ex.prompt.add_special_tokens is not self.add:
+            return None
+        p_len = len(ex.prompt.text)
+        full_len = p_len + len(ex.completion)
+        if self.text.startswith(ex.prompt.text) and self.text[p_len:full_len] == ex.completion:
+            n_full = _boundary(self.starts, self.ends, full_len)
+            n_prompt = _boundary(self.starts, self.ends, p_len)
+            if n_full is None or n_prompt is None:
+                return None
+            return list(self.ids[:n_full]), n_prompt
+        # Another header before the same moves.
+        header = _header_of(ex.prompt.text)
+        if self.n_header is None or not header:
+            return None
+        h, th = len(header), len(self.header)
+        moves_prompt = ex.prompt.text[h:]
+        if self.text[th : th + len(moves_prompt)] != moves_prompt:
+            return None
+        if self.text[th + len(moves_prompt) : th + len(moves_prompt) + len(ex.completion)] != ex.completion:
+            return None
+        n_full = _boundary(self.starts, self.ends, th + len(moves_prompt) + len(ex.completion))
+        n_prompt = _boundary(self.starts, self.ends, th + len(moves_prompt))
+        if n_full is None or n_prompt is None:
+            return None
+        own = self.header_ids(header, self.add)
+        return own + list(self.ids[self.n_header : n_full]), len(own) + n_prompt - self.n_header
