@@ -147,6 +147,7 @@ class FastPath:
         cuda_graphs: bool | None = None,
         max_step_tokens: int = 2048,
         graph_max_tokens: int = 1024,
+        fuse_linears: bool = True,
     ) -> None:
         import torch
 
@@ -197,6 +198,31 @@ class FastPath:
         self._graphs: dict[tuple[int, int, int], _Graph] = {}
         self._graph_generation = self.store.generation
         self._pool: Any = None
+        self._fused: list[dict[str, Any]] | None = None
+        self.fuse_note = "off"
+        if fuse_linears:
+            self._fuse()
+
+    def _fuse(self) -> None:
+        """Projections as :class:`engine.fusedlinear.FastLinear` (checked on layer 0), else the modules."""
+        import torch
+
+        from engine.fusedlinear import NotFusable, check_layer, fuse_layers
+
+        if not hasattr(self.layers[0].mlp, "act_fn"):
+            self.fuse_note = "declined: the MLP has no act_fn"
+            return
+        tol = 1e-4 if self.dtype == torch.float32 else 3e-2
+        try:
+            with torch.inference_mode():
+                fused = fuse_layers(self.layers, self.dtype)
+                worst = check_layer(self.layers[0], fused[0], self.dtype, self.device, tol=tol)
+        except (NotFusable, ImportError, AttributeError, TypeError, RuntimeError) as exc:
+            self.fuse_note = f"declined: {type(exc).__name__}: {exc}"
+            logger.info("fast path: projections not fused ({})", self.fuse_note)
+            return
+        self._fused = fused
+        self.fuse_note = f"on (layer-0 check: relative difference {worst:.2g})"
 
     # -- capacity and rope ------------------------------------------------------------
     def _make_rope_table(self) -> None:
@@ -414,9 +440,10 @@ class FastPath:
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
             x = layer.input_layernorm(h)
-            q = attn.q_proj(x).view(T, H, D)
-            k = attn.k_proj(x).view(T, KV, D)
-            v = attn.v_proj(x).view(T, KV, D)
+            proj: Any = attn if self._fused is None else _Flat(self._fused[i])
+            q = proj.q_proj(x).view(T, H, D)
+            k = proj.k_proj(x).view(T, KV, D)
+            v = proj.v_proj(x).view(T, KV, D)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             kc, vc = self.store.k[i], self.store.v[i]
@@ -430,8 +457,13 @@ class FastPath:
             )
             o = o.view(n_slots, KV, G, Lp, D).permute(0, 3, 1, 2, 4).reshape(n_slots * Lp, H * D)
             o = F.pad(o, (0, 0, 0, 1))[qrow]
-            h = h + attn.o_proj(o[None])
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            h = h + proj.o_proj(o[None])
+            if self._fused is None:
+                h = h + layer.mlp(layer.post_attention_layernorm(h))
+            else:
+                f = self._fused[i]
+                x = layer.post_attention_layernorm(h)[0]
+                h = h + f["down_proj"](layer.mlp.act_fn(f["gate_proj"](x)) * f["up_proj"](x))[None]
         hn = self.core.norm(h[0, need])
         logits = self.base.lm_head(hn).float()
         lse = torch.logsumexp(logits, dim=-1)
@@ -593,6 +625,17 @@ class FastPath:
                             return count
                         count += 1
         return count
+
+
+class _Flat:
+    """The fused projections called like the modules, on a (1, T, features) input."""
+
+    def __init__(self, fused: dict[str, Any]) -> None:
+        self._f = fused
+
+    def __getattr__(self, name: str) -> Any:
+        fn = self._f[name]
+        return lambda x: fn(x[0])[None]
 
 
 def _rotate_half(x: Any) -> Any:

@@ -58,7 +58,9 @@ class LMScorer:
     never, True insists (an unsupported model raises). ``cache_slots`` is how many
     games' KV caches are kept (give it more than the number of concurrent games);
     ``max_batch`` caps the games scored in one forward; ``cuda_graphs`` None means
-    on for CUDA devices; ``gather_ms`` is how long a batch waits for late games.
+    on for CUDA devices; ``gather_ms`` is how long a batch waits for late games;
+    ``fuse_linears`` lets the fast path run the projections (NF4 and LoRA included)
+    through :mod:`engine.fusedlinear` instead of the modules.
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class LMScorer:
         cuda_graphs: bool | None = None,
         cache_capacity: int = 1024,
         gather_ms: float = 2.0,
+        fuse_linears: bool = True,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -90,7 +93,8 @@ class LMScorer:
 
             try:
                 self.fast_path = FastPath(
-                    model, slots=max(cache_slots, 1), capacity=cache_capacity, cuda_graphs=cuda_graphs
+                    model, slots=max(cache_slots, 1), capacity=cache_capacity, cuda_graphs=cuda_graphs,
+                    fuse_linears=fuse_linears,
                 )
                 self.fast_reason = ""
             except FastPathUnsupported as exc:

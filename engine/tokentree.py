@@ -26,13 +26,20 @@ from typing import Any
 
 def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
     """Length of the longest prefix shared by every sequence."""
-    first = seqs[0]
+    first = list(seqs[0])
     n = min(len(s) for s in seqs)
-    for i in range(n):
-        t = first[i]
-        for s in seqs:
-            if s[i] != t:
-                return i
+    for s in seqs[1:]:
+        s = list(s)
+        if s[:n] == first[:n]:
+            continue
+        lo, hi = 0, n  # s[:lo] == first[:lo], s[:hi] != first[:hi]
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if s[lo:mid] == first[lo:mid]:
+                lo = mid
+            else:
+                hi = mid
+        n = lo
     return n
 
 
@@ -51,18 +58,38 @@ class ContextEncoder:
         self.tail_chars = tail_chars
         self._memo: collections.OrderedDict[tuple[str, bool], tuple[int, ...]] = collections.OrderedDict()
         self.whole_fallbacks = 0  # calls where the tail check failed and every text was tokenized whole
+        self.grown = 0  # prompts tokenized as an earlier prompt's tokens plus a new tail
 
     def encode(self, text: str, *, add_special_tokens: bool) -> list[int]:
         key = (text, add_special_tokens)
         ids = self._memo.get(key)
         if ids is None:
-            ids = tuple(self.tokenizer(text, add_special_tokens=add_special_tokens).input_ids)
+            ids = self._encode_grown(text, add_special_tokens) or tuple(
+                self.tokenizer(text, add_special_tokens=add_special_tokens).input_ids
+            )
             self._memo[key] = ids
             if len(self._memo) > self.remember:
                 self._memo.popitem(last=False)
         else:
             self._memo.move_to_end(key)
         return list(ids)
+
+    def _encode_grown(self, text: str, add_special_tokens: bool) -> tuple[int, ...] | None:
+        """A game's prompt grows by a few moves: reuse the tokens of an earlier prompt up
+        to a checked cut at a space, and tokenize only the rest."""
+        for (old, special), old_ids in reversed(self._memo.items()):
+            if special != add_special_tokens or len(old) < 4 * self.tail_chars:
+                continue
+            cut = old.rfind(" ", 0, len(old) - self.tail_chars)
+            if cut <= 0 or not text.startswith(old[:cut]) or len(text) <= cut:
+                continue
+            old_tail = self.tokenizer(old[cut:], add_special_tokens=False).input_ids
+            k = len(old_ids) - len(old_tail)
+            if not old_tail or k <= 0 or list(old_ids[k:]) != list(old_tail):
+                continue
+            self.grown += 1
+            return tuple(old_ids[:k]) + tuple(self.tokenizer(text[cut:], add_special_tokens=False).input_ids)
+        return None
 
     def _encode_many(self, texts: list[str], *, add_special_tokens: bool) -> list[list[int]]:
         return [list(x) for x in self.tokenizer(texts, add_special_tokens=add_special_tokens).input_ids]

@@ -99,6 +99,19 @@ def test_tail_tokenization_equals_whole_text_tokenization(scorer: LMScorer, temp
     assert enc.whole_fallbacks == 0  # the tail shortcut held everywhere
 
 
+def test_growing_prompts_are_tokenized_as_whole_texts(scorer: LMScorer) -> None:
+    player = Player(EngineConfig(), scorer)
+    enc = ContextEncoder(scorer.tokenizer)
+    rng = random.Random(8)
+    board = chess.Board()
+    for _ in range(60):
+        for color in (chess.WHITE, chess.BLACK):  # two games' prompts interleaved, as two players
+            text = player.prompt_for(board, engine_color=color).text
+            assert enc.encode(text, add_special_tokens=True) == scorer.tokenizer(text).input_ids
+        board.push(rng.choice(list(board.legal_moves)))
+    assert enc.grown > 50  # most prompts were an earlier one plus a tail
+
+
 def test_tail_tokenization_falls_back_when_the_cut_is_not_a_token_boundary(scorer: LMScorer) -> None:
     enc = ContextEncoder(scorer.tokenizer, tail_chars=3)
     text = "1. e4 e5 2.  Nf3"  # two spaces: "▁▁" is one token, so a cut there does not check out
@@ -155,7 +168,8 @@ def test_fast_path_chooses_the_plain_move_over_a_long_game(tiny_model_dir: Path)
     assert fast_scorer.fast_path.stats.prefix_tokens_reused > 0
 
 
-def test_lora_adapter_fast_equals_plain(tiny_model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fuse", [True, False])
+def test_lora_adapter_fast_equals_plain(tiny_model_dir: Path, tmp_path: Path, fuse: bool) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -168,8 +182,9 @@ def test_lora_adapter_fast_equals_plain(tiny_model_dir: Path, tmp_path: Path) ->
     from engine.model import load_model
 
     loaded = load_model(ModelConfig(path=str(tiny_model_dir), adapter=str(tmp_path / "adapter"), device="cpu"))
-    s = LMScorer(loaded.model, loaded.tokenizer, "cpu")
+    s = LMScorer(loaded.model, loaded.tokenizer, "cpu", fuse_linears=fuse)
     assert s.fast
+    assert s.fast_path.fuse_note.startswith("on" if fuse else "off")
     player = Player(EngineConfig(), s)
     for board in (chess.Board(PROMOTION), random_game(5, 30)):
         prompt, conts = candidates(player, board, board.turn)

@@ -1,0 +1,363 @@
+"""Move latency of the fast path over whole games, with the plain recipe in the same run (GPU machine).
+
+A Mistral-7B-shaped model with random weights and a random LoRA adapter (r=16 on
+all seven projections), the real Mistral tokenizer, loaded by the engine's own
+``load_model`` (NF4, double quant, bf16 compute). Sections, each written to the
+JSON as soon as it is done:
+
+``nf4_single``
+    One game of ``--plies`` plies, the engine against itself (one Player per side,
+    so each side's prompt grows by two plies a move, as in a real game), every move
+    chosen by constrained choice over all legal moves through ``Player.choose``
+    (prompt building and tokenization included). A first, untimed game with the
+    same seed captures the CUDA graphs; the second is timed: median and p95 ms per
+    move. Every ``--plain-every`` plies the plain recipe runs on the same prompt:
+    ``model.generate`` of 6 tokens (shared/PERFORMANCE.md's baseline) and the old
+    engine scorer (``LMScorer.score_plain``); the fast path's log-probabilities are
+    compared with the plain scorer's there (max abs difference, same best move).
+``nf4_concurrent``
+    ``--games`` games at once, one thread per game, over one scorer: moves/s and
+    per-move latency against the single game.
+``bf16_single``
+    The same game with the bf16 base and the adapter merged into it.
+
+    python benchmarks/fastpath_latency.py --tokenizer .gpu/tokenizer --out $OUT/fastpath_latency.json
+
+``--tiny`` runs everything on a 2-layer model (CPU or GPU) to check the script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import chess
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from engine_latency import make_models  # noqa: E402  (the same random 7B model as engine_latency.py)
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, round(q * (len(s) - 1))))
+    return round(s[k], 2)
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"median_ms": round(statistics.median(values), 2), "p95_ms": pct(values, 0.95),
+            "mean_ms": round(statistics.fmean(values), 2), "max_ms": round(max(values), 2), "n": len(values)}
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        import torch
+
+        self.args = args
+        self.cuda = torch.cuda.is_available()
+        self.t_start = time.monotonic()
+        self.res: dict[str, Any] = {}
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t_start
+
+    def save(self) -> None:
+        self.res["elapsed_s"] = round(self.elapsed(), 1)
+        self.args.out.parent.mkdir(parents=True, exist_ok=True)
+        self.args.out.write_text(json.dumps(self.res, indent=1))
+
+    def sync(self) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+
+
+def engine_config() -> Any:
+    from engine.config import EngineConfig
+
+    cfg = EngineConfig()
+    cfg.search.mode = "constrained"
+    cfg.search.temperature = 0.0
+    return cfg
+
+
+def next_board(board: chess.Board, move: chess.Move | None, rng_moves: list[chess.Move]) -> None:
+    """Push the move; keep the game going to the ply count (a mate or stalemate is stepped back)."""
+    if move is not None:
+        board.push(move)
+    while not any(board.legal_moves):
+        last = board.pop()
+        others = [m for m in board.legal_moves if m != last]
+        board.push(others[len(board.move_stack) % len(others)] if others else last)
+        rng_moves.append(board.peek())
+
+
+def play_game(scorer: Any, plies: int, *, on_ply: Any = None) -> tuple[list[float], list[int]]:
+    """The engine against itself: per-move ms of Player.choose and the prompt tokens."""
+    from engine.player import Player
+
+    players = {chess.WHITE: Player(engine_config(), scorer), chess.BLACK: Player(engine_config(), scorer)}
+    board = chess.Board()
+    times: list[float] = []
+    tokens: list[int] = []
+    forced: list[chess.Move] = []
+    while board.ply() < plies:
+        player = players[board.turn]
+        if on_ply is not None:
+            on_ply(board, player)
+        t = time.perf_counter()
+        d = player.choose(board, engine_color=board.turn)
+        times.append((time.perf_counter() - t) * 1000)
+        assert d.move is not None and d.move in board.legal_moves, d
+        tokens.append(d.tokens)
+        next_board(board, d.move, forced)
+    return times, tokens
+
+
+def plain_checks(bench: Bench, scorer: Any, model: Any, every: int, reps: int) -> Any:
+    """A per-ply hook: plain generate and plain scoring on the prompt, and fast == plain."""
+    import torch
+
+    rows: list[dict[str, Any]] = []
+
+    def hook(board: chess.Board, player: Any) -> None:
+        if board.ply() % every != 0 or bench.elapsed() > bench.args.budget_s:
+            return
+        prompt = player.prompt_for(board, engine_color=board.turn)
+        sans = [board.san(m) for m in board.legal_moves]
+        conts = [prompt.completion(s) for s in sans]
+        ids = torch.tensor([scorer.encode(prompt.text, add_special_tokens=prompt.add_special_tokens)],
+                           device=next(model.parameters()).device)
+        row: dict[str, Any] = {"ply": board.ply(), "legal_moves": len(sans), "prompt_tokens": ids.shape[1]}
+        gen_kwargs = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0,
+                          attention_mask=torch.ones_like(ids))
+        with torch.inference_mode():
+            model.generate(ids, **gen_kwargs)
+            ts = []
+            for _ in range(reps):
+                bench.sync()
+                t = time.perf_counter()
+                model.generate(ids, **gen_kwargs)
+                bench.sync()
+                ts.append((time.perf_counter() - t) * 1000)
+        row["plain_generate6_ms"] = round(statistics.median(ts), 1)
+        t = time.perf_counter()
+        plain = scorer.score_plain(prompt, conts).logprobs
+        row["plain_score_ms"] = round((time.perf_counter() - t) * 1000, 1)
+        fast = scorer.score(prompt, conts).logprobs
+        row["max_abs_logprob_diff"] = round(max(abs(a - b) for a, b in zip(fast, plain, strict=True)), 5)
+        bf = max(range(len(fast)), key=fast.__getitem__)
+        bp = max(range(len(plain)), key=plain.__getitem__)
+        row["same_best_move"] = bf == bp
+        row["plain_logprob_gap_of_fast_choice"] = round(plain[bp] - plain[bf], 5)
+        rows.append(row)
+        print("plain", row, flush=True)
+
+    return hook, rows
+
+
+def single_section(bench: Bench, name: str, loaded: Any, *, plain: bool) -> dict[str, Any]:
+    from engine.scoring import LMScorer
+
+    args = bench.args
+    scorer = LMScorer(loaded.model, loaded.tokenizer, loaded.device, cache_slots=4)
+    out: dict[str, Any] = {"fast_path": scorer.fast, "fast_reason": scorer.fast_reason}
+    t = time.perf_counter()
+    captured = scorer.warmup(max_tokens=256)
+    out["warmup_graphs"] = captured
+    out["warmup_s"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
+    play_game(scorer, args.plies)  # untimed: graphs for shapes warmup() did not cover
+    out["warm_game_s"] = round(time.perf_counter() - t, 1)
+    scorer.reset_cache()
+    hook, rows = plain_checks(bench, scorer, loaded.model, args.plain_every, args.reps) if plain else (None, [])
+    times, tokens = play_game(scorer, args.plies)
+    fast_times = list(times)
+    out["per_move"] = summary(fast_times)
+    out["moves"] = len(fast_times)
+    out["per_move_ms_by_ply"] = [round(x, 2) for x in fast_times]
+    # The timed game again, with the plain checks in between moves (they evict nothing
+    # the game needs: the scorer has spare cache slots).
+    if plain:
+        scorer.reset_cache()
+        play_game(scorer, args.plies, on_ply=hook)
+        out["plain_checks"] = rows
+        if rows:
+            gen = [r["plain_generate6_ms"] for r in rows]
+            out["plain_generate6_median_ms"] = round(statistics.median(gen), 1)
+            out["plain_score_median_ms"] = round(statistics.median([r["plain_score_ms"] for r in rows]), 1)
+            out["speedup_vs_plain_generate"] = round(statistics.median(gen) / out["per_move"]["median_ms"], 1)
+            out["max_abs_logprob_diff"] = max(r["max_abs_logprob_diff"] for r in rows)
+            out["same_best_move"] = f"{sum(r['same_best_move'] for r in rows)}/{len(rows)}"
+    fp = scorer.fast_path
+    if fp is not None:
+        out["fast_stats"] = dict(vars(fp.stats))
+        out["graph_error"] = fp.graph_error
+        out["cuda_graphs"] = fp.use_graphs and fp.graph_error is None
+    print(name, {k: v for k, v in out.items() if k not in ("per_move_ms_by_ply", "plain_checks")}, flush=True)
+    return out
+
+
+def concurrent_section(bench: Bench, loaded: Any, single_median: float, single_moves_per_s: float) -> dict[str, Any]:
+    from engine.scoring import LMScorer
+
+    args = bench.args
+    n = args.games
+    scorer = LMScorer(loaded.model, loaded.tokenizer, loaded.device, cache_slots=2 * n + 2, max_batch=n,
+                      gather_ms=args.gather_ms)
+
+    def run_all() -> tuple[float, list[float]]:
+        per: list[list[float]] = [[] for _ in range(n)]
+        errors: list[BaseException] = []
+
+        def one(g: int) -> None:
+            try:
+                per[g], _ = play_game(scorer, args.plies)
+            except BaseException as exc:  # noqa: BLE001 - reported
+                errors.append(exc)
+
+        threads = [threading.Thread(target=one, args=(g,)) for g in range(n)]
+        t = time.perf_counter()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        wall = time.perf_counter() - t
+        if errors:
+            raise errors[0]
+        return wall, [x for p in per for x in p]
+
+    warm_wall, _ = run_all()  # untimed: captures the graphs of batched shapes
+    scorer.reset_cache()
+    b0 = (scorer._batcher.batches, scorer._batcher.items)
+    wall, times = run_all()
+    batches = scorer._batcher.batches - b0[0]
+    items = scorer._batcher.items - b0[1]
+    out: dict[str, Any] = {
+        "games": n,
+        "warm_run_s": round(warm_wall, 1),
+        "wall_s": round(wall, 2),
+        "moves": len(times),
+        "moves_per_s": round(len(times) / wall, 1),
+        "per_move": summary(times),
+        "mean_games_per_forward": round(items / max(batches, 1), 2),
+        "single_game_moves_per_s": round(single_moves_per_s, 1),
+        "throughput_vs_single": round(len(times) / wall / single_moves_per_s, 2),
+        "latency_vs_single": round(statistics.median(times) / single_median, 2),
+    }
+    if scorer.fast_path is not None:
+        out["fast_stats"] = dict(vars(scorer.fast_path.stats))
+        out["graph_error"] = scorer.fast_path.graph_error
+    print("concurrent", out, flush=True)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokenizer", required=True, type=Path)
+    ap.add_argument("--work", default=Path("/tmp/fastpath-bench"), type=Path)
+    ap.add_argument("--out", default=Path(os.environ.get("OUT", ".")) / "fastpath_latency.json", type=Path)
+    ap.add_argument("--plies", type=int, default=150)
+    ap.add_argument("--games", type=int, default=16)
+    ap.add_argument("--plain-every", type=int, default=10)
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--gather-ms", type=float, default=3.0)
+    ap.add_argument("--budget-s", type=float, default=480.0, help="skip what is left past this (the job has 9 minutes)")
+    ap.add_argument("--skip-bf16", action="store_true")
+    ap.add_argument("--tiny", action="store_true")
+    args = ap.parse_args()
+
+    import torch
+    import transformers
+    from loguru import logger
+
+    from engine.config import ModelConfig
+    from engine.model import load_model
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+    bench = Bench(args)
+    versions: dict[str, Any] = {"torch": torch.__version__, "transformers": transformers.__version__,
+                                "python": platform.python_version()}
+    for pkg in ("peft", "bitsandbytes"):
+        try:
+            versions[pkg] = __import__(pkg).__version__
+        except ImportError:
+            versions[pkg] = None
+    bench.res.update({
+        "what": "fast-path move latency over whole games vs the plain recipe, Mistral-7B-shaped random weights "
+                "+ random LoRA r=16 (all linears), real tokenizer" + (" [TINY CHECK RUN]" if args.tiny else ""),
+        "gpu": torch.cuda.get_device_name() if bench.cuda else None,
+        "cuda": torch.version.cuda,
+        "cpu": platform.processor() or platform.machine(),
+        "versions": versions,
+        "plies": args.plies,
+        "targets": {"median_ms_max": 15, "speedup_vs_generate_min": 25, "concurrent_throughput_min": 8,
+                    "concurrent_latency_max": 2},
+    })
+    t = time.perf_counter()
+    base, adapter = make_models(args.work, args.tokenizer, tiny=args.tiny)
+    bench.res["make_models_s"] = round(time.perf_counter() - t, 1)
+    bench.save()
+
+    quant = "nf4" if bench.cuda else "none"
+    t = time.perf_counter()
+    loaded = load_model(ModelConfig(path=str(base), adapter=str(adapter), quantization=quant))
+    bench.res["nf4_load_s"] = round(time.perf_counter() - t, 1)
+    bench.res["nf4_quantization"] = loaded.quantization
+    single = single_section(bench, "nf4_single", loaded, plain=True)
+    bench.res["nf4_single"] = single
+    bench.save()
+
+    if bench.elapsed() < args.budget_s and args.games > 1:
+        moves_per_s = single["moves"] / (sum(single["per_move_ms_by_ply"]) / 1000)
+        bench.res["nf4_concurrent"] = concurrent_section(bench, loaded, single["per_move"]["median_ms"], moves_per_s)
+        bench.save()
+    else:
+        bench.res["nf4_concurrent"] = "skipped: time budget"
+
+    del loaded
+    if bench.cuda:
+        torch.cuda.empty_cache()
+    if args.skip_bf16 or bench.elapsed() > args.budget_s:
+        bench.res["bf16_single"] = "skipped" + ("" if args.skip_bf16 else ": time budget")
+    else:
+        t = time.perf_counter()
+        loaded = load_model(ModelConfig(path=str(base), adapter=str(adapter), quantization="none",
+                                        dtype="bfloat16"))
+        loaded.model = loaded.model.merge_and_unload()  # bf16: merging the adapter is exact up to rounding
+        bench.res["bf16_load_and_merge_s"] = round(time.perf_counter() - t, 1)
+        bench.res["bf16_single"] = single_section(bench, "bf16_single", loaded, plain=True)
+    bench.save()
+    s = bench.res["nf4_single"]
+    verdict = {
+        "nf4_median_ms": s["per_move"]["median_ms"],
+        "nf4_p95_ms": s["per_move"]["p95_ms"],
+        "nf4_speedup_vs_plain_generate": s.get("speedup_vs_plain_generate"),
+    }
+    c = bench.res.get("nf4_concurrent")
+    if isinstance(c, dict):
+        verdict["concurrent_throughput_vs_single"] = c["throughput_vs_single"]
+        verdict["concurrent_latency_vs_single"] = c["latency_vs_single"]
+    b = bench.res.get("bf16_single")
+    if isinstance(b, dict):
+        verdict["bf16_median_ms"] = b["per_move"]["median_ms"]
+        verdict["bf16_speedup_vs_plain_generate"] = b.get("speedup_vs_plain_generate")
+    bench.res["summary"] = verdict
+    bench.save()
+    print(json.dumps(verdict, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
