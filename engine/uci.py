@@ -129,10 +129,15 @@ class UciEngine:
         self._search: threading.Thread | None = None
         self._stop = threading.Event()
         self._ponderhit = threading.Event()
+        self._answered = threading.Event()  # the current search has sent its bestmove
         self._debug = False
 
     # -- output -------------------------------------------------------------------
     def send(self, line: str) -> None:
+        if line.startswith("bestmove"):
+            # Set before the GUI can read it: its next `go` may arrive before this
+            # search thread has returned.
+            self._answered.set()
         with self._out_lock:
             self.out.write(line + "\n")
             self.out.flush()
@@ -296,8 +301,11 @@ class UciEngine:
 
     def cmd_go(self, args: list[str]) -> None:
         if self._search is not None and self._search.is_alive():
-            self.info_string("go ignored: already searching (send stop first)")
-            return
+            if not self._answered.is_set():
+                self.info_string("go ignored: already searching (send stop first)")
+                return
+            self._search.join()  # it has answered and is only returning
+        self._answered.clear()
         params, problems = parse_go(args)
         for p in problems:
             self.info_string(p)

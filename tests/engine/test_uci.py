@@ -368,3 +368,16 @@ def test_executable_bad_config_is_one_clear_line(tmp_path) -> None:
     assert proc.returncode == 2
     assert "search.mode: 'telepathy' is not one of" in err
     assert "Traceback" not in err
+
+
+def test_go_sent_the_moment_bestmove_is_read_is_answered() -> None:
+    # Regression: the search thread is still returning when a fast GUI sends the next go.
+    eng, out = make_engine()
+    run(eng, "uci", "isready", "position startpos")
+    start = 0
+    for _ in range(40):
+        run(eng, "go wtime 10000 btime 10000")
+        i, _ = out.wait_for("bestmove", timeout=5, start=start)
+        start = i + 1
+    assert not any("go ignored" in line for line in out.lines)
+    eng.shutdown()
