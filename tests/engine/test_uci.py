@@ -371,13 +371,28 @@ def test_executable_bad_config_is_one_clear_line(tmp_path) -> None:
 
 
 def test_go_sent_the_moment_bestmove_is_read_is_answered() -> None:
-    # Regression: the search thread is still returning when a fast GUI sends the next go.
-    eng, out = make_engine()
-    run(eng, "uci", "isready", "position startpos")
-    start = 0
-    for _ in range(40):
-        run(eng, "go wtime 10000 btime 10000")
-        i, _ = out.wait_for("bestmove", timeout=5, start=start)
-        start = i + 1
+    # Regression: a fast GUI sends the next go while the search thread that wrote the
+    # bestmove is still returning. The output sink below plays that GUI: on each
+    # bestmove it sends the next go from another thread and holds the writer a moment.
+    class EagerGui(Lines):
+        engine: UciEngine | None = None
+        remaining = 5
+
+        def write(self, text: str) -> int:
+            n = super().write(text)
+            if text.startswith("bestmove") and self.remaining > 0 and self.engine is not None:
+                self.remaining -= 1
+                threading.Thread(target=self.engine.handle, args=("go wtime 10000 btime 10000",)).start()
+                time.sleep(0.05)
+            return n
+
+    out = EagerGui()
+    eng = UciEngine(EngineConfig(), out, loader=lambda c: FakeScorer())  # type: ignore[arg-type]
+    out.engine = eng
+    run(eng, "uci", "isready", "position startpos", "go wtime 10000 btime 10000")
+    deadline = time.monotonic() + 10
+    while sum(line.startswith("bestmove") for line in out.lines) < 6 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert not any("go ignored" in line for line in out.lines)
+    assert sum(line.startswith("bestmove") for line in out.lines) == 6
     eng.shutdown()
