@@ -133,7 +133,10 @@ class Trainer:
         if tc.threads and device == "cpu":
             torch.set_num_threads(tc.threads)
         self.device_kind = device
-        mixed = "bf16" if device == "cuda" and tc.bf16 else "no"
+        # An accelerate config (accelerate launch) decides mixed precision; alone, train.bf16 does.
+        mixed = os.environ.get("ACCELERATE_MIXED_PRECISION") or ("bf16" if device == "cuda" and tc.bf16 else "no")
+        if device == "cpu":
+            mixed = "no"
         self.acc = Accelerator(cpu=device == "cpu", mixed_precision=mixed)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.main = self.acc.is_main_process
