@@ -327,7 +327,6 @@ class TrainSection:
     save_steps: int = 200  # checkpoint every N steps (and at the end); 0 = only at the end
     save_total_limit: int = 2  # checkpoints kept (the newest); 0 = all
     resume: Literal["auto", "never"] = "auto"  # auto: continue from the newest checkpoint in output_dir
-    dataloader_num_workers: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0  # torch CPU threads (0 = torch default)
     check_memory: bool = True  # estimate GPU memory from the config and refuse runs that cannot fit

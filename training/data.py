@@ -93,18 +93,13 @@ def load_examples(
     """Token sequences of a split (see the module docstring); examples over ``max_length`` are dropped."""
     if not split_paths(folder, split):
         raise DataError(f"{folder}: no {split}-*.parquet files (build the data set with `mistral-chess dataset build`)")
-    same = dataset_fingerprint(folder) == tokenizer_fingerprint(tokenizer)
-    if same:
-        rows = read_rows(folder, split, ["input_ids", "prompt_tokens"], limit)
-        seqs = rows["input_ids"]
-        if any(s is None for s in seqs):
-            same = False
-        else:
-            prompt_lens = rows["prompt_tokens"]
-    if not same:
-        rows = read_rows(folder, split, ["prompt", "completion", "eos"], limit)
-        logger.info("tokenizing {} {} examples (the data set was tokenized with another tokenizer)", len(rows["prompt"]), split)
-        seqs, prompt_lens = tokenize_texts(tokenizer, rows["prompt"], rows["completion"], rows["eos"])
+    if dataset_fingerprint(folder) == tokenizer_fingerprint(tokenizer):
+        got = _pretokenized(folder, split, max_length, limit)
+        if got is not None:
+            return got
+    rows = read_rows(folder, split, ["prompt", "completion", "eos"], limit)
+    logger.info("tokenizing {} {} examples (the data set was tokenized with another tokenizer)", len(rows["prompt"]), split)
+    seqs, prompt_lens = tokenize_texts(tokenizer, rows["prompt"], rows["completion"], rows["eos"])
     keep = [i for i, s in enumerate(seqs) if len(s) <= max_length]
     dropped = len(seqs) - len(keep)
     lengths = np.array([len(seqs[i]) for i in keep], dtype=np.int64)
@@ -112,6 +107,38 @@ def load_examples(
     np.cumsum(lengths, out=offsets[1:])
     tokens = np.fromiter((t for i in keep for t in seqs[i]), dtype=np.int32, count=int(offsets[-1]))
     return TokenizedSplit(tokens, offsets, np.array([prompt_lens[i] for i in keep], dtype=np.int32), dropped)
+
+
+def _pretokenized(folder: str | Path, split: str, max_length: int, limit: int) -> TokenizedSplit | None:
+    """The data set's own ``input_ids``, straight from Arrow into numpy (no Python lists)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    tables = []
+    n = 0
+    for path in split_paths(folder, split):
+        if "input_ids" not in pq.ParquetFile(path).schema_arrow.names:
+            return None
+        t = pq.read_table(path, columns=["input_ids", "prompt_tokens"])
+        if limit:
+            t = t.slice(0, limit - n)
+        tables.append(t)
+        n += t.num_rows
+        if limit and n >= limit:
+            break
+    table = pa.concat_tables(tables).combine_chunks()
+    if table.num_rows and table["input_ids"].null_count:
+        return None
+    lengths = pc.list_value_length(table["input_ids"])
+    fits = pc.less_equal(lengths, max_length)
+    kept = table.filter(fits)
+    ids = kept["input_ids"].combine_chunks()
+    tokens = ids.flatten().to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+    raw = np.asarray(ids.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
+    offsets = raw - raw[0]  # flatten() starts at the first list's first value
+    prompt_lens = kept["prompt_tokens"].to_numpy(zero_copy_only=False).astype(np.int32)
+    return TokenizedSplit(tokens, offsets, prompt_lens, table.num_rows - kept.num_rows)
 
 
 def tokenize_texts(

@@ -60,7 +60,7 @@ CONFIG_FILE = "training_config.yaml"
 # Keys that may change between a run and its resumption; any other change is refused.
 RESUMABLE_CHANGES = {
     "train.max_steps", "train.num_train_epochs", "train.logging_steps", "train.save_steps", "train.save_total_limit",
-    "train.resume", "train.stop_after_steps", "train.check_memory", "train.dataloader_num_workers", "train.threads",
+    "train.resume", "train.stop_after_steps", "train.check_memory", "train.threads",
     "train.output_dir", "train.save_dtype", "log_level",
 }  # fmt: skip
 RESUMABLE_PREFIXES = ("eval.",)
