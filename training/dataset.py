@@ -323,7 +323,7 @@ def build_dataset(cfg: DatasetConfig, *, progress_bar: bool = True) -> dict[str,
         workers = cfg.worker_count
         logger.info("dataset: {} file(s), {} worker(s) -> {}", len(files), workers, out)
         t0 = time.perf_counter()
-        bar = tqdm(unit="game", desc="dataset", disable=not progress_bar, smoothing=0.05)
+        bar = tqdm(total=_known_total(cfg, files), unit="game", desc="dataset", disable=not progress_bar, smoothing=0.05)
         pool: Any = None
         try:
             if workers > 1:
@@ -365,6 +365,22 @@ def build_dataset(cfg: DatasetConfig, *, progress_bar: bool = True) -> dict[str,
         stats["speed"]["games_per_s"], sum(tally.corrupt.values()), sum(tally.filtered.values()),
     )  # fmt: skip
     return stats
+
+
+def _known_total(cfg: DatasetConfig, files: list[tuple[int, Path, str]]) -> int | None:
+    """Records to read, when every file is parquet (its footer says); None for PGN."""
+    if any(fmt != "laion" for _, _, fmt in files):
+        return None
+    import pyarrow.parquet as pq
+
+    per_source: dict[int, int] = {}
+    for i, path, _ in files:
+        try:
+            per_source[i] = per_source.get(i, 0) + pq.ParquetFile(path).metadata.num_rows
+        except Exception:  # an unreadable file is reported when it is read
+            continue
+    total = sum(min(n, cfg.sources[i].max_games) if cfg.sources[i].max_games else n for i, n in per_source.items())
+    return min(total, cfg.max_games) if cfg.max_games else total
 
 
 class _Done:
