@@ -148,6 +148,7 @@ class FastPath:
         max_step_tokens: int = 2048,
         graph_max_tokens: int = 1024,
         fuse_linears: bool = True,
+        nf4_chunk_mb: float = 0.0,
     ) -> None:
         import torch
 
@@ -201,9 +202,9 @@ class FastPath:
         self._fused: list[dict[str, Any]] | None = None
         self.fuse_note = "off"
         if fuse_linears:
-            self._fuse()
+            self._fuse(nf4_chunk_mb)
 
-    def _fuse(self) -> None:
+    def _fuse(self, nf4_chunk_mb: float) -> None:
         """Projections as :class:`engine.fusedlinear.FastLinear` (checked on layer 0), else the modules."""
         import torch
 
@@ -215,14 +216,16 @@ class FastPath:
         tol = 1e-4 if self.dtype == torch.float32 else 3e-2
         try:
             with torch.inference_mode():
-                fused = fuse_layers(self.layers, self.dtype)
+                fused = fuse_layers(self.layers, self.dtype, nf4_chunk_mb=nf4_chunk_mb)
                 worst = check_layer(self.layers[0], fused[0], self.dtype, self.device, tol=tol)
         except (NotFusable, ImportError, AttributeError, TypeError, RuntimeError) as exc:
             self.fuse_note = f"declined: {type(exc).__name__}: {exc}"
             logger.info("fast path: projections not fused ({})", self.fuse_note)
             return
         self._fused = fused
-        self.fuse_note = f"on (layer-0 check: relative difference {worst:.2g})"
+        chunked = any(f.chunks for f in fused[0].values())
+        how = f"NF4 dequantized in {nf4_chunk_mb:g} MB chunks; " if chunked else ""
+        self.fuse_note = f"on ({how}layer-0 check: relative difference {worst:.2g})"
 
     # -- capacity and rope ------------------------------------------------------------
     def _make_rope_table(self) -> None:
@@ -424,12 +427,19 @@ class FastPath:
         esrc: Any,
         etok: Any,
         S: int,
+        rows: tuple[int, ...] | None = None,
     ) -> Any:
-        """Log-probabilities of the scored edges. All inputs are device tensors."""
+        """Log-probabilities of the scored edges. All inputs are device tensors.
+
+        Attention rows are the cache slots (``rows`` None: every slot, the static
+        layout of graphs), or only the slots listed in ``rows`` (eager steps), in
+        which case ``qrow``, ``start`` and ``loc`` index those rows.
+        """
         import torch
         import torch.nn.functional as F
 
-        n_slots = self.slots.n_slots
+        n_slots = self.slots.n_slots if rows is None else len(rows)
+        row_index = None if rows is None or len(rows) == 1 else torch.tensor(rows, device=ids.device)
         Lp = loc.shape[1]
         T = ids.shape[0]
         H, KV, G, D = self.n_heads, self.n_kv, self.group, self.head_dim
@@ -452,8 +462,14 @@ class FastPath:
             qp = q.new_zeros(n_slots * Lp + 1, H, D)
             qp.index_copy_(0, qrow, q)
             qf = qp[: n_slots * Lp].view(n_slots, Lp, KV, G, D).permute(0, 2, 3, 1, 4).reshape(n_slots, KV, G * Lp, D)
+            if rows is None:
+                kr, vr = kc[:, :S], vc[:, :S]
+            elif row_index is None:
+                kr, vr = kc[rows[0] : rows[0] + 1, :S], vc[rows[0] : rows[0] + 1, :S]
+            else:
+                kr, vr = kc[:, :S].index_select(0, row_index), vc[:, :S].index_select(0, row_index)
             o = F.scaled_dot_product_attention(
-                qf, kc[:, :S].transpose(1, 2), vc[:, :S].transpose(1, 2), attn_mask=mask, scale=self.scaling
+                qf, kr.transpose(1, 2), vr.transpose(1, 2), attn_mask=mask, scale=self.scaling
             )
             o = o.view(n_slots, KV, G, Lp, D).permute(0, 3, 1, 2, 4).reshape(n_slots * Lp, H * D)
             o = F.pad(o, (0, 0, 0, 1))[qrow]
@@ -492,21 +508,24 @@ class FastPath:
         self.stats.eager_steps += 1
         dev = self.device
         Lp = inp["Lp"]
-        n_slots = self.slots.n_slots
-        loc = np.zeros((n_slots, Lp, Lp), dtype=bool)
-        for slot, lmat in inp["locs"]:
+        rows = tuple(slot for slot, _ in inp["locs"])  # attention over the step's slots only
+        row_of = np.zeros(self.slots.n_slots, dtype=np.int64)
+        row_of[list(rows)] = np.arange(len(rows))
+        loc = np.zeros((len(rows), Lp, Lp), dtype=bool)
+        for i, (_, lmat) in enumerate(inp["locs"]):
             n = lmat.shape[0]
-            loc[slot, :n, :n] = lmat
-            loc[slot, n:, 0] = True
-        qrow = inp["slot_of"] * Lp + inp["col"]
+            loc[i, :n, :n] = lmat
+            loc[i, n:, 0] = True
+        qrow = row_of[inp["slot_of"]] * Lp + inp["col"]
+        start = inp["start"][list(rows)]
         S = needed if dev.type == "cpu" else min(_round_up(needed, _S_STEP), self.store.capacity)
 
         def t(a: np.ndarray) -> Any:
             return torch.from_numpy(a).to(dev)
 
         return self._forward(
-            t(inp["ids"]), t(inp["pos"]), t(inp["dst"]), t(qrow), t(inp["start"]), t(loc),
-            t(inp["need"]), t(inp["esrc"]), t(inp["etok"]), S,
+            t(inp["ids"]), t(inp["pos"]), t(inp["dst"]), t(qrow), t(start), t(loc),
+            t(inp["need"]), t(inp["esrc"]), t(inp["etok"]), S, rows,
         ).cpu()
 
     def _layout(self, t_b: int, n_slots: int) -> dict[str, slice]:

@@ -36,7 +36,7 @@ def _is_nf4(layer: Any) -> bool:
 class FastLinear:
     """``y = x W^T + b + (x A^T) (s B)^T`` for a 2-D ``x``; built from an existing module."""
 
-    def __init__(self, module: Any, dtype: Any) -> None:
+    def __init__(self, module: Any, dtype: Any, *, chunk_bytes: int = 0) -> None:
         import torch
 
         base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
@@ -46,10 +46,13 @@ class FastLinear:
         self.weight: Any = None
         self.packed: Any = None
         self.quant_state: Any = None
+        self.chunks: list[tuple[Any, Any]] = []
         if self.nf4:
             import bitsandbytes.functional as bnbf
 
             qs = base.weight.quant_state
+            if getattr(qs, "packing_format_for_cpu", False):
+                raise NotFusable("bitsandbytes repacked these weights for its CPU kernels")
             if qs.quant_type != "nf4":
                 raise NotFusable(f"4-bit quant type {qs.quant_type!r}")
             if getattr(qs, "nested", False):
@@ -57,10 +60,12 @@ class FastLinear:
             else:
                 absmax = qs.absmax
             self.packed = base.weight.data
+            absmax = absmax.float().contiguous()
             self.quant_state = bnbf.QuantState(
-                absmax=absmax.float().contiguous(), shape=qs.shape, code=qs.code, blocksize=qs.blocksize,
+                absmax=absmax, shape=qs.shape, code=qs.code, blocksize=qs.blocksize,
                 quant_type=qs.quant_type, dtype=dtype,
             )
+            self.chunks = self._chunk(chunk_bytes, absmax, qs, dtype) if chunk_bytes > 0 else []
         elif isinstance(base, torch.nn.Linear) and type(base).__name__ == "Linear":
             w = base.weight.detach()
             self.weight = w if w.dtype == dtype else w.to(dtype)
@@ -70,6 +75,26 @@ class FastLinear:
         self.lora_bt: Any = None  # (r, out): (scaling * B) transposed
         if base is not module:
             self._take_lora(module, dtype)
+
+    def _chunk(self, chunk_bytes: int, absmax: Any, qs: Any, dtype: Any) -> list[tuple[Any, Any]]:
+        """Row chunks of about ``chunk_bytes`` of bf16 each, dequantized one at a time."""
+        import bitsandbytes.functional as bnbf
+
+        out_f, in_f = int(qs.shape[0]), int(qs.shape[1])
+        if in_f % qs.blocksize:
+            return []
+        rows = max(1, chunk_bytes // (2 * in_f))
+        if rows >= out_f:
+            return []
+        chunks = []
+        for r0 in range(0, out_f, rows):
+            r1 = min(out_f, r0 + rows)
+            state = bnbf.QuantState(
+                absmax=absmax[r0 * in_f // qs.blocksize : r1 * in_f // qs.blocksize], shape=(r1 - r0, in_f),
+                code=qs.code, blocksize=qs.blocksize, quant_type=qs.quant_type, dtype=dtype,
+            )
+            chunks.append((self.packed[r0 * in_f // 2 : r1 * in_f // 2], state))
+        return chunks
 
     def _take_lora(self, module: Any, dtype: Any) -> None:
         import torch
@@ -107,10 +132,18 @@ class FastLinear:
         if self.nf4:
             import bitsandbytes.functional as bnbf
 
-            w = bnbf.dequantize_4bit(self.packed, self.quant_state)
+            if self.chunks:
+                # Each chunk is dequantized and used at once, then freed: the allocator
+                # hands the next chunk the same block, so the bf16 weights can stay in
+                # the GPU's L2 cache instead of going to and from HBM.
+                parts = [F.linear(x, bnbf.dequantize_4bit(packed, state)) for packed, state in self.chunks]
+                y = torch.cat(parts, dim=-1)
+                if self.bias is not None:
+                    y = y + self.bias
+            else:
+                y = F.linear(x, bnbf.dequantize_4bit(self.packed, self.quant_state), self.bias)
         else:
-            w = self.weight
-        y = F.linear(x, w, self.bias)
+            y = F.linear(x, self.weight, self.bias)
         if self.lora_at is not None:
             y = torch.addmm(y, torch.mm(x, self.lora_at), self.lora_bt)
         return y
@@ -120,11 +153,18 @@ PROJECTIONS = (("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "
                ("mlp", "gate_proj"), ("mlp", "up_proj"), ("mlp", "down_proj"))
 
 
-def fuse_layers(layers: list[Any], dtype: Any) -> list[dict[str, FastLinear]]:
-    """A :class:`FastLinear` for each projection of each layer (NotFusable if any cannot be)."""
+def fuse_layers(layers: list[Any], dtype: Any, *, nf4_chunk_mb: float = 0.0) -> list[dict[str, FastLinear]]:
+    """A :class:`FastLinear` for each projection of each layer (NotFusable if any cannot be).
+
+    ``nf4_chunk_mb`` > 0: NF4 weights are dequantized in row chunks of about that many
+    MB of bf16 (an experiment: on a GPU a chunk can stay in L2).
+    """
+    chunk = int(nf4_chunk_mb * 2**20)
     out = []
     for layer in layers:
-        out.append({name: FastLinear(getattr(getattr(layer, part), name), dtype) for part, name in PROJECTIONS})
+        out.append({
+            name: FastLinear(getattr(getattr(layer, part), name), dtype, chunk_bytes=chunk) for part, name in PROJECTIONS
+        })
     return out
 
 

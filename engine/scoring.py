@@ -60,7 +60,8 @@ class LMScorer:
     ``max_batch`` caps the games scored in one forward; ``cuda_graphs`` None means
     on for CUDA devices; ``gather_ms`` is how long a batch waits for late games;
     ``fuse_linears`` lets the fast path run the projections (NF4 and LoRA included)
-    through :mod:`engine.fusedlinear` instead of the modules.
+    through :mod:`engine.fusedlinear` instead of the modules; ``nf4_chunk_mb`` > 0
+    dequantizes NF4 weights in chunks of that size (an L2-cache experiment).
     """
 
     def __init__(
@@ -77,6 +78,7 @@ class LMScorer:
         cache_capacity: int = 1024,
         gather_ms: float = 2.0,
         fuse_linears: bool = True,
+        nf4_chunk_mb: float = 0.0,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -94,7 +96,7 @@ class LMScorer:
             try:
                 self.fast_path = FastPath(
                     model, slots=max(cache_slots, 1), capacity=cache_capacity, cuda_graphs=cuda_graphs,
-                    fuse_linears=fuse_linears,
+                    fuse_linears=fuse_linears, nf4_chunk_mb=nf4_chunk_mb,
                 )
                 self.fast_reason = ""
             except FastPathUnsupported as exc:

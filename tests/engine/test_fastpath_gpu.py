@@ -51,16 +51,16 @@ def _compare(scorer: object, plies: int = 24) -> None:
 
 
 @pytest.mark.parametrize(("quant", "adapter"), [("none", False), ("nf4", True), ("none", True)])
-@pytest.mark.parametrize("fuse", [True, False])
+@pytest.mark.parametrize(("fuse", "chunk_mb"), [(True, 0.0), (False, 0.0), (True, 0.002)])
 def test_cuda_graph_fast_path_matches_plain(
-    tiny_model_dir: Path, adapter_dir: Path, quant: str, adapter: bool, fuse: bool
+    tiny_model_dir: Path, adapter_dir: Path, quant: str, adapter: bool, fuse: bool, chunk_mb: float
 ) -> None:
     from engine.model import load_model
     from engine.scoring import LMScorer
 
     loaded = load_model(ModelConfig(path=str(tiny_model_dir), adapter=str(adapter_dir) if adapter else "",
                                     device="cuda", quantization=quant, dtype="bfloat16"))  # type: ignore[arg-type]
-    s = LMScorer(loaded.model, loaded.tokenizer, loaded.device, fuse_linears=fuse)
+    s = LMScorer(loaded.model, loaded.tokenizer, loaded.device, fuse_linears=fuse, nf4_chunk_mb=chunk_mb)
     assert s.fast and s.fast_path.use_graphs
     assert s.warmup(max_tokens=64) > 0
     _compare(s)
@@ -68,6 +68,7 @@ def test_cuda_graph_fast_path_matches_plain(
     assert fp.graph_error is None, fp.graph_error
     assert fp.stats.graph_replays > 0
     assert fp.fuse_note.startswith("on" if fuse else "off"), fp.fuse_note
+    assert ("chunks" in fp.fuse_note) == (chunk_mb > 0 and quant == "nf4")
 
 
 def test_concurrent_games_on_cuda_match_one_at_a_time(tiny_model_dir: Path) -> None:

@@ -1,7 +1,7 @@
 """The fast path on an NF4 (bitsandbytes) model with a LoRA adapter, on the CPU.
 
 bitsandbytes quantizes and dequantizes NF4 on the CPU too, so the fused NF4 + LoRA
-projections are checked here against the plain scorer; skipped where bitsandbytes
+projections (whole and dequantized in row chunks) are checked here against the plain scorer; skipped where bitsandbytes
 is not installed (it is a GPU extra). Tolerance: both paths compute in bf16, so
 log-probabilities agree to 0.1 nats per candidate and the best move is the same
 unless the plain scorer itself puts the two within that tolerance.
@@ -22,7 +22,7 @@ from engine.scoring import LMScorer
 BF16_TOL = 0.1
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def nf4_lora_model(tiny_model_dir: Path) -> object:
     pytest.importorskip("bitsandbytes")
     import torch
@@ -42,13 +42,17 @@ def nf4_lora_model(tiny_model_dir: Path) -> object:
     return get_peft_model(model, lora).eval()
 
 
-@pytest.mark.parametrize("fuse", [True, False])
-def test_nf4_lora_fast_path_matches_plain(nf4_lora_model: object, tiny_model_dir: Path, fuse: bool) -> None:
+@pytest.mark.parametrize(("fuse", "chunk_mb"), [(True, 0.0), (True, 0.002), (False, 0.0)])
+def test_nf4_lora_fast_path_matches_plain(
+    nf4_lora_model: object, tiny_model_dir: Path, fuse: bool, chunk_mb: float
+) -> None:
     from transformers import AutoTokenizer
 
-    s = LMScorer(nf4_lora_model, AutoTokenizer.from_pretrained(str(tiny_model_dir)), "cpu", fuse_linears=fuse)
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    s = LMScorer(nf4_lora_model, tok, "cpu", fuse_linears=fuse, nf4_chunk_mb=chunk_mb)
     assert s.fast
     assert s.fast_path.fuse_note.startswith("on" if fuse else "off"), s.fast_path.fuse_note
+    assert ("chunks" in s.fast_path.fuse_note) == (chunk_mb > 0)
     player = Player(EngineConfig(), s)
     rng = random.Random(2)
     board = chess.Board()
