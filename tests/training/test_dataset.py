@@ -194,3 +194,16 @@ def test_max_games_cap_is_exact(tmp_path: Path, selfplay_dir: Path) -> None:
     two = build_dataset(load_dataset_config(None, [*common, f"out={tmp_path / 'b'}", "workers=2"]), progress_bar=False)
     assert one["games"]["used"] == two["games"]["used"] == 5
     assert rows(tmp_path / "a", "train") == rows(tmp_path / "b", "train")  # the worker count changes nothing
+
+
+def test_cli_build_and_bad_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main
+
+    games = write_laion(tmp_path / "g.parquet", [(SCHOLAR_UCI, "CHECKMATE", "1-0"), (FOOL_UCI, "CHECKMATE", "0-1")])
+    out = tmp_path / "ds"
+    args = ["dataset", "build", "--source", str(games), "--out", str(out), "--no-progress", "tokenizer=", "workers=1"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["games"]["used"] == 2 and (out / "stats.json").is_file()
+    assert main([*args, "examples.position_per_game=2"]) == 2
+    assert "unknown config key examples.position_per_game" in capsys.readouterr().err
