@@ -18,6 +18,9 @@ JSON as soon as it is done:
 ``nf4_concurrent``
     ``--games`` games at once, one thread per game, over one scorer: moves/s and
     per-move latency against the single game.
+``nf4_single_unfused``, ``nf4_single_chunked16mb``
+    The same timed game with the projections run as the peft/bitsandbytes modules,
+    and with NF4 weights dequantized in 16 MB row chunks (engine/fusedlinear.py).
 ``bf16_single``
     The same game with the bf16 base and the adapter merged into it.
 
@@ -166,12 +169,32 @@ def plain_checks(bench: Bench, scorer: Any, model: Any, every: int, reps: int) -
     return hook, rows
 
 
-def single_section(bench: Bench, name: str, loaded: Any, *, plain: bool) -> dict[str, Any]:
+def timed_scores(scorer: Any) -> list[float]:
+    """Wrap ``scorer.score`` to record its own time (the rest of a move is the Player's)."""
+    times: list[float] = []
+    inner = scorer.score
+
+    def score(*a: Any, **k: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return inner(*a, **k)
+        finally:
+            times.append((time.perf_counter() - t) * 1000)
+
+    scorer.score = score
+    return times
+
+
+def single_section(bench: Bench, name: str, loaded: Any, *, plain: bool, **scorer_kwargs: Any) -> dict[str, Any]:
     from engine.scoring import LMScorer
 
     args = bench.args
-    scorer = LMScorer(loaded.model, loaded.tokenizer, loaded.device, cache_slots=4)
-    out: dict[str, Any] = {"fast_path": scorer.fast, "fast_reason": scorer.fast_reason}
+    t = time.perf_counter()
+    scorer = LMScorer(loaded.model, loaded.tokenizer, loaded.device, cache_slots=4, **scorer_kwargs)
+    out: dict[str, Any] = {"scorer_options": scorer_kwargs, "fast_path": scorer.fast, "fast_reason": scorer.fast_reason,
+                           "setup_s": round(time.perf_counter() - t, 1)}
+    if scorer.fast_path is not None:
+        out["fused_projections"] = scorer.fast_path.fuse_note
     t = time.perf_counter()
     captured = scorer.warmup(max_tokens=256)
     out["warmup_graphs"] = captured
@@ -181,9 +204,12 @@ def single_section(bench: Bench, name: str, loaded: Any, *, plain: bool) -> dict
     out["warm_game_s"] = round(time.perf_counter() - t, 1)
     scorer.reset_cache()
     hook, rows = plain_checks(bench, scorer, loaded.model, args.plain_every, args.reps) if plain else (None, [])
+    score_times = timed_scores(scorer)
     times, tokens = play_game(scorer, args.plies)
     fast_times = list(times)
     out["per_move"] = summary(fast_times)
+    out["scorer_share"] = summary(list(score_times))
+    del scorer.score  # back to the method (the plain checks below are not timed per move)
     out["moves"] = len(fast_times)
     out["per_move_ms_by_ply"] = [round(x, 2) for x in fast_times]
     # The timed game again, with the plain checks in between moves (they evict nothing
@@ -199,6 +225,10 @@ def single_section(bench: Bench, name: str, loaded: Any, *, plain: bool) -> dict
             out["speedup_vs_plain_generate"] = round(statistics.median(gen) / out["per_move"]["median_ms"], 1)
             out["max_abs_logprob_diff"] = max(r["max_abs_logprob_diff"] for r in rows)
             out["same_best_move"] = f"{sum(r['same_best_move'] for r in rows)}/{len(rows)}"
+    if bench.cuda:
+        import torch
+
+        out["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
     fp = scorer.fast_path
     if fp is not None:
         out["fast_stats"] = dict(vars(fp.stats))
@@ -318,6 +348,15 @@ def main() -> int:
     single = single_section(bench, "nf4_single", loaded, plain=True)
     bench.res["nf4_single"] = single
     bench.save()
+    # The same game with the projections as peft/bitsandbytes modules, and with NF4
+    # dequantized in L2-sized chunks: which kernels pay, measured side by side.
+    for name, kwargs in (("nf4_single_unfused", {"fuse_linears": False}),
+                         ("nf4_single_chunked16mb", {"nf4_chunk_mb": 16.0})):
+        if bench.elapsed() < args.budget_s * 0.5:
+            bench.res[name] = single_section(bench, name, loaded, plain=False, **kwargs)
+            bench.save()
+        else:
+            bench.res[name] = "skipped: time budget"
 
     if bench.elapsed() < args.budget_s and args.games > 1:
         moves_per_s = single["moves"] / (sum(single["per_move_ms_by_ply"]) / 1000)
@@ -344,7 +383,12 @@ def main() -> int:
         "nf4_median_ms": s["per_move"]["median_ms"],
         "nf4_p95_ms": s["per_move"]["p95_ms"],
         "nf4_speedup_vs_plain_generate": s.get("speedup_vs_plain_generate"),
+        "nf4_max_abs_logprob_diff": s.get("max_abs_logprob_diff"),
     }
+    for name in ("nf4_single_unfused", "nf4_single_chunked16mb"):
+        sec = bench.res.get(name)
+        if isinstance(sec, dict):
+            verdict[f"{name}_median_ms"] = sec["per_move"]["median_ms"]
     c = bench.res.get("nf4_concurrent")
     if isinstance(c, dict):
         verdict["concurrent_throughput_vs_single"] = c["throughput_vs_single"]
