@@ -71,6 +71,12 @@ class TrainState:
     step: int = 0
     tokens: int = 0  # real (non-padding) tokens seen, all processes
     seconds: float = 0.0  # training time before this process started
+    # The logging window so far (steps since the last log line), so that a resumed run
+    # writes the same log lines as an uninterrupted one.
+    window_steps: int = 0
+    window_loss: float = 0.0
+    window_tokens: float = 0.0
+    window_completion_tokens: float = 0.0
 
 
 def lr_lambda(step: int, *, warmup: int, total: int, kind: str, floor: float) -> float:
@@ -339,7 +345,8 @@ class Trainer:
             load_trainable_state(self.acc.unwrap_model(self.model), load_file(str(path / "trainable.safetensors")))
             self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
         self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-        self.state = TrainState(step=saved["step"], tokens=saved["tokens"], seconds=saved["seconds"])
+        fields = {f.name for f in dataclasses.fields(TrainState)}
+        self.state = TrainState(**{k: v for k, v in saved.items() if k in fields})
         rng_file = path / f"rng-rank{self.rank}.pt"
         if not rng_file.is_file():
             raise CheckpointError(f"{path}: no RNG state for process {self.rank}")
@@ -455,38 +462,43 @@ class Trainer:
         tc, ev = self.cfg.train, self.cfg.eval
         start_step = self.state.step
         t_start = time.perf_counter()
-        window: list[dict[str, float]] = []
-        window_t = time.perf_counter()
+        window_tokens_here = 0.0  # tokens of the window trained by this run (for tokens/s)
+        window_time = 0.0  # seconds in train steps (evaluation and saving not counted)
         last_eval: dict[str, float] = {}
         bar = tqdm(total=self.total_steps, initial=start_step, unit="step", desc="train", disable=not self.main)
-        while self.state.step < self.total_steps:
+        st = self.state
+        while st.step < self.total_steps:
+            t_step = time.perf_counter()
             stats = self.train_step()
+            window_time += time.perf_counter() - t_step
             bar.update(1)
-            window.append(stats)
-            step = self.state.step
+            st.window_steps += 1
+            st.window_loss += stats["loss"]
+            st.window_tokens += stats["tokens"]
+            st.window_completion_tokens += stats["completion_tokens"]
+            window_tokens_here += stats["tokens"]
+            step = st.step
             if step % tc.logging_steps == 0 or step == self.total_steps:
-                dt = time.perf_counter() - window_t
                 entry = {
-                    "loss": sum(w["loss"] for w in window) / len(window),
-                    "grad_norm": window[-1]["grad_norm"],
+                    "loss": st.window_loss / st.window_steps,
+                    "grad_norm": stats["grad_norm"],
                     "lr": self.scheduler.get_last_lr()[0],
                     "epoch": round(self.plan.epoch_of(step * tc.gradient_accumulation_steps), 4),
-                    "tokens_per_s": round(sum(w["tokens"] for w in window) / dt, 1) if dt > 0 else None,
-                    "completion_tokens": sum(w["completion_tokens"] for w in window),
+                    "tokens_per_s": round(window_tokens_here / window_time, 1) if window_time > 0 else None,
+                    "completion_tokens": st.window_completion_tokens,
                 }
                 self.log(entry)
                 bar.set_postfix(loss=f"{entry['loss']:.4f}")
-                window, window_t = [], time.perf_counter()
+                st.window_steps, st.window_loss, st.window_tokens, st.window_completion_tokens = 0, 0.0, 0.0, 0.0
+                window_tokens_here, window_time = 0.0, 0.0
             if (ev.eval_steps and step % ev.eval_steps == 0) or step == self.total_steps:
                 last_eval = self.evaluate()
                 self.log(last_eval)
                 logger.info("step {}: {}", step, {k: round(v, 4) for k, v in last_eval.items()})
-                window_t = time.perf_counter()
             if (tc.save_steps and step % tc.save_steps == 0) or step == self.total_steps:
                 self.state.seconds += time.perf_counter() - t_start
                 t_start = time.perf_counter()
                 self._save_checkpoint()
-                window_t = time.perf_counter()
             if tc.stop_after_steps and step == tc.stop_after_steps:
                 logger.warning("train.stop_after_steps={}: killing this process (testing aid)", step)
                 os.kill(os.getpid(), signal.SIGKILL)

@@ -47,7 +47,7 @@ def lora_overrides(model: Path, data: Path, out: Path) -> list[str]:
         "train.gradient_accumulation_steps=2",
         "train.learning_rate=0.02",
         "train.warmup_steps=3",
-        "train.logging_steps=5",
+        "train.logging_steps=4",  # windows straddle the checkpoints: a resume must continue them
         "train.save_steps=10",
         "train.gradient_checkpointing=true",
         "train.threads=1",
@@ -67,7 +67,7 @@ def log_entries(run: Path, key: str) -> list[dict[str, Any]]:
 
 def test_loss_falls_and_outputs_are_written(lora_run: Path, tiny_model_dir: Path) -> None:
     losses = [e["loss"] for e in log_entries(lora_run, "loss")]
-    assert len(losses) == 6
+    assert len(losses) == 8  # steps 4, 8, ..., 28 and the last, 30
     assert losses[-1] < losses[0] - 2.0, losses
     evals = log_entries(lora_run, "eval_loss")
     assert [e["step"] for e in evals] == [15, 30]
