@@ -93,6 +93,7 @@ def main() -> int:
     players = {c: Player(engine_config(), fast) for c in (chess.WHITE, chess.BLACK)}
     plain_players = {c: Player(engine_config(), plain) for c in (chess.WHITE, chess.BLACK)}
 
+    load_start = os.getloadavg()
     board = chess.Board()
     fast_ms: list[float] = []
     rows: list[dict[str, Any]] = []
@@ -132,6 +133,8 @@ def main() -> int:
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "load_average_1m_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
+        "note": "a shared machine: other processes' load shows as runs of slow moves (see per_move_ms_by_ply)",
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "plies": args.plies,
         "fast": summary(fast_ms),

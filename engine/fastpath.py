@@ -120,6 +120,7 @@ class _Graph:
         self.stage_loc = stage_loc
         self.graph: Any = None
         self.out: Any = None
+        self.run: Any = None
 
 
 @dataclasses.dataclass
@@ -178,7 +179,10 @@ class FastPath:
         self.max_step_tokens = max_step_tokens
         self.graph_max_tokens = graph_max_tokens
         on_cuda = self.device.type == "cuda"
-        self.use_graphs = on_cuda if cuda_graphs is None else (cuda_graphs and on_cuda)
+        # cuda_graphs=True off a GPU runs the graph layout (bucketed static buffers,
+        # padding) eagerly, so the tests can check it on a CPU.
+        self.use_graphs = on_cuda if cuda_graphs is None else bool(cuda_graphs)
+        self._emulate_graphs = self.use_graphs and not on_cuda
         self.slots = SlotTable(slots)
         self.stats = FastStats()
         self.graph_error: str | None = None
@@ -570,7 +574,10 @@ class FastPath:
             loc[slot, n:, 0] = True
         g.ints.copy_(g.stage_ints, non_blocking=True)
         g.loc.copy_(g.stage_loc, non_blocking=True)
-        g.graph.replay()
+        if g.graph is None:  # emulated on a CPU
+            g.out = g.run()
+        else:
+            g.graph.replay()
         self.stats.graph_replays += 1
         return g.out.cpu()
 
@@ -592,8 +599,8 @@ class FastPath:
         g = _Graph(
             ints=torch.zeros(size, dtype=torch.int64, device=self.device),
             loc=torch.zeros((n_slots, lp_b, lp_b), dtype=torch.bool, device=self.device),
-            stage_ints=torch.zeros(size, dtype=torch.int64).pin_memory(),
-            stage_loc=torch.zeros((n_slots, lp_b, lp_b), dtype=torch.bool).pin_memory(),
+            stage_ints=_pinned(torch.zeros(size, dtype=torch.int64), self._emulate_graphs),
+            stage_loc=_pinned(torch.zeros((n_slots, lp_b, lp_b), dtype=torch.bool), self._emulate_graphs),
         )
         self._fill_padding(g.stage_ints.numpy(), g.stage_loc.numpy(), lay, lp_b)
         g.ints.copy_(g.stage_ints)
@@ -605,6 +612,11 @@ class FastPath:
                 v["ids"], v["pos"], v["dst"], v["qrow"], v["start"], g.loc, v["need"], v["esrc"], v["etok"], s_b
             )
 
+        g.run = run
+        if self._emulate_graphs:
+            self._graphs[key] = g
+            self.stats.graphs_captured += 1
+            return g
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         stream = torch.cuda.Stream()
@@ -655,6 +667,10 @@ class _Flat:
     def __getattr__(self, name: str) -> Any:
         fn = self._f[name]
         return lambda x: fn(x[0])[None]
+
+
+def _pinned(t: Any, emulated: bool) -> Any:
+    return t if emulated else t.pin_memory()
 
 
 def _rotate_half(x: Any) -> Any:

@@ -216,6 +216,37 @@ def test_llama_models_take_the_fast_path_and_others_the_plain_one(mistral_tokeni
         LMScorer(gpt2, tok, "cpu", fast=True)
 
 
+def test_cuda_graph_layout_matches_plain_on_the_cpu(tiny_model_dir: Path) -> None:
+    """The padded static buffers a CUDA graph replays (scratch writes, padding rows,
+    bucketed key length) run eagerly here: same scores as the plain scorer."""
+    from engine.fastpath import Job
+    from engine.tokentree import shared_prefix_len
+
+    s = _load(tiny_model_dir, cache_slots=5, cuda_graphs=True)
+    fp = s.fast_path
+    assert fp.use_graphs and fp._emulate_graphs
+    assert s.warmup(max_tokens=48) > 0
+    player = Player(EngineConfig(), s)
+    rng = random.Random(9)
+    board = chess.Board()
+    for _ in range(24):
+        prompt, conts = candidates(player, board, board.turn)
+        assert_same(s.score(prompt, conts).logprobs, s.score_plain(prompt, conts).logprobs)
+        board.push(rng.choice(list(board.legal_moves)))
+    # Several games in one padded step.
+    jobs, singles = [], []
+    for b in [random_game(60 + i, 5 + 7 * i) for i in range(4)]:
+        prompt, conts = candidates(player, b, b.turn)
+        full = s.encoder.encode_candidates(prompt.text, conts, add_special_tokens=True)
+        n = shared_prefix_len(full)
+        jobs.append(Job(full[0][:n], CandidateTree.build([f[n:] for f in full])))
+        singles.append(s.score_plain(prompt, conts).logprobs)
+    for got, want in zip(fp.score_jobs(jobs), singles, strict=True):
+        assert isinstance(got, list)
+        assert_same(got, want)
+    assert fp.stats.eager_steps == 0 and fp.stats.graph_replays == fp.stats.steps
+
+
 # -- the cache between moves ---------------------------------------------------------------------
 
 
