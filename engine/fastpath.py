@@ -219,8 +219,11 @@ class FastPath:
             return
         tol = 1e-4 if self.dtype == torch.float32 else 3e-2
         try:
-            with torch.inference_mode():
+            # Not in inference mode: the modules' weights become views of the grouped
+            # tensors and must stay ordinary tensors for callers outside it.
+            with torch.no_grad():
                 fused = fuse_layers(self.layers, self.dtype, nf4_chunk_mb=nf4_chunk_mb)
+            with torch.inference_mode():
                 worst = check_layer(self.layers[0], fused[0], self.dtype, self.device, tol=tol)
         except (NotFusable, ImportError, AttributeError, TypeError, RuntimeError) as exc:
             self.fuse_note = f"declined: {type(exc).__name__}: {exc}"
@@ -451,15 +454,22 @@ class FastPath:
         cos = self._cos[pos][:, None, :]
         sin = self._sin[pos][:, None, :]
         h = self.core.embed_tokens(ids[None])
+        fused = self._fused
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
-            x = layer.input_layernorm(h)
-            proj: Any = attn if self._fused is None else _Flat(self._fused[i])
-            q = proj.q_proj(x).view(T, H, D)
-            k = proj.k_proj(x).view(T, KV, D)
-            v = proj.v_proj(x).view(T, KV, D)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            if fused is None:
+                x = layer.input_layernorm(h)
+                q = attn.q_proj(x).view(T, H, D)
+                k = attn.k_proj(x).view(T, KV, D)
+                v = attn.v_proj(x).view(T, KV, D)
+                q = q * cos + _rotate_half(q) * sin
+                k = k * cos + _rotate_half(k) * sin
+            else:
+                qkv = fused[i]["qkv"](self._norm(layer.input_layernorm, h[0]))
+                qk = qkv[:, : (H + KV) * D].view(T, H + KV, D)
+                qk = qk * cos + _rotate_half(qk) * sin  # q and k rotated together
+                q, k = qk[:, :H], qk[:, H:]
+                v = qkv[:, (H + KV) * D :].view(T, KV, D)
             kc, vc = self.store.k[i], self.store.v[i]
             kc.view(-1, KV, D).index_copy_(0, dst, k)
             vc.view(-1, KV, D).index_copy_(0, dst, v)
@@ -477,17 +487,29 @@ class FastPath:
             )
             o = o.view(n_slots, KV, G, Lp, D).permute(0, 3, 1, 2, 4).reshape(n_slots * Lp, H * D)
             o = F.pad(o, (0, 0, 0, 1))[qrow]
-            h = h + proj.o_proj(o[None])
-            if self._fused is None:
+            if fused is None:
+                h = h + attn.o_proj(o[None])
                 h = h + layer.mlp(layer.post_attention_layernorm(h))
             else:
-                f = self._fused[i]
-                x = layer.post_attention_layernorm(h)[0]
-                h = h + f["down_proj"](layer.mlp.act_fn(f["gate_proj"](x)) * f["up_proj"](x))[None]
+                f = fused[i]
+                h = h + f["o"](o)[None]
+                gu = f["gate_up"](self._norm(layer.post_attention_layernorm, h[0]))
+                inter = gu.shape[-1] // 2
+                h = h + f["down"](layer.mlp.act_fn(gu[:, :inter]) * gu[:, inter:])[None]
         hn = self.core.norm(h[0, need])
         logits = self.base.lm_head(hn).float()
         lse = torch.logsumexp(logits, dim=-1)
         return logits[esrc, etok] - lse[esrc]
+
+    def _norm(self, norm: Any, x: Any) -> Any:
+        """An RMSNorm module's function with torch's fused rms_norm where it has one
+        (the same float32 arithmetic as Mistral's and Llama's RMSNorm)."""
+        import torch.nn.functional as F
+
+        eps = getattr(norm, "variance_epsilon", None)
+        if eps is None or not hasattr(F, "rms_norm") or not type(norm).__name__.endswith("RMSNorm"):
+            return norm(x)
+        return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
 
     def _mask(self, start: Any, loc: Any, S: int) -> Any:
         """Additive mask (slots, 1, group * Lp, S): the committed prefix below ``start``,
@@ -656,17 +678,6 @@ class FastPath:
                             return count
                         count += 1
         return count
-
-
-class _Flat:
-    """The fused projections called like the modules, on a (1, T, features) input."""
-
-    def __init__(self, fused: dict[str, Any]) -> None:
-        self._f = fused
-
-    def __getattr__(self, name: str) -> Any:
-        fn = self._f[name]
-        return lambda x: fn(x[0])[None]
 
 
 def _pinned(t: Any, emulated: bool) -> Any:

@@ -191,6 +191,27 @@ def test_lora_adapter_fast_equals_plain(tiny_model_dir: Path, tmp_path: Path, fu
         assert_same(s.score(prompt, conts).logprobs, s.score_plain(prompt, conts).logprobs)
 
 
+def test_grouped_projections_share_the_modules_weights(tiny_model_dir: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
+    ids = torch.tensor([[1, 733, 28705, 28740, 28723]])
+    with torch.no_grad():
+        before = model(ids).logits
+    s = LMScorer(model, _load(tiny_model_dir).tokenizer, "cpu")
+    assert s.fast_path.fuse_note.startswith("on")
+    attn = model.model.layers[0].self_attn
+    q, k, v = attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight
+    # q, k and v now sit side by side in one tensor: grouped, not copied.
+    assert q.untyped_storage().data_ptr() == k.untyped_storage().data_ptr() == v.untyped_storage().data_ptr()
+    assert k.storage_offset() == q.storage_offset() + q.numel()
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, before)  # the model itself computes what it did
+    LMScorer(model, s.tokenizer, "cpu")  # grouping again finds them adjacent and copies nothing
+    assert attn.q_proj.weight.untyped_storage().data_ptr() == q.untyped_storage().data_ptr()
+
+
 def test_llama_models_take_the_fast_path_and_others_the_plain_one(mistral_tokenizer_dir: Path) -> None:
     import torch
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
