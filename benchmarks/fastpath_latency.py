@@ -235,7 +235,21 @@ def single_section(bench: Bench, name: str, loaded: Any, *, plain: bool, **score
         out["graph_error"] = fp.graph_error
         out["cuda_graphs"] = fp.use_graphs and fp.graph_error is None
     print(name, {k: v for k, v in out.items() if k not in ("per_move_ms_by_ply", "plain_checks")}, flush=True)
+    free(scorer)
     return out
+
+
+def free(scorer: Any) -> None:
+    """Drop a scorer's caches and graphs before the next section (it sits in a reference cycle)."""
+    import gc
+
+    import torch
+
+    scorer.fast_path = None
+    scorer._batcher = None
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def concurrent_section(bench: Bench, loaded: Any, single_median: float, single_moves_per_s: float) -> dict[str, Any]:
@@ -288,7 +302,12 @@ def concurrent_section(bench: Bench, loaded: Any, single_median: float, single_m
     if scorer.fast_path is not None:
         out["fast_stats"] = dict(vars(scorer.fast_path.stats))
         out["graph_error"] = scorer.fast_path.graph_error
+    if bench.cuda:
+        import torch
+
+        out["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
     print("concurrent", out, flush=True)
+    free(scorer)
     return out
 
 
