@@ -66,12 +66,15 @@ def _joined(params: Sequence[Any]) -> Any:
         and p.storage_offset() == q.storage_offset() + q.numel()
         for q, p in zip(params, params[1:], strict=False)
     )
+    def plain(p: Any) -> Any:  # a bitsandbytes Params4bit seen as the tensor it holds
+        return p.detach().as_subclass(torch.Tensor)
+
     if len(params) == 1:
-        return first.detach()
+        return plain(first)
     if adjacent:
-        stride = first.detach().contiguous().stride()
-        return first.detach().as_strided((rows, *rest_shape), stride, first.storage_offset())
-    joined = torch.cat([p.detach() for p in params], dim=0)
+        stride = plain(first).contiguous().stride()
+        return plain(first).as_strided((rows, *rest_shape), stride, first.storage_offset())
+    joined = torch.cat([plain(p) for p in params], dim=0)
     offset = 0
     for p in params:
         n = int(p.shape[0])
