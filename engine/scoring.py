@@ -138,14 +138,17 @@ class LMScorer:
             return int(self.fast_path.warmup(max_tokens=max_tokens))
 
     def _run_jobs(self, jobs: list[Any]) -> list[Any]:
-        assert self.fast_path is not None
         with self.lock:
-            return self.fast_path.score_jobs(jobs)
+            fp = self.fast_path
+            if fp is None:
+                raise RuntimeError(f"fast path switched off: {self.fast_reason}")
+            return fp.score_jobs(jobs)
 
     def score(self, prompt: Prompt, continuations: Sequence[str], cancel: threading.Event | None = None) -> Scores:
         if not continuations:
             return Scores([], [], 0)
-        if self.fast_path is None:
+        fp = self.fast_path
+        if fp is None:
             return self.score_plain(prompt, continuations, cancel)
         from engine.fastpath import Job
 
@@ -159,7 +162,7 @@ class LMScorer:
         job = Job(full[0][:prefix_len], CandidateTree.build(suffixes), cancel)
         if cancel is not None and cancel.is_set():
             raise Cancelled()
-        if not self.fast_path.fits(job):
+        if not fp.fits(job):
             return self._score_ids(full, prefix_len, cancel)
         try:
             logps = self._batcher.submit(job, cancel)
