@@ -71,13 +71,12 @@ def main() -> int:
 
     import torch
     import transformers
+    from loguru import logger
 
     from engine.config import EngineConfig, ModelConfig
     from engine.model import load_model
     from engine.player import Player
     from engine.scoring import LMScorer
-
-    from loguru import logger
 
     logger.remove()
     logger.add(sys.stderr, level="ERROR")

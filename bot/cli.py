@@ -6,11 +6,12 @@ import argparse
 import signal
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from bot.client import Redactor
+if TYPE_CHECKING:  # berserk is imported only when the bot runs: keeps `mistral-chess --help` light
+    from bot.client import Redactor
 
 
 def register(sub: Any) -> None:
@@ -68,6 +69,8 @@ def run_cli(args: argparse.Namespace) -> int:
         overrides.append(f"url={args.base_url}")
     cfg = load_bot_config(args.config, overrides)
     token = resolve_token(cfg)
+    from bot.client import Redactor
+
     redactor = Redactor(token)
     _configure_logging(cfg.log_level, cfg.log_file, redactor)
     stop = threading.Event()

@@ -66,7 +66,8 @@ class SearchConfig:
     retries: int = 3  # generate mode: extra tries after an invalid output
     retry_temperature: float = 0.8  # generate mode: sampling temperature of retries
     fallback: Literal["constrained", "random", "resign"] = "constrained"
-    score_batch: int = 64  # constrained: candidates per forward pass
+    score_batch: int = 64  # constrained, plain scorer only: candidates per forward pass
+    cache_slots: int = 4  # fast path: games' KV caches kept; more than the games played at once (bot, arena)
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or self.retry_temperature < 0:
@@ -77,6 +78,8 @@ class SearchConfig:
             raise ConfigError(f"search.max_new_tokens must be in 1..64, not {self.max_new_tokens}")
         if self.score_batch < 1:
             raise ConfigError(f"search.score_batch must be >= 1, not {self.score_batch}")
+        if self.cache_slots < 1:
+            raise ConfigError(f"search.cache_slots must be >= 1, not {self.cache_slots}")
 
 
 @dataclasses.dataclass

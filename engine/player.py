@@ -32,7 +32,7 @@ from loguru import logger
 
 from engine.config import EngineConfig
 from engine.errors import MoveParseError, PromptError
-from engine.prompt import Prompt, PromptBuilder, PromptTemplate, board_sans, own_loss_result, play_variables
+from engine.prompt import Prompt, PromptBuilder, PromptTemplate, own_loss_result, play_variables
 from engine.scoring import Cancelled, LMScorer
 
 # Confidence -> centipawns: cp = CP_SCALE * log10(p / (1 - p)), clamped.
@@ -160,6 +160,9 @@ class Player:
         self._resign_streak = 0
         self._low_streak = 0
         self.last_decision: Decision | None = None
+        # (root FEN, moves, their SANs, the board after them): a game's move stack
+        # only grows, so each move's SAN is written once, not once per later move.
+        self._san_memo: tuple[str, list[chess.Move], list[str], chess.Board] | None = None
 
     # -- game state -------------------------------------------------------------
     def new_game(self) -> None:
@@ -187,7 +190,7 @@ class Player:
             opponent_elo=p.opponent_elo or None,
             result=p.result,
         )
-        root, sans = board_sans(board)
+        root, sans = self._board_sans(board)
         prompt = self.builder.from_sans(sans, root_fen=root.fen(), variables=variables)
         if self.scorer is None or self.scorer.count_tokens(prompt) <= p.max_prompt_tokens:
             return prompt
@@ -209,6 +212,24 @@ class Player:
             else:
                 lo = mid + 1
         return best
+
+    def _board_sans(self, board: chess.Board) -> tuple[chess.Board, list[str]]:
+        """:func:`engine.prompt.board_sans`, reusing the SANs of this player's last call."""
+        root = board.root()
+        root_fen = root.fen()
+        moves = board.move_stack
+        memo = self._san_memo
+        if memo is not None and memo[0] == root_fen and moves[: len(memo[1])] == memo[1]:
+            _, done, sans, replay = memo
+            replay = replay.copy(stack=False)
+            sans = list(sans)
+        else:
+            done, sans, replay = [], [], root.copy(stack=False)
+        for move in moves[len(done) :]:
+            sans.append(replay.san(move))
+            replay.push(move)
+        self._san_memo = (root_fen, list(moves), sans, replay)
+        return root, list(sans)
 
     # -- the move -----------------------------------------------------------------
     def choose(

@@ -484,7 +484,16 @@ def _default_loader(config: EngineConfig) -> Any:
 
     loaded = load_model(config.model)
     logger.info("model ready: {}", loaded.source)
-    return LMScorer(loaded.model, loaded.tokenizer, loaded.device, score_batch=config.search.score_batch)
+    scorer = LMScorer(
+        loaded.model,
+        loaded.tokenizer,
+        loaded.device,
+        score_batch=config.search.score_batch,
+        cache_slots=config.search.cache_slots,
+        max_batch=config.search.cache_slots,
+    )
+    scorer.warmup()  # CUDA graphs of single-game steps now, not at the first moves (a no-op on a CPU)
+    return scorer
 
 
 def configure_logging(level: str, log_file: str = "") -> None:
