@@ -192,7 +192,8 @@ class Player:
         )
         root, sans = self._board_sans(board)
         prompt = self.builder.from_sans(sans, root_fen=root.fen(), variables=variables)
-        if self.scorer is None or self.scorer.count_tokens(prompt) <= p.max_prompt_tokens:
+        limit = self._prompt_token_limit()
+        if self.scorer is None or self.scorer.count_tokens(prompt) <= limit:
             return prompt
         # Too long for the context budget: restart the move text from a later position
         # (written with [SetUp]/[FEN]), keeping as many recent moves as fit.
@@ -207,11 +208,20 @@ class Player:
         while lo < hi:  # smallest cut that fits
             mid = (lo + hi) // 2
             cand = self.builder.from_sans(sans[mid:], root_fen=boards[mid], variables=variables)
-            if self.scorer.count_tokens(cand) <= p.max_prompt_tokens:
+            if self.scorer.count_tokens(cand) <= limit:
                 best, hi = cand, mid
             else:
                 lo = mid + 1
         return best
+
+    def _prompt_token_limit(self) -> int:
+        """``prompt.max_prompt_tokens``, within the model's context (room kept for the move)."""
+        limit = self.config.prompt.max_prompt_tokens
+        model_config = getattr(getattr(self.scorer, "model", None), "config", None)
+        max_positions = getattr(model_config, "max_position_embeddings", None)
+        if isinstance(max_positions, int) and max_positions > 0:
+            limit = min(limit, max_positions - 32)
+        return limit
 
     def _board_sans(self, board: chess.Board) -> tuple[chess.Board, list[str]]:
         """:func:`engine.prompt.board_sans`, reusing the SANs of this player's last call."""
