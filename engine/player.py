@@ -103,12 +103,15 @@ def parse_model_move(board: chess.Board, text: str) -> tuple[chess.Move | None, 
     if r:
         return None, "resign" if r.group(1) == own_loss_result(board.turn) else "result"
     try:
-        return board.parse_san(token), "san"
+        move = board.parse_san(token)
+        # python-chess reads "--", "Z0", "0000" and "@@@@" as the null move: not a move.
+        if move and board.is_legal(move):
+            return move, "san"
     except ValueError:
         pass
     try:
         move = chess.Move.from_uci(token.lower())
-        if board.is_legal(move):
+        if move and board.is_legal(move):
             return move, "uci"
     except ValueError:
         pass
@@ -135,9 +138,11 @@ def _repair(board: chess.Board, token: str) -> chess.Move | None:
         if not c:
             continue
         try:
-            return board.parse_san(c)
+            move = board.parse_san(c)
         except ValueError:
             continue
+        if move and board.is_legal(move):
+            return move
     return None
 
 
@@ -277,6 +282,10 @@ class Player:
             d = self._fallback(board, f"model error: {type(exc).__name__}: {exc}", [], policy="random")
             d.source = "error"
         d = self._apply_resign_policy(board, d)
+        if d.move is not None and not board.is_legal(d.move):  # never pass an illegal move on
+            logger.error("internal: illegal move {} from {} at {}", d.move, d.source, board.fen())
+            d = self._fallback(board, f"internal error: illegal move {d.move.uci()} chosen", d.raw_outputs, policy="random")
+            d.source = "error"
         self.stats.by_source[d.source] += 1
         self.last_decision = d
         return d

@@ -96,6 +96,11 @@ def test_parse_model_move_reads_and_repairs(fen: str, text: str, uci: str, kind:
         (chess.STARTING_FEN, "", "invalid"),
         (chess.STARTING_FEN, " e5", "invalid"),
         (chess.STARTING_FEN, " 12.", "invalid"),
+        # python-chess reads these as the null move; found on the GPU with a random model
+        (chess.STARTING_FEN, " --", "invalid"),
+        (chess.STARTING_FEN, " 0000", "invalid"),
+        (chess.STARTING_FEN, " Z0", "invalid"),
+        (chess.STARTING_FEN, " 1. --", "invalid"),
     ],
 )
 def test_parse_model_move_rejects(fen: str, text: str, kind: str) -> None:
