@@ -12,18 +12,6 @@ from engine.config import EngineConfig, ModelConfig
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture(scope="module")
-def tiny_adapter(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    out = tmp_path_factory.mktemp("adapter")
-    get_peft_model(base, lora).save_pretrained(str(out))
-    return out
-
-
 @pytest.mark.parametrize("mode", ["constrained", "generate"])
 def test_nf4_with_adapter_plays_legal_moves_on_cuda(tiny_model_dir: Path, tiny_adapter: Path, mode: str) -> None:
     from engine.model import load_model

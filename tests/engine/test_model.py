@@ -12,18 +12,6 @@ from engine.errors import ModelLoadError
 from engine.model import load_model, resolve_paths
 
 
-@pytest.fixture(scope="module")
-def tiny_adapter(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    out = tmp_path_factory.mktemp("adapter")
-    get_peft_model(base, lora).save_pretrained(str(out))
-    return out
-
-
 def test_adapter_only_folder_finds_its_base(tiny_model_dir: Path, tiny_adapter: Path) -> None:
     base, adapter = resolve_paths(ModelConfig(path=str(tiny_adapter)))
     assert base == str(tiny_model_dir) and adapter == str(tiny_adapter)
