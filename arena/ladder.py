@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from pathlib import Path
 from typing import Any
 
 from arena.elo import fit_absolute, score_to_elo
 from arena.engines import EngineSpec, parse_engine
 from arena.errors import ArenaError
-from arena.match import MatchOptions, PlaySettings, Runner, open_outputs, paired_schedule, score_text
+from arena.match import (
+    MatchOptions,
+    PlaySettings,
+    Runner,
+    open_outputs,
+    output_files,
+    paired_schedule,
+    score_text,
+)
 from arena.openings import load_openings, order, suite_digest
 from arena.referee import GameRecord, GameTask
 from arena.report import engine_stats, terminations, wdl, write_json
@@ -140,17 +147,7 @@ def run_ladder(engine: EngineSpec, settings: PlaySettings, opts: LadderOptions) 
         event="mistral-chess arena ladder",
     )
     log, pgn, done = open_outputs(identity, mopts)
-    plot = opts.plot or (str(Path(opts.json).with_suffix(".png")) if opts.json else "")
-    files = {
-        k: v
-        for k, v in (
-            ("pgn", opts.pgn),
-            ("json", opts.json),
-            ("log", str(log.path) if log else ""),
-            ("plot", plot),
-        )
-        if v
-    }
+    files = output_files(opts, log)
 
     def on_record(records: list[GameRecord]) -> None:
         if opts.json:
@@ -195,6 +192,7 @@ def run_ladder(engine: EngineSpec, settings: PlaySettings, opts: LadderOptions) 
     report["per_engine"][engine.name]["restarts"] = result.restarts.get(0, 0)
     if opts.json:
         write_json(report, opts.json)
+    plot = files.get("plot", "")
     if plot and result.records:
         from arena.plots import ladder_plot
 

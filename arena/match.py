@@ -318,6 +318,16 @@ class MatchOptions:
     show_progress: bool = True
 
 
+def output_files(opts: Any, log: Any) -> dict[str, str]:
+    """The files a ladder or tournament writes (for its report): PGN, JSON, log, plot.
+
+    The plot defaults to the JSON's path with ``.png``.
+    """
+    plot = opts.plot or (str(Path(opts.json).with_suffix(".png")) if opts.json else "")
+    paths = (("pgn", opts.pgn), ("json", opts.json), ("log", str(log.path) if log else ""), ("plot", plot))
+    return {k: v for k, v in paths if v}
+
+
 def open_outputs(
     identity: dict[str, Any], opts: MatchOptions
 ) -> tuple[GameLog | None, PgnWriter | None, list[GameRecord]]:

@@ -21,7 +21,7 @@ from typing import Any
 from arena.elo import Z95, fit_ratings
 from arena.engines import EngineSpec, parse_engine
 from arena.errors import ArenaError, EngineSpecError
-from arena.match import MatchOptions, PlaySettings, Runner, open_outputs, paired_schedule
+from arena.match import MatchOptions, PlaySettings, Runner, open_outputs, output_files, paired_schedule
 from arena.openings import load_openings, order, suite_digest
 from arena.referee import GameRecord, GameTask
 from arena.report import engine_stats, head_to_head, terminations, wdl, write_json
@@ -191,17 +191,7 @@ def run_tournament(
         event="mistral-chess arena tournament",
     )
     log, pgn, done = open_outputs(identity, mopts)
-    plot = opts.plot or (str(Path(opts.json).with_suffix(".png")) if opts.json else "")
-    files = {
-        k: v
-        for k, v in (
-            ("pgn", opts.pgn),
-            ("json", opts.json),
-            ("log", str(log.path) if log else ""),
-            ("plot", plot),
-        )
-        if v
-    }
+    files = output_files(opts, log)
 
     def on_record(records: list[GameRecord]) -> None:
         if opts.json:
@@ -238,6 +228,7 @@ def run_tournament(
         report["per_engine"][s.name]["restarts"] = result.restarts.get(i, 0)
     if opts.json:
         write_json(report, opts.json)
+    plot = files.get("plot", "")
     if plot and result.records:
         from arena.plots import ratings_plot
 
