@@ -74,3 +74,11 @@ def test_parse_overrides_nests_and_parses_yaml_scalars() -> None:
         "d": "x y",
         "e": 0.5,
     }
+
+
+def test_exponent_floats_without_a_dot_are_numbers() -> None:
+    # PyYAML reads "1e-4" as a string; a learning rate written so must still work.
+    cfg = load_engine_config(None, ["search.temperature=1e-4", "resign.threshold=5e-2"])
+    assert cfg.search.temperature == 1e-4 and cfg.resign.threshold == 0.05
+    with pytest.raises(ConfigError, match="search.temperature: expected a number, got 'warm'"):
+        load_engine_config(None, ["search.temperature=warm"])
