@@ -124,7 +124,7 @@ def register(sub: Any) -> None:
 
     d = sub.add_parser(
         "demo",
-        help="plumbing demo: one short game, the engine on a tiny random-weight model vs Stockfish",
+        help="one short game: the engine on the bundled model (else a tiny random one) vs Stockfish",
         description="Plays one short adjudicated game between the project's engine and Stockfish at its "
         "lowest UCI_Elo, printing each move and the PGN. Without a bundled model the engine runs a tiny "
         "RANDOM-WEIGHT model: this shows the plumbing, not chess strength.",
