@@ -6,7 +6,7 @@
 # Stockfish comes from the Debian/Ubuntu package `stockfish` (/usr/games/stockfish).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="train,mistral-tokenizer"
+extras="mistral-tokenizer"
 gpu=0
 for arg in "$@"; do
   case "$arg" in
