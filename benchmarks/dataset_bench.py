@@ -79,7 +79,7 @@ def main() -> int:
     ap.add_argument("--n-games", type=int, default=2000, help="games to generate when --games does not exist")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--machine", default="2-core CPU dev machine")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "dataset_bench_2core_cpu.json"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "dataset_bench_2core_cpu.json"))
     args = ap.parse_args()
 
     from training.cli import configure_logging
