@@ -81,7 +81,13 @@ class EngineSpec:
 
 
 def find_stockfish(explicit: str | None = None) -> str:
-    """``explicit``, else $STOCKFISH_PATH, else ``stockfish`` on PATH, else /usr/games/stockfish."""
+    """``explicit``, else $STOCKFISH_PATH, else ``stockfish`` on PATH, else /usr/games/stockfish.
+
+    A path the user gave explicitly must be there: it is never silently replaced by
+    another Stockfish.
+    """
+    if explicit and not (Path(explicit).is_file() and os.access(explicit, os.X_OK)):
+        raise StockfishNotFoundError(f"Stockfish not found at the given path {explicit!r} (not an executable file)")
     tried = []
     for label, candidate in (
         ("given path", explicit),

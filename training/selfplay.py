@@ -24,7 +24,6 @@ import os
 import queue
 import random
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -48,16 +47,15 @@ IDENTITY_KEYS = (
 
 
 def find_stockfish(configured: str = "") -> str:
-    """The Stockfish binary: the configured path, $STOCKFISH_PATH, PATH, or Debian's location."""
-    for candidate in (configured, os.environ.get("STOCKFISH_PATH", "")):
-        if candidate:
-            if Path(candidate).is_file():
-                return candidate
-            raise SelfPlayError(f"Stockfish not found at {candidate!r}")
-    found = shutil.which("stockfish") or ("/usr/games/stockfish" if Path("/usr/games/stockfish").is_file() else None)
-    if found is None:
-        raise SelfPlayError("Stockfish not found: install it (Debian: apt install stockfish) or set stockfish=PATH")
-    return found
+    """The Stockfish binary: the configured path, $STOCKFISH_PATH, PATH, or Debian's location
+    (the arena's finder, whose error names every place it looked)."""
+    from arena.engines import find_stockfish as arena_find_stockfish
+    from arena.errors import StockfishNotFoundError
+
+    try:
+        return arena_find_stockfish(configured or None)
+    except StockfishNotFoundError as exc:
+        raise SelfPlayError(f"{exc} (self-play: set stockfish=PATH)") from None
 
 
 class UciPipe:

@@ -107,3 +107,9 @@ def test_default_clock_gives_way_to_a_per_move_limit() -> None:
     assert only_movetime.base_ms is None and only_movetime.movetime_ms == 100
     both = PlaySettings(tc="5+0.05", nodes=1000).time_control()
     assert both.base_ms == 5000 and both.nodes == 1000
+
+
+def test_an_explicit_stockfish_path_is_never_silently_replaced(tmp_path: Path) -> None:
+    # The system Stockfish exists here, but the user named another path: that is an error.
+    with pytest.raises(StockfishNotFoundError, match="given path"):
+        find_stockfish(str(tmp_path / "my-stockfish"))
