@@ -16,16 +16,7 @@ from typing import Any
 from arena.elo import fit_absolute, score_to_elo
 from arena.engines import EngineSpec, parse_engine
 from arena.errors import ArenaError
-from arena.match import (
-    MatchOptions,
-    PlaySettings,
-    Runner,
-    open_outputs,
-    output_files,
-    paired_schedule,
-    score_text,
-)
-from arena.openings import load_openings, order, suite_digest
+from arena.match import PlaySettings, Runner, open_run_outputs, paired_schedule, run_identity, score_text
 from arena.referee import GameRecord, GameTask
 from arena.report import engine_stats, terminations, wdl, write_json
 
@@ -127,27 +118,11 @@ def run_ladder(engine: EngineSpec, settings: PlaySettings, opts: LadderOptions) 
             )
         seen[o.name] = opponents.index(o)
     specs = [engine, *opponents]
-    openings = load_openings(settings.openings or None)
-    seed = settings.opening_seed if settings.opening_seed >= 0 else None
-    tasks = ladder_schedule(len(opponents), opts.games, order(openings, seed))
-    identity = {
-        "kind": "ladder",
-        "engines": [s.identity() for s in specs],
-        "games_per_level": opts.games,
-        "openings": suite_digest(openings),
-        **settings.identity(),
-    }
-    mopts = MatchOptions(
-        games=len(tasks),
-        pgn=opts.pgn,
-        json=opts.json,
-        log=opts.log,
-        resume=opts.resume,
-        overwrite=opts.overwrite,
-        event="mistral-chess arena ladder",
-    )
-    log, pgn, done = open_outputs(identity, mopts)
-    files = output_files(opts, log)
+    openings, play_order = settings.suite()
+    tasks = ladder_schedule(len(opponents), opts.games, play_order)
+    identity = run_identity("ladder", specs, settings, openings, games_per_level=opts.games)
+    event = "mistral-chess arena ladder"
+    log, pgn, done, files = open_run_outputs(identity, opts, len(tasks), event)
 
     def on_record(records: list[GameRecord]) -> None:
         if opts.json:
@@ -172,7 +147,7 @@ def run_ladder(engine: EngineSpec, settings: PlaySettings, opts: LadderOptions) 
         specs,
         settings,
         openings,
-        event=mopts.event,
+        event=event,
         log=log,
         pgn=pgn,
         on_record=on_record,

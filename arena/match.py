@@ -93,6 +93,11 @@ class PlaySettings:
             event=event,
         )
 
+    def suite(self) -> tuple[list[Opening], list[int]]:
+        """The opening suite and its play order (the file's, or shuffled by ``opening_seed``)."""
+        openings = load_openings(self.openings or None)
+        return openings, order(openings, self.opening_seed if self.opening_seed >= 0 else None)
+
     def identity(self) -> dict[str, Any]:
         """Settings that must match when a match resumes."""
         return {
@@ -318,14 +323,24 @@ class MatchOptions:
     show_progress: bool = True
 
 
-def output_files(opts: Any, log: Any) -> dict[str, str]:
-    """The files a ladder or tournament writes (for its report): PGN, JSON, log, plot.
-
-    The plot defaults to the JSON's path with ``.png``.
-    """
+def open_run_outputs(
+    identity: dict[str, Any], opts: Any, games: int, event: str
+) -> tuple[GameLog | None, PgnWriter | None, list[GameRecord], dict[str, str]]:
+    """:func:`open_outputs` for a ladder or tournament, plus the files its report names:
+    PGN, JSON, log and plot (by default the JSON's path with ``.png``)."""
+    mopts = MatchOptions(
+        games=games,
+        pgn=opts.pgn,
+        json=opts.json,
+        log=opts.log,
+        resume=opts.resume,
+        overwrite=opts.overwrite,
+        event=event,
+    )
+    log, pgn, done = open_outputs(identity, mopts)
     plot = opts.plot or (str(Path(opts.json).with_suffix(".png")) if opts.json else "")
     paths = (("pgn", opts.pgn), ("json", opts.json), ("log", str(log.path) if log else ""), ("plot", plot))
-    return {k: v for k, v in paths if v}
+    return log, pgn, done, {k: v for k, v in paths if v}
 
 
 def open_outputs(
@@ -347,12 +362,14 @@ def open_outputs(
     return log, pgn, done
 
 
-def match_identity(
-    specs: list[EngineSpec], settings: PlaySettings, openings: list[Opening]
+def run_identity(
+    kind: str, specs: list[EngineSpec], settings: PlaySettings, openings: list[Opening], **extra: Any
 ) -> dict[str, Any]:
+    """What a resumed match, ladder or tournament must share with the run it continues."""
     return {
-        "kind": "match",
+        "kind": kind,
         "engines": [s.identity() for s in specs],
+        **extra,
         "openings": suite_digest(openings),
         **settings.identity(),
     }
@@ -422,10 +439,9 @@ def run_match(
         raise ArenaError(f"a match is between two engines, not {len(specs)}")
     if opts.games < 1:
         raise ArenaError("games must be >= 1")
-    openings = load_openings(settings.openings or None)
-    seed = settings.opening_seed if settings.opening_seed >= 0 else None
-    tasks = paired_schedule(0, 1, opts.games, order(openings, seed))
-    log, pgn, done = open_outputs(match_identity(specs, settings, openings), opts)
+    openings, play_order = settings.suite()
+    tasks = paired_schedule(0, 1, opts.games, play_order)
+    log, pgn, done = open_outputs(run_identity("match", specs, settings, openings), opts)
     if log is None:
         logger.warning("no --json, --pgn or --log: the games are not saved and a stopped match cannot resume")
     if done:

@@ -21,8 +21,7 @@ from typing import Any
 from arena.elo import Z95, fit_ratings
 from arena.engines import EngineSpec, parse_engine
 from arena.errors import ArenaError, EngineSpecError
-from arena.match import MatchOptions, PlaySettings, Runner, open_outputs, output_files, paired_schedule
-from arena.openings import load_openings, order, suite_digest
+from arena.match import PlaySettings, Runner, open_run_outputs, paired_schedule, run_identity
 from arena.referee import GameRecord, GameTask
 from arena.report import engine_stats, head_to_head, terminations, wdl, write_json
 
@@ -171,27 +170,11 @@ def run_tournament(
     if opts.games < 1:
         raise ArenaError("games per pairing must be >= 1")
     _anchor(specs, opts)  # a bad --anchor is an error before any game
-    openings = load_openings(settings.openings or None)
-    seed = settings.opening_seed if settings.opening_seed >= 0 else None
-    tasks = round_robin(len(specs), opts.games, order(openings, seed))
-    identity = {
-        "kind": "tournament",
-        "engines": [s.identity() for s in specs],
-        "games_per_pairing": opts.games,
-        "openings": suite_digest(openings),
-        **settings.identity(),
-    }
-    mopts = MatchOptions(
-        games=len(tasks),
-        pgn=opts.pgn,
-        json=opts.json,
-        log=opts.log,
-        resume=opts.resume,
-        overwrite=opts.overwrite,
-        event="mistral-chess arena tournament",
-    )
-    log, pgn, done = open_outputs(identity, mopts)
-    files = output_files(opts, log)
+    openings, play_order = settings.suite()
+    tasks = round_robin(len(specs), opts.games, play_order)
+    identity = run_identity("tournament", specs, settings, openings, games_per_pairing=opts.games)
+    event = "mistral-chess arena tournament"
+    log, pgn, done, files = open_run_outputs(identity, opts, len(tasks), event)
 
     def on_record(records: list[GameRecord]) -> None:
         if opts.json:
@@ -207,7 +190,7 @@ def run_tournament(
         specs,
         settings,
         openings,
-        event=mopts.event,
+        event=event,
         log=log,
         pgn=pgn,
         on_record=on_record,
