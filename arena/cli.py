@@ -281,13 +281,7 @@ def _match(args: argparse.Namespace) -> int:
     )
     report = run_match(specs, settings, opts)
     print_match(report)
-    if report["interrupted"]:
-        print(
-            f"interrupted: {report['games']} finished games kept; run the same command with --resume to go on",
-            file=sys.stderr,
-        )
-        return 130
-    return 0
+    return _exit_code(report)
 
 
 def print_match(report: dict[str, Any]) -> None:
@@ -358,12 +352,16 @@ def _ladder(args: argparse.Namespace) -> int:
     from arena.ladder import print_ladder
 
     print_ladder(report)
-    if report["interrupted"]:
-        print(
-            "interrupted: finished games kept; run the same command with --resume to go on", file=sys.stderr
-        )
-        return 130
-    return 0
+    return _exit_code(report)
+
+
+def _exit_code(report: dict[str, Any]) -> int:
+    """130 (and how to go on) for a run stopped by Ctrl-C, else 0."""
+    if not report["interrupted"]:
+        return 0
+    kept = f"{report['games']} finished games" if "games" in report else "finished games"
+    print(f"interrupted: {kept} kept; run the same command with --resume to go on", file=sys.stderr)
+    return 130
 
 
 def _tournament(args: argparse.Namespace) -> int:
@@ -404,7 +402,7 @@ def _tournament(args: argparse.Namespace) -> int:
             ),
         )
         print_match(report)
-        return 130 if report["interrupted"] else 0
+        return _exit_code(report)
     opts = TournamentOptions(
         games=args.games if args.games is not None else 2,
         anchor=args.anchor or "",
@@ -419,12 +417,7 @@ def _tournament(args: argparse.Namespace) -> int:
     )
     report = run_tournament(specs, settings, opts)
     print_tournament(report)
-    if report["interrupted"]:
-        print(
-            "interrupted: finished games kept; run the same command with --resume to go on", file=sys.stderr
-        )
-        return 130
-    return 0
+    return _exit_code(report)
 
 
 def _openings(args: argparse.Namespace) -> int:
