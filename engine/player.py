@@ -362,7 +362,7 @@ class Player:
             if kind == "resign":
                 resign_seen = True
                 self.stats.resign_attempts += 1
-                if self._resign_wanted(board, streak_hit=True):
+                if self._resign_streak_complete(board):
                     d = Decision(move=None, resign=True, tokens=tokens, source="model-resign", raw_outputs=raws)
                     d.notes.append(f"model resigns (wrote {text.strip()!r})")
                     return d
@@ -400,11 +400,10 @@ class Player:
         return Decision(move=move, source="fallback-random", raw_outputs=raws, notes=[note])
 
     # -- resign and draw ------------------------------------------------------------
-    def _resign_wanted(self, board: chess.Board, *, streak_hit: bool) -> bool:
+    def _resign_streak_complete(self, board: chess.Board) -> bool:
+        """Would one more resignation attempt complete the `streak` policy's run?"""
         r = self.config.resign
-        if r.mode != "streak" or board.ply() < r.min_ply:
-            return False
-        return self._resign_streak + 1 >= r.streak if streak_hit else False
+        return r.mode == "streak" and board.ply() >= r.min_ply and self._resign_streak + 1 >= r.streak
 
     def _apply_resign_policy(self, board: chess.Board, d: Decision) -> Decision:
         r = self.config.resign

@@ -180,12 +180,8 @@ class UciEngine:
         if self._load_error is not None:
             self.info_string(f"ERROR model not loaded: {self._load_error}")
             self.info_string("moves will be random legal fallbacks until ModelPath is fixed")
-            self._load_error_reported()
+            self._load_error = None  # reported once per load attempt, not at every move
         return True
-
-    def _load_error_reported(self) -> None:
-        # Report a load error once per load attempt, not at every move.
-        self._load_error = None
 
     # -- main loop ----------------------------------------------------------------
     def run(self, lines: Iterable[str]) -> None:
