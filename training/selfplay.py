@@ -5,11 +5,19 @@ games. Stockfish is driven with raw UCI over pipes: at a few hundred nodes a mov
 ``chess.engine``'s asyncio machinery costs more than the search itself.
 
 Resume without duplicates: game ``i`` is fully determined by ``(seed, i)`` (its
-random opening plies come from that seed; Stockfish at a fixed node count with one
-thread and a cleared hash is deterministic), and games are written in chunks named
-by their index range (``games-00000000-00000250.parquet``), each written to a
-temporary name and renamed when complete. A rerun plays only the ranges no finished
-file covers; an interrupted chunk is played again from its start.
+random opening plies or book line and its node budget come from that seed; Stockfish
+at a fixed node count with one thread and a cleared hash is deterministic), and games
+are written in chunks named by their index range (``games-00000000-00000250.parquet``),
+each written to a temporary name and renamed when complete. A rerun plays only the
+ranges no finished file covers; an interrupted chunk is played again from its start.
+With ``max_seconds`` each worker stops at the deadline after its current game and
+writes what it played as a shorter chunk (``games-00000000-00000097.parquet``), so a
+time-limited run loses no finished game and a rerun still resumes exactly.
+
+Variety: at a fixed node count the opening is the only source of variety (two random
+plies allow only 400 games). ``nodes_jitter`` draws each game's node budget from
+``nodes * (1 +- jitter)``, and ``book_fraction`` of the games start from a book line
+(the arena's balanced suite by default), which also puts real opening moves in the data.
 
 Columns (LAION): ``Moves`` (list of UCI strings), ``Termination`` (python-chess
 ``Termination`` name), ``Result`` (``1-0``, ``0-1``, ``1/2-1/2``).
@@ -42,8 +50,10 @@ CONFIG_FILE = "selfplay_config.yaml"
 # Keys that define which game index i is; changing them in an existing folder would mix games.
 IDENTITY_KEYS = (
     "seed", "nodes", "depth", "movetime_ms", "elo", "hash_mb", "random_plies_min", "random_plies_max",
-    "claim_draws", "max_plies",
+    "claim_draws", "max_plies", "nodes_jitter", "book_fraction", "book",
 )  # fmt: skip
+# Values of identity keys added later: a folder written before them used these.
+IDENTITY_DEFAULTS: dict[str, Any] = {"nodes_jitter": 0.0, "book_fraction": 0.0, "book": ""}
 
 
 def find_stockfish(configured: str = "") -> str:
@@ -134,10 +144,12 @@ class UciPipe:
                 self.proc.wait()
 
 
-def go_command(cfg: SelfPlayConfig) -> str:
+def go_command(cfg: SelfPlayConfig, nodes: int | None = None) -> str:
+    """The ``go`` line; ``nodes`` replaces ``cfg.nodes`` (a game's jittered budget)."""
     parts = ["go"]
-    if cfg.nodes:
-        parts += ["nodes", str(cfg.nodes)]
+    nodes = cfg.nodes if nodes is None else nodes
+    if nodes:
+        parts += ["nodes", str(nodes)]
     if cfg.depth:
         parts += ["depth", str(cfg.depth)]
     if cfg.movetime_ms:
@@ -147,6 +159,49 @@ def go_command(cfg: SelfPlayConfig) -> str:
 
 def game_rng(seed: int, index: int) -> random.Random:
     return random.Random(f"selfplay:{seed}:{index}")
+
+
+# The jitter and the book draw use their own streams, so that with both off every game is
+# the one earlier versions played for (seed, i) (the shipped data sets stay reproducible).
+def game_nodes(cfg: SelfPlayConfig, index: int) -> int:
+    """Game ``index``'s node budget: ``nodes``, or uniform in ``nodes * (1 +- nodes_jitter)``."""
+    if not cfg.nodes_jitter:
+        return cfg.nodes
+    rng = random.Random(f"selfplay-nodes:{cfg.seed}:{index}")
+    lo = max(1, round(cfg.nodes * (1.0 - cfg.nodes_jitter)))
+    hi = max(lo, round(cfg.nodes * (1.0 + cfg.nodes_jitter)))
+    return rng.randint(lo, hi)
+
+
+def game_book_line(cfg: SelfPlayConfig, index: int, book: list[list[str]]) -> list[str] | None:
+    """The book line game ``index`` starts from (UCI moves), or None (random plies)."""
+    if not book or not cfg.book_fraction:
+        return None
+    rng = random.Random(f"selfplay-book:{cfg.seed}:{index}")
+    if rng.random() >= cfg.book_fraction:
+        return None
+    return book[rng.randrange(len(book))]
+
+
+def load_book(cfg: SelfPlayConfig) -> list[list[str]]:
+    """The opening lines of ``cfg.book`` (the arena's bundled suite when empty) as UCI moves
+    from the standard position; [] when ``book_fraction`` is 0."""
+    if not cfg.book_fraction:
+        return []
+    from arena.errors import OpeningsError
+    from arena.openings import load_openings
+
+    try:
+        openings = load_openings(cfg.book or None)
+    except OpeningsError as exc:
+        raise SelfPlayError(f"book: {exc}") from None
+    start = chess.Board().fen()
+    lines = []
+    for o in openings:
+        if o.fen != start:
+            raise SelfPlayError(f"book: opening {o.name!r} does not start from the standard position (self-play games must)")
+        lines.append([m.uci() for m in o.moves])
+    return lines
 
 
 @dataclasses.dataclass
@@ -177,18 +232,26 @@ def _result(board: chess.Board, termination: chess.Termination) -> str:
     return "1/2-1/2"
 
 
-def play_game(engine: UciPipe, cfg: SelfPlayConfig, index: int, go: str) -> PlayedGame | None:
-    """Game ``index``: random opening plies, then Stockfish against itself. None: discarded (too long)."""
-    rng = game_rng(cfg.seed, index)
+def play_game(engine: UciPipe, cfg: SelfPlayConfig, index: int, book: list[list[str]] | None = None) -> PlayedGame | None:
+    """Game ``index``: a book line or random opening plies, then Stockfish against itself
+    at the game's node budget. None: discarded (too long)."""
     board = chess.Board()
     moves: list[str] = []
-    for _ in range(rng.randint(cfg.random_plies_min, cfg.random_plies_max)):
-        legal = list(board.legal_moves)
-        if not legal:
-            break
-        move = rng.choice(legal)
-        board.push(move)
-        moves.append(move.uci())
+    line = game_book_line(cfg, index, book or [])
+    if line is not None:
+        for uci in line:
+            board.push_uci(uci)
+            moves.append(uci)
+    else:
+        rng = game_rng(cfg.seed, index)
+        for _ in range(rng.randint(cfg.random_plies_min, cfg.random_plies_max)):
+            legal = list(board.legal_moves)
+            if not legal:
+                break
+            move = rng.choice(legal)
+            board.push(move)
+            moves.append(move.uci())
+    go = go_command(cfg, game_nodes(cfg, index))
     engine.new_game()
     while True:
         termination = game_over(board, claim_draws=cfg.claim_draws)
@@ -229,31 +292,38 @@ def write_chunk(folder: Path, start: int, end: int, games: list[PlayedGame]) -> 
     return final
 
 
-def _worker(cfg: SelfPlayConfig, stockfish: str, tasks: Any, progress: Any) -> None:
-    """Worker process: play each (start, end) task, write its chunk, report every game."""
+def _worker(cfg: SelfPlayConfig, stockfish: str, tasks: Any, progress: Any, deadline: float | None = None) -> None:
+    """Worker process: play each (start, end) task, write its chunk, report every game.
+    At ``deadline`` (a ``time.time()``): write the games played so far as a chunk, stop."""
     folder = Path(cfg.out)
-    go = go_command(cfg)
+    book = load_book(cfg)
     parent = os.getppid()
     engine = UciPipe(stockfish, hash_mb=cfg.hash_mb, elo=cfg.elo)
     try:
         while True:
+            if deadline is not None and time.time() >= deadline:
+                progress.put(("stopped", None))
+                return
             task = tasks.get()
             if task is None:
                 return
             start, end = task
             games: list[PlayedGame] = []
             discarded = 0
-            for i in range(start, end):
+            i = start
+            while i < end and not (deadline is not None and time.time() >= deadline):
                 if os.getppid() != parent:  # the main process was killed: stop, leave the chunk unwritten
                     return
-                game = play_game(engine, cfg, i, go)
+                game = play_game(engine, cfg, i, book)
                 if game is None:
                     discarded += 1
                 else:
                     games.append(game)
                 progress.put(("game", 1))
-            write_chunk(folder, start, end, games)
-            progress.put(("chunk", (start, end, len(games), discarded)))
+                i += 1
+            if i > start:  # cut short at the deadline: the chunk covers [start, i) only
+                write_chunk(folder, start, i, games)
+            progress.put(("chunk", (start, i, len(games), discarded, i < end)))
     except SelfPlayError as exc:
         progress.put(("error", str(exc)))
     except Exception as exc:  # report, so the parent can stop cleanly and say why
@@ -301,7 +371,7 @@ def _check_folder_config(folder: Path, cfg: SelfPlayConfig) -> None:
     if cfg_file.is_file():
         old = read_yaml(cfg_file)
         new = to_dict(cfg)
-        changed = [k for k in IDENTITY_KEYS if k in old and old[k] != new[k]]
+        changed = [k for k in IDENTITY_KEYS if old.get(k, IDENTITY_DEFAULTS.get(k)) not in (None, new[k])]
         if changed:
             diffs = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed)
             raise SelfPlayError(
@@ -343,19 +413,26 @@ def run_selfplay(cfg: SelfPlayConfig, *, progress_bar: bool = True) -> dict[str,
     _check_folder_config(folder, cfg)
     for stale in folder.glob("*.parquet.tmp*"):  # chunks a killed run left half-written
         stale.unlink()
-    # Fail fast (bad path, bad elo) before starting workers.
+    # Fail fast (bad path, bad elo, bad book) before starting workers.
     UciPipe(stockfish, hash_mb=cfg.hash_mb, elo=cfg.elo).close()
+    load_book(cfg)
 
     done = finished_chunks(folder)
     tasks = missing_ranges(cfg, done)
     todo = sum(e - s for s, e in tasks)
     workers = min(cfg.worker_count, max(1, len(tasks)))
     logger.info(
-        "self-play: {} games requested, {} to play in {} chunks, {} workers, {}",
+        "self-play: {} games requested, {} to play in {} chunks, {} workers, {}{}{}{}",
         cfg.games, todo, len(tasks), workers, go_command(cfg),
+        f" (nodes +-{cfg.nodes_jitter:.0%} a game)" if cfg.nodes_jitter else "",
+        f", {cfg.book_fraction:.0%} of games from book lines" if cfg.book_fraction else "",
+        f", stopping after {cfg.max_seconds:g} s" if cfg.max_seconds else "",
     )  # fmt: skip
     t0 = time.perf_counter()
+    deadline = time.time() + cfg.max_seconds if cfg.max_seconds else None
     discarded = 0
+    played = 0
+    timed_out = False
     if tasks:
         # fork: workers need only chess and a pipe, and start at once (spawn would re-import
         # the caller's main module, which breaks plain scripts without a main guard).
@@ -367,11 +444,15 @@ def run_selfplay(cfg: SelfPlayConfig, *, progress_bar: bool = True) -> dict[str,
             task_q.put(t)
         for _ in range(workers):
             task_q.put(None)
-        procs = [ctx.Process(target=_worker, args=(cfg, stockfish, task_q, progress_q), daemon=True) for _ in range(workers)]
+        procs = [
+            ctx.Process(target=_worker, args=(cfg, stockfish, task_q, progress_q, deadline), daemon=True)
+            for _ in range(workers)
+        ]
         for p in procs:
             p.start()
         bar = tqdm(total=todo, unit="game", desc="self-play", disable=not progress_bar, smoothing=0.05)
         chunks_left = len(tasks)
+        stopped = 0  # workers that stopped at the deadline
         error: str | None = None
         try:
             while chunks_left and error is None:
@@ -379,15 +460,37 @@ def run_selfplay(cfg: SelfPlayConfig, *, progress_bar: bool = True) -> dict[str,
                     kind, payload = progress_q.get(timeout=1.0)
                 except queue.Empty:
                     if not any(p.is_alive() for p in procs):
+                        # Everything a worker put is readable once it has exited (its queue
+                        # flushes at exit), so an empty queue here means nothing is left.
+                        if deadline is not None and time.time() >= deadline:
+                            timed_out = True
+                            break
                         error = "all self-play workers exited before finishing"
                     continue
                 if kind == "game":
                     bar.update(payload)
+                    played += payload
                 elif kind == "chunk":
                     chunks_left -= 1
                     discarded += payload[3]
+                    timed_out = timed_out or payload[4]  # cut short at the deadline
+                elif kind == "stopped":
+                    stopped += 1
+                    if stopped == workers:
+                        timed_out = True
+                        break
                 elif kind == "error":
                     error = payload
+            if timed_out:  # the workers' last chunk messages may still be queued
+                while True:
+                    try:
+                        kind, payload = progress_q.get(timeout=0.5)
+                    except queue.Empty:
+                        break
+                    if kind == "game":
+                        played += payload
+                    elif kind == "chunk":
+                        discarded += payload[3]
         finally:
             bar.close()
             for p in procs:
@@ -395,7 +498,7 @@ def run_selfplay(cfg: SelfPlayConfig, *, progress_bar: bool = True) -> dict[str,
                     p.terminate()
             for p in procs:
                 p.join(timeout=10)
-            if error is not None or chunks_left:
+            if (error is not None or chunks_left) and not timed_out:
                 _write_manifest(folder, cfg, {"complete": False})
         if error is not None:
             raise SelfPlayError(f"self-play stopped: {error} (finished chunks are kept; rerun to resume)")
@@ -404,16 +507,21 @@ def run_selfplay(cfg: SelfPlayConfig, *, progress_bar: bool = True) -> dict[str,
         folder,
         cfg,
         {
-            "complete": True,
+            "complete": not timed_out,
             "last_run": {
-                "games_played": todo,
+                "games_played": played,
                 "discarded_too_long": discarded,
                 "seconds": round(elapsed, 2),
-                "games_per_s": round(todo / elapsed, 2) if todo and elapsed > 0 else None,
+                "games_per_s": round(played / elapsed, 2) if played and elapsed > 0 else None,
                 "workers": workers,
                 "go": go_command(cfg),
+                "nodes_jitter": cfg.nodes_jitter,
+                "book_fraction": cfg.book_fraction,
+                "stopped_at_time_limit": timed_out,
             },
         },
     )
+    if timed_out:
+        logger.info("self-play: stopped at max_seconds={:g}; rerun the same command to continue", cfg.max_seconds)
     logger.info("self-play: {} games in {} ({} chunks)", manifest["games_written"], folder, len(manifest["chunks"]))
     return manifest

@@ -14,7 +14,7 @@ import pytest
 
 from training.config import SelfPlayConfig, load_selfplay_config
 from training.errors import SelfPlayError
-from training.selfplay import missing_ranges, run_selfplay
+from training.selfplay import game_book_line, game_nodes, load_book, missing_ranges, run_selfplay
 
 
 def games_of(folder: Path) -> list[tuple[str, ...]]:
@@ -94,3 +94,51 @@ def test_bad_stockfish_and_elo_are_clear_errors(tmp_path: Path, stockfish_path: 
         run_selfplay(SelfPlayConfig(out=str(tmp_path / "a"), stockfish=str(tmp_path / "nope")), progress_bar=False)
     with pytest.raises(SelfPlayError, match="UCI_Elo range"):
         run_selfplay(SelfPlayConfig(out=str(tmp_path / "b"), stockfish=stockfish_path, elo=99), progress_bar=False)
+
+
+def test_node_jitter_and_book_lines_are_fixed_by_seed_and_index() -> None:
+    cfg = SelfPlayConfig(nodes=600, nodes_jitter=0.25, book_fraction=0.3, seed=7)
+    budgets = [game_nodes(cfg, i) for i in range(400)]
+    assert budgets == [game_nodes(cfg, i) for i in range(400)]  # a rerun gets the same budgets
+    assert min(budgets) >= 450 and max(budgets) <= 750 and len(set(budgets)) > 100
+    assert game_nodes(SelfPlayConfig(nodes=600), 5) == 600  # no jitter: the configured budget
+    book = load_book(cfg)
+    assert len(book) > 50 and all(4 <= len(line) <= 8 for line in book)
+    lines = [game_book_line(cfg, i, book) for i in range(400)]
+    assert lines == [game_book_line(cfg, i, book) for i in range(400)]
+    assert 0.2 < sum(line is not None for line in lines) / 400 < 0.4
+    assert load_book(SelfPlayConfig()) == []  # book_fraction 0: no book read, random plies as before
+
+
+def test_time_limit_keeps_played_games_and_resumes_exactly(tmp_path: Path, stockfish_path: str) -> None:
+    args = [
+        "games=300", "chunk_games=300", "workers=1", "nodes=20", "nodes_jitter=0.3", "book_fraction=0.5",
+        f"stockfish={stockfish_path}", "max_plies=200",
+    ]  # fmt: skip
+    whole = tmp_path / "whole"
+    run_selfplay(load_selfplay_config(None, [f"out={whole}", *args]), progress_bar=False)
+    cut = tmp_path / "cut"
+    manifest = run_selfplay(load_selfplay_config(None, [f"out={cut}", *args, "max_seconds=1.5"]), progress_bar=False)
+    played = manifest["last_run"]["games_played"]
+    assert manifest["last_run"]["stopped_at_time_limit"] and not manifest["complete"]
+    assert 1 <= played < 300, "the deadline should fall inside the one chunk"
+    # The games played before the deadline are kept, in a chunk named by their range.
+    assert [f.name for f in cut.glob("games-*.parquet")] == [f"games-00000000-{played:08d}.parquet"]
+    manifest = run_selfplay(load_selfplay_config(None, [f"out={cut}", *args]), progress_bar=False)
+    assert manifest["complete"] and manifest["last_run"]["games_played"] == 300 - played
+    assert games_of(cut) == games_of(whole)
+    book = {tuple(line) for line in load_book(load_selfplay_config(None, args))}
+    assert any(g[:n] in book for g in games_of(whole) for n in range(4, 9))  # some games open from the book
+
+
+def test_a_folder_from_before_the_jitter_keys_resumes_only_without_jitter(tmp_path: Path, stockfish_path: str) -> None:
+    base = [f"out={tmp_path}", "games=2", "workers=1", "nodes=8", f"stockfish={stockfish_path}"]
+    run_selfplay(load_selfplay_config(None, base), progress_bar=False)
+    cfg_file = tmp_path / "selfplay_config.yaml"
+    old = "\n".join(
+        line for line in cfg_file.read_text().splitlines() if not line.startswith(("nodes_jitter", "book"))
+    )  # as an earlier version wrote it
+    cfg_file.write_text(old + "\n")
+    run_selfplay(load_selfplay_config(None, [*base, "games=3"]), progress_bar=False)
+    with pytest.raises(SelfPlayError, match=r"nodes_jitter: 0.0 -> 0.2"):
+        run_selfplay(load_selfplay_config(None, [*base, "games=4", "nodes_jitter=0.2"]), progress_bar=False)
