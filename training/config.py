@@ -58,8 +58,17 @@ class SelfPlayConfig:
     # (2 random plies allow only 400 distinct games; 4 allow about 200,000).
     random_plies_min: int = 4
     random_plies_max: int = 8
+    # More variety at a fixed node count, both fixed by (seed, game index) so a rerun plays
+    # the same games: each game's node budget is drawn uniformly from nodes * (1 +- jitter),
+    # and a fraction of games starts from a book line (then no random plies) instead.
+    nodes_jitter: float = 0.0
+    book_fraction: float = 0.0
+    book: str = ""  # PGN suite of opening lines from the start position; empty: the arena's bundled suite
     claim_draws: bool = True  # end games at threefold repetition / fifty moves (as claimable draws)
     max_plies: int = 1000  # safety net: longer games are discarded (and counted)
+    # Stop after this many seconds (0 = no limit): each worker finishes its game and writes
+    # the games it played as a chunk named by their index range, so a rerun resumes exactly.
+    max_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if self.games < 1:
@@ -80,6 +89,14 @@ class SelfPlayConfig:
             )
         if self.max_plies < 1:
             raise ConfigError(f"max_plies must be >= 1, not {self.max_plies}")
+        if not 0.0 <= self.nodes_jitter < 1.0:
+            raise ConfigError(f"nodes_jitter must be in [0, 1), not {self.nodes_jitter}")
+        if self.nodes_jitter and not self.nodes:
+            raise ConfigError("nodes_jitter needs a node budget (nodes > 0)")
+        if not 0.0 <= self.book_fraction <= 1.0:
+            raise ConfigError(f"book_fraction must be in [0, 1], not {self.book_fraction}")
+        if self.max_seconds < 0:
+            raise ConfigError(f"max_seconds must be >= 0 (0 = no limit), not {self.max_seconds}")
         if self.hash_mb < 1:
             raise ConfigError(f"hash_mb must be >= 1, not {self.hash_mb}")
 
