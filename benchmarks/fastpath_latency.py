@@ -18,9 +18,10 @@ JSON as soon as it is done:
 ``nf4_concurrent``
     ``--games`` games at once, one thread per game, over one scorer: moves/s and
     per-move latency against the single game.
-``nf4_single_unfused``, ``nf4_single_chunked16mb``
-    The same timed game with the projections run as the peft/bitsandbytes modules,
-    and with NF4 weights dequantized in 16 MB row chunks (engine/fusedlinear.py).
+``nf4_single_no_kernel``, ``nf4_single_unfused``
+    The same timed game without the fused NF4 kernel (engine/nf4gemm.py: NF4 weights
+    dequantized whole, then multiplied), and with the projections run as the
+    peft/bitsandbytes modules.
 ``bf16_single``
     The same game with the bf16 base and the adapter merged into it.
 
@@ -185,6 +186,24 @@ def timed_scores(scorer: Any) -> list[float]:
     return times
 
 
+def timed_steps(scorer: Any) -> list[float]:
+    """Wrap the scorer's batched forward (one call per step, the leader thread's index
+    building and result handling included) to record its time."""
+    times: list[float] = []
+    inner = scorer._run_jobs
+
+    def run(jobs: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return inner(jobs)
+        finally:
+            times.append((time.perf_counter() - t) * 1000)
+
+    scorer._run_jobs = run
+    scorer._batcher._run = run
+    return times
+
+
 def single_section(bench: Bench, name: str, loaded: Any, *, plain: bool, **scorer_kwargs: Any) -> dict[str, Any]:
     from engine.scoring import LMScorer
 
@@ -195,6 +214,7 @@ def single_section(bench: Bench, name: str, loaded: Any, *, plain: bool, **score
                            "setup_s": round(time.perf_counter() - t, 1)}
     if scorer.fast_path is not None:
         out["fused_projections"] = scorer.fast_path.fuse_note
+        out["nf4_kernel"] = scorer.fast_path.nf4_kernel_note
     t = time.perf_counter()
     captured = scorer.warmup(max_tokens=256)
     out["warmup_graphs"] = captured
@@ -205,10 +225,14 @@ def single_section(bench: Bench, name: str, loaded: Any, *, plain: bool, **score
     scorer.reset_cache()
     hook, rows = plain_checks(bench, scorer, loaded.model, args.plain_every, args.reps) if plain else (None, [])
     score_times = timed_scores(scorer)
+    step_times = timed_steps(scorer)
     times, tokens = play_game(scorer, args.plies)
+    del scorer._run_jobs
+    scorer._batcher._run = scorer._run_jobs
     fast_times = list(times)
     out["per_move"] = summary(fast_times)
     out["scorer_share"] = summary(list(score_times))
+    out["forward_share"] = summary(list(step_times))
     del scorer.score  # back to the method (the plain checks below are not timed per move)
     out["moves"] = len(fast_times)
     out["per_move_ms_by_ply"] = [round(x, 2) for x in fast_times]
@@ -284,6 +308,7 @@ def concurrent_section(bench: Bench, loaded: Any, single_median: float, single_m
     warm_wall, _ = run_all()  # untimed: captures the graphs of batched shapes
     scorer.reset_cache()
     b0 = (scorer._batcher.batches, scorer._batcher.items)
+    step_times = timed_steps(scorer)
     wall, times = run_all()
     batches = scorer._batcher.batches - b0[0]
     items = scorer._batcher.items - b0[1]
@@ -295,6 +320,8 @@ def concurrent_section(bench: Bench, loaded: Any, single_median: float, single_m
         "moves_per_s": round(len(times) / wall, 1),
         "per_move": summary(times),
         "mean_games_per_forward": round(items / max(batches, 1), 2),
+        "forward_ms": summary(step_times),
+        "forward_busy_share": round(sum(step_times) / 1000 / wall, 3),
         "single_game_moves_per_s": round(single_moves_per_s, 1),
         "throughput_vs_single": round(len(times) / wall / single_moves_per_s, 2),
         "latency_vs_single": round(statistics.median(times) / single_median, 2),
@@ -367,22 +394,22 @@ def main() -> int:
     single = single_section(bench, "nf4_single", loaded, plain=True)
     bench.res["nf4_single"] = single
     bench.save()
-    # The same game with the projections as peft/bitsandbytes modules, and with NF4
-    # dequantized in L2-sized chunks: which kernels pay, measured side by side.
-    for name, kwargs in (("nf4_single_unfused", {"fuse_linears": False}),
-                         ("nf4_single_chunked16mb", {"nf4_chunk_mb": 16.0})):
-        if bench.elapsed() < args.budget_s * 0.5:
-            bench.res[name] = single_section(bench, name, loaded, plain=False, **kwargs)
-            bench.save()
-        else:
-            bench.res[name] = "skipped: time budget"
 
-    if bench.elapsed() < args.budget_s and args.games > 1:
+    if bench.elapsed() < args.budget_s * 0.6 and args.games > 1:
         moves_per_s = single["moves"] / (sum(single["per_move_ms_by_ply"]) / 1000)
         bench.res["nf4_concurrent"] = concurrent_section(bench, loaded, single["per_move"]["median_ms"], moves_per_s)
         bench.save()
     else:
         bench.res["nf4_concurrent"] = "skipped: time budget"
+    # The same game without the fused NF4 kernel (dequantize + product) and with the
+    # projections as peft/bitsandbytes modules: which kernels pay, measured side by side.
+    for name, kwargs in (("nf4_single_no_kernel", {"nf4_kernel_rows": 0}),
+                         ("nf4_single_unfused", {"fuse_linears": False})):
+        if bench.elapsed() < args.budget_s * 0.7:
+            bench.res[name] = single_section(bench, name, loaded, plain=False, **kwargs)
+            bench.save()
+        else:
+            bench.res[name] = "skipped: time budget"
 
     del loaded
     if bench.cuda:
@@ -404,7 +431,7 @@ def main() -> int:
         "nf4_speedup_vs_plain_generate": s.get("speedup_vs_plain_generate"),
         "nf4_max_abs_logprob_diff": s.get("max_abs_logprob_diff"),
     }
-    for name in ("nf4_single_unfused", "nf4_single_chunked16mb"):
+    for name in ("nf4_single_no_kernel", "nf4_single_unfused"):
         sec = bench.res.get(name)
         if isinstance(sec, dict):
             verdict[f"{name}_median_ms"] = sec["per_move"]["median_ms"]

@@ -150,6 +150,7 @@ class FastPath:
         graph_max_tokens: int = 1024,
         fuse_linears: bool = True,
         nf4_chunk_mb: float = 0.0,
+        nf4_kernel_rows: int = 256,
     ) -> None:
         import torch
 
@@ -200,19 +201,20 @@ class FastPath:
                 device=self.device,
             )
             self._make_rope_table()
-        self._graphs: dict[tuple[int, int, int], _Graph] = {}
+        self._graphs: dict[tuple[int, int, int, int], _Graph] = {}
         self._graph_generation = self.store.generation
         self._pool: Any = None
         self._fused: list[dict[str, Any]] | None = None
         self.fuse_note = "off"
+        self.nf4_kernel_note = "off"
         if fuse_linears:
-            self._fuse(nf4_chunk_mb)
+            self._fuse(nf4_chunk_mb, nf4_kernel_rows)
 
-    def _fuse(self, nf4_chunk_mb: float) -> None:
+    def _fuse(self, nf4_chunk_mb: float, nf4_kernel_rows: int) -> None:
         """Projections as :class:`engine.fusedlinear.FastLinear` (checked on layer 0), else the modules."""
         import torch
 
-        from engine.fusedlinear import NotFusable, check_layer, fuse_layers
+        from engine.fusedlinear import NotFusable, check_layer, fuse_layers, use_nf4_kernel
 
         if not hasattr(self.layers[0].mlp, "act_fn"):
             self.fuse_note = "declined: the MLP has no act_fn"
@@ -233,6 +235,10 @@ class FastPath:
         chunked = any(f.chunks for f in fused[0].values())
         how = f"NF4 dequantized in {nf4_chunk_mb:g} MB chunks; " if chunked else ""
         self.fuse_note = f"on ({how}layer-0 check: relative difference {worst:.2g})"
+        with torch.inference_mode():
+            self.nf4_kernel_note = use_nf4_kernel(fused, nf4_kernel_rows, device=self.device, dtype=self.dtype, tol=tol)
+        if self.nf4_kernel_note != "off":
+            logger.info("fast path: fused NF4 kernel {}", self.nf4_kernel_note)
 
     # -- capacity and rope ------------------------------------------------------------
     def _make_rope_table(self) -> None:
@@ -332,8 +338,9 @@ class FastPath:
         if use_graph:
             lp_b = t_b if len(rows) == 1 else bucket(inp["Lp"])
             s_b = min(_round_up(needed, _S_STEP), self.store.capacity)
+            r_b = min(1 << (len(rows) - 1).bit_length(), self.slots.n_slots)
             try:
-                out = self._run_graph((t_b, lp_b, s_b), inp)
+                out = self._run_graph((t_b, lp_b, s_b, r_b), inp)
             except Exception as exc:  # capture trouble: stay correct, lose the speed
                 self.graph_error = f"{type(exc).__name__}: {exc}"
                 logger.warning("fast path: CUDA graphs disabled ({}); running eagerly", self.graph_error)
@@ -356,7 +363,6 @@ class FastPath:
     def _inputs(self, rows: list[_Row]) -> dict[str, Any]:
         """Index arrays of one step (numpy, exact sizes)."""
         alloc = self.store.alloc
-        n_slots = self.slots.n_slots
         lengths = [r.length for r in rows]
         T = sum(lengths)
         Lp = max(lengths)
@@ -364,15 +370,15 @@ class FastPath:
         pos = np.zeros(T, dtype=np.int64)
         dst = np.zeros(T, dtype=np.int64)
         col = np.zeros(T, dtype=np.int64)
-        slot_of = np.zeros(T, dtype=np.int64)
-        start = np.ones(n_slots, dtype=np.int64)  # idle slots: only key 0 visible
+        row_of = np.zeros(T, dtype=np.int64)
+        start = np.zeros(len(rows), dtype=np.int64)
         locs: list[tuple[int, np.ndarray]] = []
         need: list[int] = []
         esrc: list[int] = []
         etok: list[int] = []
         edge_ranges: list[tuple[int, int]] = []
         t0 = 0
-        for r in rows:
+        for ri, r in enumerate(rows):
             job, tree = r.job, r.job.tree
             L0 = len(job.prefix)
             reuse, n, m = r.plan.reuse, r.n_new, len(tree.node_tokens)
@@ -384,8 +390,8 @@ class FastPath:
             pos[t0 + n : t0 + lt] = L0 - 1 + np.asarray(tree.node_depth, dtype=np.int64)
             dst[sl] = r.plan.slot * alloc + reuse + np.arange(lt)
             col[sl] = np.arange(lt)
-            slot_of[sl] = r.plan.slot
-            start[r.plan.slot] = reuse
+            row_of[sl] = ri
+            start[ri] = reuse
             loc = np.zeros((lt, lt), dtype=bool)
             loc[:n, :n] = np.tri(n, dtype=bool)
             if m:
@@ -412,7 +418,7 @@ class FastPath:
             "pos": pos,
             "dst": dst,
             "col": col,
-            "slot_of": slot_of,
+            "row_of": row_of,
             "start": start,
             "locs": locs,
             "need": np.asarray(need, dtype=np.int64),
@@ -428,25 +434,24 @@ class FastPath:
         pos: Any,
         dst: Any,
         qrow: Any,
+        rowslot: Any,
         start: Any,
         loc: Any,
         need: Any,
         esrc: Any,
         etok: Any,
         S: int,
-        rows: tuple[int, ...] | None = None,
     ) -> Any:
         """Log-probabilities of the scored edges. All inputs are device tensors.
 
-        Attention rows are the cache slots (``rows`` None: every slot, the static
-        layout of graphs), or only the slots listed in ``rows`` (eager steps), in
-        which case ``qrow``, ``start`` and ``loc`` index those rows.
+        Attention runs over one row per game of the step (``rowslot``: the cache slot
+        of each row; padding rows of a graph point anywhere and see key 0 only);
+        ``qrow`` puts each token in its row, ``start`` and ``loc`` are per row.
         """
         import torch
         import torch.nn.functional as F
 
-        n_slots = self.slots.n_slots if rows is None else len(rows)
-        row_index = None if rows is None or len(rows) == 1 else torch.tensor(rows, device=ids.device)
+        n_slots = loc.shape[0]
         Lp = loc.shape[1]
         T = ids.shape[0]
         H, KV, G, D = self.n_heads, self.n_kv, self.group, self.head_dim
@@ -476,12 +481,9 @@ class FastPath:
             qp = q.new_zeros(n_slots * Lp + 1, H, D)
             qp.index_copy_(0, qrow, q)
             qf = qp[: n_slots * Lp].view(n_slots, Lp, KV, G, D).permute(0, 2, 3, 1, 4).reshape(n_slots, KV, G * Lp, D)
-            if rows is None:
-                kr, vr = kc[:, :S], vc[:, :S]
-            elif row_index is None:
-                kr, vr = kc[rows[0] : rows[0] + 1, :S], vc[rows[0] : rows[0] + 1, :S]
-            else:
-                kr, vr = kc[:, :S].index_select(0, row_index), vc[:, :S].index_select(0, row_index)
+            # Only the step's games: a copy of their keys and values, not attention
+            # over every slot the scorer keeps.
+            kr, vr = kc[:, :S].index_select(0, rowslot), vc[:, :S].index_select(0, rowslot)
             o = F.scaled_dot_product_attention(
                 qf, kr.transpose(1, 2), vr.transpose(1, 2), attn_mask=mask, scale=self.scaling
             )
@@ -534,30 +536,27 @@ class FastPath:
         self.stats.eager_steps += 1
         dev = self.device
         Lp = inp["Lp"]
-        rows = tuple(slot for slot, _ in inp["locs"])  # attention over the step's slots only
-        row_of = np.zeros(self.slots.n_slots, dtype=np.int64)
-        row_of[list(rows)] = np.arange(len(rows))
-        loc = np.zeros((len(rows), Lp, Lp), dtype=bool)
+        rowslot = np.asarray([slot for slot, _ in inp["locs"]], dtype=np.int64)
+        loc = np.zeros((len(rowslot), Lp, Lp), dtype=bool)
         for i, (_, lmat) in enumerate(inp["locs"]):
             n = lmat.shape[0]
             loc[i, :n, :n] = lmat
             loc[i, n:, 0] = True
-        qrow = row_of[inp["slot_of"]] * Lp + inp["col"]
-        start = inp["start"][list(rows)]
+        qrow = inp["row_of"] * Lp + inp["col"]
         S = needed if dev.type == "cpu" else min(_round_up(needed, _S_STEP), self.store.capacity)
 
         def t(a: np.ndarray) -> Any:
             return torch.from_numpy(a).to(dev)
 
         return self._forward(
-            t(inp["ids"]), t(inp["pos"]), t(inp["dst"]), t(qrow), t(start), t(loc),
-            t(inp["need"]), t(inp["esrc"]), t(inp["etok"]), S, rows,
+            t(inp["ids"]), t(inp["pos"]), t(inp["dst"]), t(qrow), t(rowslot), t(inp["start"]), t(loc),
+            t(inp["need"]), t(inp["esrc"]), t(inp["etok"]), S,
         ).cpu()
 
-    def _layout(self, t_b: int, n_slots: int) -> dict[str, slice]:
+    def _layout(self, t_b: int, r_b: int) -> dict[str, slice]:
         e_b = 2 * t_b + 64
         names = (("ids", t_b), ("pos", t_b), ("dst", t_b), ("qrow", t_b), ("need", t_b), ("esrc", e_b), ("etok", e_b),
-                 ("start", n_slots))
+                 ("rowslot", r_b), ("start", r_b))
         out: dict[str, slice] = {}
         o = 0
         for name, n in names:
@@ -565,7 +564,7 @@ class FastPath:
             o += n
         return out
 
-    def _run_graph(self, key: tuple[int, int, int], inp: dict[str, Any]) -> Any:
+    def _run_graph(self, key: tuple[int, int, int, int], inp: dict[str, Any]) -> Any:
         if self._graph_generation != self.store.generation:
             self._graphs.clear()
             self._pool = None
@@ -573,27 +572,28 @@ class FastPath:
         g = self._graphs.get(key)
         if g is None:
             g = self._capture(key)
-        t_b, lp_b, _ = key
-        n_slots = self.slots.n_slots
-        lay = self._layout(t_b, n_slots)
+        t_b, lp_b, _, r_b = key
+        lay = self._layout(t_b, r_b)
         ints = g.stage_ints.numpy()
         loc = g.stage_loc.numpy()
-        self._fill_padding(ints, loc, lay, lp_b)
+        self._fill_padding(ints, loc, lay, lp_b, r_b)
         T = inp["T"]
         ints[lay["ids"]][:T] = inp["ids"]
         ints[lay["pos"]][:T] = inp["pos"]
         ints[lay["dst"]][:T] = inp["dst"]
-        ints[lay["qrow"]][:T] = inp["slot_of"] * lp_b + inp["col"]
+        ints[lay["qrow"]][:T] = inp["row_of"] * lp_b + inp["col"]
         need = inp["need"]
         ints[lay["need"]][: len(need)] = need
         E = len(inp["esrc"])
         ints[lay["esrc"]][:E] = inp["esrc"]
         ints[lay["etok"]][:E] = inp["etok"]
-        ints[lay["start"]] = inp["start"]
-        for slot, lmat in inp["locs"]:
+        n_rows = len(inp["locs"])
+        ints[lay["start"]][:n_rows] = inp["start"]
+        for i, (slot, lmat) in enumerate(inp["locs"]):
+            ints[lay["rowslot"].start + i] = slot
             n = lmat.shape[0]
-            loc[slot, :n, :n] = lmat
-            loc[slot, n:, 0] = True
+            loc[i, :n, :n] = lmat
+            loc[i, n:, 0] = True
         g.ints.copy_(g.stage_ints, non_blocking=True)
         g.loc.copy_(g.stage_loc, non_blocking=True)
         if g.graph is None:  # emulated on a CPU
@@ -603,35 +603,35 @@ class FastPath:
         self.stats.graph_replays += 1
         return g.out.cpu()
 
-    def _fill_padding(self, ints: np.ndarray, loc: np.ndarray, lay: dict[str, slice], lp_b: int) -> None:
+    def _fill_padding(self, ints: np.ndarray, loc: np.ndarray, lay: dict[str, slice], lp_b: int, r_b: int) -> None:
         """Inputs of an empty step: every write goes to the scratch row, every read is harmless."""
         ints[:] = 0
         ints[lay["dst"]] = self.store.trash_index
-        ints[lay["qrow"]] = self.slots.n_slots * lp_b
-        ints[lay["start"]] = 1
+        ints[lay["qrow"]] = r_b * lp_b
+        ints[lay["start"]] = 1  # a padding row sees key 0 only
         loc[:] = False
 
-    def _capture(self, key: tuple[int, int, int]) -> _Graph:
+    def _capture(self, key: tuple[int, int, int, int]) -> _Graph:
         import torch
 
-        t_b, lp_b, s_b = key
-        n_slots = self.slots.n_slots
-        lay = self._layout(t_b, n_slots)
+        t_b, lp_b, s_b, r_b = key
+        lay = self._layout(t_b, r_b)
         size = lay["start"].stop
         g = _Graph(
             ints=torch.zeros(size, dtype=torch.int64, device=self.device),
-            loc=torch.zeros((n_slots, lp_b, lp_b), dtype=torch.bool, device=self.device),
+            loc=torch.zeros((r_b, lp_b, lp_b), dtype=torch.bool, device=self.device),
             stage_ints=_pinned(torch.zeros(size, dtype=torch.int64), self._emulate_graphs),
-            stage_loc=_pinned(torch.zeros((n_slots, lp_b, lp_b), dtype=torch.bool), self._emulate_graphs),
+            stage_loc=_pinned(torch.zeros((r_b, lp_b, lp_b), dtype=torch.bool), self._emulate_graphs),
         )
-        self._fill_padding(g.stage_ints.numpy(), g.stage_loc.numpy(), lay, lp_b)
+        self._fill_padding(g.stage_ints.numpy(), g.stage_loc.numpy(), lay, lp_b, r_b)
         g.ints.copy_(g.stage_ints)
         g.loc.copy_(g.stage_loc)
         v = {name: g.ints[sl] for name, sl in lay.items()}
 
         def run() -> Any:
             return self._forward(
-                v["ids"], v["pos"], v["dst"], v["qrow"], v["start"], g.loc, v["need"], v["esrc"], v["etok"], s_b
+                v["ids"], v["pos"], v["dst"], v["qrow"], v["rowslot"], v["start"], g.loc, v["need"], v["esrc"],
+                v["etok"], s_b,
             )
 
         g.run = run
@@ -667,7 +667,7 @@ class FastPath:
                 for t_b in _BUCKETS:
                     if t_b > max_tokens:
                         break
-                    key = (t_b, t_b, s_b)
+                    key = (t_b, t_b, s_b, 1)
                     if key not in self._graphs:
                         try:
                             self._capture(key)

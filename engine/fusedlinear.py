@@ -110,6 +110,9 @@ class FastLinear:
         self.packed: Any = None
         self.quant_state: Any = None
         self.chunks: list[tuple[Any, Any]] = []
+        self.kernel_rows = 0  # NF4: inputs of up to this many rows go through engine.nf4gemm's kernel
+        self.code: Any = None
+        self.blocksize = 0
         if self.nf4:
             self._take_nf4(bases, dtype, chunk_bytes)
         else:
@@ -143,11 +146,13 @@ class FastLinear:
         first = states[0]
         self.packed = _joined([b.weight for b in bases])
         self.absmax = torch.cat(absmax).contiguous()
+        self.code = first.code.to(device=self.absmax.device, dtype=torch.float32).contiguous()
         out_f = sum(self.out_sizes)
         self.quant_state = bnbf.QuantState(
             absmax=self.absmax, shape=torch.Size((out_f, self.in_features)), code=first.code,
             blocksize=first.blocksize, quant_type="nf4", dtype=dtype,
         )
+        self.blocksize = int(first.blocksize)
         if chunk_bytes > 0:
             self.chunks = self._chunk(chunk_bytes, dtype)
 
@@ -216,7 +221,13 @@ class FastLinear:
         import torch
         import torch.nn.functional as F
 
-        if self.nf4:
+        if self.nf4 and x.shape[0] <= self.kernel_rows:
+            from engine.nf4gemm import nf4_linear
+
+            y = nf4_linear(x, self.packed, self.absmax, self.code, sum(self.out_sizes), blocksize=self.blocksize)
+            if self.bias is not None:
+                y = y + self.bias
+        elif self.nf4:
             import bitsandbytes.functional as bnbf
 
             if self.chunks:
@@ -249,6 +260,54 @@ def fuse_layers(layers: list[Any], dtype: Any, *, nf4_chunk_mb: float = 0.0) -> 
             for group, part, names in GROUPS
         })
     return out
+
+
+def use_nf4_kernel(
+    layers: list[dict[str, FastLinear]], max_rows: int, *, device: Any, dtype: Any, tol: float
+) -> str:
+    """Route NF4 products of up to ``max_rows`` input rows through :mod:`engine.nf4gemm`'s
+    fused kernel, after checking it against dequantize + product on the first layer at
+    several row counts. Returns a note; the kernel stays off when it cannot run or differs."""
+    import torch
+
+    from engine.nf4gemm import BLOCK_K, available
+
+    nf4 = [f for layer in layers for f in layer.values() if f.nf4]
+    if max_rows <= 0 or not nf4:
+        return "off"
+    why = available()
+    if why is None and device.type != "cuda":
+        why = "not on a CUDA device"
+    if why is None and any(f.blocksize != BLOCK_K or f.in_features % BLOCK_K for f in nf4):
+        why = f"NF4 blocks of other than {BLOCK_K} weights"
+    if why is not None:
+        return f"off ({why})"
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    worst = 0.0
+    try:
+        for f in layers[0].values():
+            if not f.nf4:
+                continue
+            for rows in sorted({1, 8, 40, max_rows}):
+                x = torch.randn(rows, f.in_features, generator=gen).to(device=device, dtype=dtype)
+                f.kernel_rows = 0
+                want = f(x).float()
+                f.kernel_rows = max_rows
+                got = f(x).float()
+                rel = float((got - want).abs().max() / want.abs().max().clamp_min(1e-6))
+                worst = max(worst, rel)
+                if not rel <= tol:
+                    raise NotFusable(f"kernel output differs from dequantize + product by {rel:.3g} at {rows} rows")
+    except Exception as exc:  # noqa: BLE001 - any kernel trouble: stay on the checked path
+        for f in nf4:
+            f.kernel_rows = 0
+        from loguru import logger
+
+        logger.warning("fast path: fused NF4 kernel off ({}: {})", type(exc).__name__, exc)
+        return f"off ({type(exc).__name__}: {exc})"
+    for f in nf4:
+        f.kernel_rows = max_rows
+    return f"on up to {max_rows} rows (layer-0 check: relative difference {worst:.2g})"
 
 
 def check_layer(layer: Any, fused: dict[str, FastLinear], dtype: Any, device: Any, *, tol: float) -> float:

@@ -61,7 +61,9 @@ class LMScorer:
     on for CUDA devices; ``gather_ms`` is how long a batch waits for late games;
     ``fuse_linears`` lets the fast path run the projections (NF4 and LoRA included)
     through :mod:`engine.fusedlinear` instead of the modules; ``nf4_chunk_mb`` > 0
-    dequantizes NF4 weights in chunks of that size (an L2-cache experiment).
+    dequantizes NF4 weights in chunks of that size (an L2-cache experiment);
+    ``nf4_kernel_rows``: NF4 products of up to that many tokens run through the fused
+    dequantize-and-multiply kernel (:mod:`engine.nf4gemm`, CUDA + Triton), 0 never.
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class LMScorer:
         gather_ms: float = 2.0,
         fuse_linears: bool = True,
         nf4_chunk_mb: float = 0.0,
+        nf4_kernel_rows: int = 256,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -96,7 +99,7 @@ class LMScorer:
             try:
                 self.fast_path = FastPath(
                     model, slots=max(cache_slots, 1), capacity=cache_capacity, cuda_graphs=cuda_graphs,
-                    fuse_linears=fuse_linears, nf4_chunk_mb=nf4_chunk_mb,
+                    fuse_linears=fuse_linears, nf4_chunk_mb=nf4_chunk_mb, nf4_kernel_rows=nf4_kernel_rows,
                 )
                 self.fast_reason = ""
             except FastPathUnsupported as exc:
