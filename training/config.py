@@ -349,8 +349,16 @@ class TrainSection:
     check_memory: bool = True  # estimate GPU memory from the config and refuse runs that cannot fit
     save_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # full models; auto = float32
     stop_after_steps: int = 0  # testing aid: end the process abruptly after this step (simulates a kill)
+    # Share of the decoder layers that recompute their activations in the backward pass when
+    # gradient_checkpointing is on (the first round(fraction * layers) of them): 1.0 = all,
+    # 0.0 = none. Fewer recomputed layers are faster and hold more memory.
+    gradient_checkpointing_fraction: float = 1.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.gradient_checkpointing_fraction <= 1.0:
+            raise ConfigError(
+                f"train.gradient_checkpointing_fraction must be in [0, 1], not {self.gradient_checkpointing_fraction}"
+            )
         if self.max_steps < 0:
             raise ConfigError(f"train.max_steps must be >= 0, not {self.max_steps}")
         if self.max_steps == 0 and self.num_train_epochs <= 0:
@@ -367,6 +375,29 @@ class TrainSection:
             raise ConfigError("train.save_steps and train.save_total_limit must be >= 0")
 
 
+LigerKernel = Literal["rms_norm", "rope", "swiglu", "fused_linear_cross_entropy"]
+LIGER_KERNELS: tuple[LigerKernel, ...] = ("rms_norm", "rope", "swiglu", "fused_linear_cross_entropy")
+
+
+@dataclasses.dataclass
+class FastSection:
+    """The fast adapter-training path (docs/training.md, "Fast mode")."""
+
+    # On: the frozen base keeps its own dtype (no fp32 upcast of embeddings, norms and
+    # lm_head by peft's prepare_model_for_kbit_training), non-reentrant checkpointing of
+    # train.gradient_checkpointing_fraction of the layers, and the Liger kernels below.
+    enabled: bool = False
+    # Liger Triton kernels (liger-kernel, CUDA only). auto: used on CUDA when installed,
+    # otherwise the plain kernels with a logged warning; true: required (a run without
+    # them is refused); false: never.
+    liger: bool | Literal["auto"] = "auto"
+    liger_kernels: list[LigerKernel] = dataclasses.field(default_factory=lambda: list(LIGER_KERNELS))
+
+    def __post_init__(self) -> None:
+        if len(set(self.liger_kernels)) != len(self.liger_kernels):
+            raise ConfigError(f"fast.liger_kernels: {self.liger_kernels} names a kernel twice")
+
+
 @dataclasses.dataclass
 class TrainConfig:
     model: ModelSection = dataclasses.field(default_factory=ModelSection)
@@ -375,6 +406,7 @@ class TrainConfig:
     data: DataSection = dataclasses.field(default_factory=DataSection)
     eval: EvalSection = dataclasses.field(default_factory=EvalSection)
     train: TrainSection = dataclasses.field(default_factory=TrainSection)
+    fast: FastSection = dataclasses.field(default_factory=FastSection)
     template: str = "pgn-base"  # prompt template of the evaluation prompts (must match the data set's)
     log_level: str = "INFO"
 
@@ -385,6 +417,8 @@ class TrainConfig:
             raise ConfigError("model.init=scratch cannot be 4-bit: set quantization.load_in_4bit=false")
         if self.quantization.load_in_4bit and not self.lora.enabled:
             raise ConfigError("a 4-bit base cannot be trained fully: QLoRA needs lora.enabled=true")
+        if self.fast.enabled and not self.lora.enabled:
+            raise ConfigError("fast.enabled trains adapters over a frozen base: it needs lora.enabled=true")
         if self.model.init == "pretrained" and not self.model.path:
             raise ConfigError("model.path: give the base model (a folder or a hub name) to fine-tune")
 

@@ -1,8 +1,8 @@
 """The model side of training, in one place: tokenizer, model (QLoRA / LoRA / full /
 from scratch), the batch collator, memory estimate, and saving what the engine loads.
 
-A later fast path (padding-free batches, fused kernels) swaps :func:`build_collator`
-and :func:`build_model` here and nothing else.
+The fast mode (``fast.enabled``) changes :func:`prepare_for_training` only: no fp32
+upcast of the frozen base, partial checkpointing and Liger kernels (:mod:`training.kernels`).
 """
 
 from __future__ import annotations
@@ -141,7 +141,8 @@ def estimate_memory(cfg: TrainConfig, hf_config: Any, *, world: int = 1, fsdp: b
     if cfg.quantization.load_in_4bit:
         # NF4: 4 bits + double-quantised block constants; embeddings / norms stay 16-bit (fp32
         # after prepare_model_for_kbit_training, which upcasts them outside FSDP).
-        weights = p["linear"] * 0.516 + (p["embed"] + p["norm"]) * (2 if fsdp else 4)
+        # The fast mode skips that upcast.
+        weights = p["linear"] * 0.516 + (p["embed"] + p["norm"]) * (2 if fsdp or cfg.fast.enabled else 4)
     else:
         weights = (p["linear"] + p["embed"] + p["norm"]) * (4 if cfg.model.dtype == "float32" else 2)
     if cfg.lora.enabled:
@@ -154,10 +155,8 @@ def estimate_memory(cfg: TrainConfig, hf_config: Any, *, world: int = 1, fsdp: b
         trainable /= world
     h, inter, n = p["hidden"], p["inter"], p["layers"]
     per_layer = b * seq * (18 * h + 6 * inter) * act_bytes
-    if cfg.train.gradient_checkpointing:
-        activations = n * b * seq * h * act_bytes + per_layer
-    else:
-        activations = n * per_layer
+    recomputed = round(cfg.train.gradient_checkpointing_fraction * n) if cfg.train.gradient_checkpointing else 0
+    activations = recomputed * b * seq * h * act_bytes + (n - recomputed) * per_layer + (per_layer if recomputed else 0)
     logits = b * seq * p["vocab"] * (act_bytes + 8)  # logits, fp32 upcast and its gradient
     return MemoryEstimate(weights, trainable, activations, logits, overhead=1.0 * GIB)
 
@@ -283,7 +282,15 @@ def prepare_for_training(model: Any, cfg: TrainConfig, device: str) -> Any:
     fsdp = using_fsdp()
     model.config.use_cache = False
     gc_kwargs = {"use_reentrant": False}
-    if q.load_in_4bit and not fsdp:
+    if cfg.fast.enabled:
+        # The frozen base stays in its own dtype (bf16): peft's prepare_model_for_kbit_training
+        # would upcast embeddings, norms and lm_head to fp32, and with them the residual stream.
+        # Non-reentrant checkpointing needs no input that requires grad.
+        for param in model.parameters():
+            param.requires_grad_(False)
+        if cfg.train.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+    elif q.load_in_4bit and not fsdp:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
@@ -316,6 +323,16 @@ def prepare_for_training(model: Any, cfg: TrainConfig, device: str) -> Any:
                     param.data = param.data.to(torch.bfloat16)
     if not q.load_in_4bit:
         model.to(device)  # a 4-bit model is placed where it was quantized
+    if cfg.train.gradient_checkpointing:
+        from training.kernels import checkpoint_layers
+
+        n = checkpoint_layers(model, cfg.train.gradient_checkpointing_fraction)
+        logger.info("gradient checkpointing in {} decoder layer(s)", n)
+    if cfg.fast.enabled:
+        from training.kernels import apply_liger, liger_wanted
+
+        if liger_wanted(cfg.fast, device):
+            apply_liger(model, list(cfg.fast.liger_kernels))
     model.train()  # from_pretrained returns eval mode: no dropout, no checkpointing
     return model
 
