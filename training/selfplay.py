@@ -493,6 +493,9 @@ def run_selfplay(cfg: SelfPlayConfig, *, progress_bar: bool = True) -> dict[str,
                         discarded += payload[3]
         finally:
             bar.close()
+            # Tasks left in the queue (a time limit, an error) would block this process's
+            # exit: its queue feeder thread waits for a reader that is gone.
+            task_q.cancel_join_thread()
             for p in procs:
                 if p.is_alive():
                     p.terminate()
