@@ -290,7 +290,7 @@ def main() -> int:
                    "--warmup", str(args.warmup)] + (["--smoke"] if args.smoke else [])  # fmt: skip
             t = time.perf_counter()
             try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=min(left, 150))
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=min(left + 30, 150))
                 if proc.returncode == 0 and result.is_file():
                     entry = json.loads(result.read_text())
                 else:
