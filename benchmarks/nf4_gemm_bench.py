@@ -4,8 +4,8 @@ For each Mistral-7B projection group (q/k/v, o, gate/up, down) and a range of to
 counts M, times with CUDA events, over 8 layers' worth of distinct weights (so the
 weights come from HBM, not L2):
 
-* ``kernel``: engine.nf4gemm.nf4_linear with its default tile choice (and, with
-  ``--sweep``, the best of a few other tile choices);
+* ``kernel_best``: engine.nf4gemm.nf4_linear, the best of its set-up tile choices
+  (``nf4gemm.CONFIGS``; up to 256 rows unless ``--sweep``);
 * ``dequant_gemm``: bitsandbytes dequantize_4bit then F.linear (engine/fusedlinear.py's
   path without the kernel);
 * ``bf16``: F.linear on bf16 weights (the floor a 16-bit model gets).
@@ -28,8 +28,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
-SWEEP = [(16, 32, 1), (16, 32, 2), (16, 64, 1), (16, 64, 2), (16, 128, 1), (32, 64, 1), (32, 64, 2), (64, 64, 1),
-         (64, 128, 1), (16, 32, 4)]
 
 
 def time_rows(timed: Any, x: Any, ws: list[Any], n: int, *, sweep: bool) -> dict[str, Any]:
@@ -43,26 +41,16 @@ def time_rows(timed: Any, x: Any, ws: list[Any], n: int, *, sweep: bool) -> dict
     row: dict[str, Any] = {}
     row["bf16"] = timed(lambda: [F.linear(x, w_) for w_, *_ in ws])
     row["dequant_gemm"] = timed(lambda: [F.linear(x, bnbf.dequantize_4bit(p_, q_)) for _, p_, q_, _, _ in ws])
-    row["kernel"] = timed(lambda: [nf4gemm.nf4_linear(x, p_, a_, c_, n) for _, p_, _, a_, c_ in ws])
-    row["kernel_config"] = list(nf4gemm.pick_config(m, n, k))
-    if sweep and m <= 256:
-        best = (row["kernel"], row["kernel_config"], 4, 3)
-        for cfg in SWEEP:
-            if cfg[0] > max(16, 2 * m):
-                continue
-            for warps, stages in ((4, 3), (4, 4), (8, 3)):
-                def run(cfg: Any = cfg, warps: int = warps, stages: int = stages) -> Any:
-                    return [nf4gemm.nf4_linear(x, p_, a_, c_, n, config=cfg, num_warps=warps, num_stages=stages)
-                            for _, p_, _, a_, c_ in ws]
-                try:
-                    t = timed(run)
-                except Exception as exc:  # noqa: BLE001 - a config that does not compile
-                    print("config", cfg, warps, stages, "failed:", exc, flush=True)
-                    continue
-                if t < best[0]:
-                    best = (t, list(cfg), warps, stages)
+    best: tuple[float, Any] = (float("inf"), None)
+    for cfg in nf4gemm.configs_for(m, k) if sweep or m <= 256 else []:
+        def run(cfg: Any = cfg) -> Any:
+            return [nf4gemm.nf4_linear(x, p_, a_, c_, n, config=cfg) for _, p_, _, a_, c_ in ws]
+        t = timed(run)
+        if t < best[0]:
+            best = (t, list(cfg))
+    if best[1] is not None:
         row["kernel_best"] = best[0]
-        row["kernel_best_config"] = [*best[1], best[2], best[3]]
+        row["kernel_best_config"] = best[1]
     return row
 
 

@@ -236,7 +236,8 @@ class FastPath:
         how = f"NF4 dequantized in {nf4_chunk_mb:g} MB chunks; " if chunked else ""
         self.fuse_note = f"on ({how}layer-0 check: relative difference {worst:.2g})"
         with torch.inference_mode():
-            self.nf4_kernel_note = use_nf4_kernel(fused, nf4_kernel_rows, device=self.device, dtype=self.dtype, tol=tol)
+            rows = [b for b in _BUCKETS if b <= nf4_kernel_rows]
+            self.nf4_kernel_note = use_nf4_kernel(fused, rows, device=self.device, dtype=self.dtype, tol=tol)
         if self.nf4_kernel_note != "off":
             logger.info("fast path: fused NF4 kernel {}", self.nf4_kernel_note)
 

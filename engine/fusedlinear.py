@@ -110,7 +110,9 @@ class FastLinear:
         self.packed: Any = None
         self.quant_state: Any = None
         self.chunks: list[tuple[Any, Any]] = []
-        self.kernel_rows = 0  # NF4: inputs of up to this many rows go through engine.nf4gemm's kernel
+        # NF4: (rows, kernel tile config or None) by increasing rows, chosen by timing at
+        # set-up (use_nf4_kernel); an input goes to the first entry with enough rows.
+        self.kernel_plan: list[tuple[int, Any]] = []
         self.code: Any = None
         self.blocksize = 0
         if self.nf4:
@@ -217,14 +219,33 @@ class FastLinear:
         self.lora_at = a.t().contiguous().to(dtype)
         self.lora_bt = b.t().contiguous().to(dtype)
 
+    def _kernel_config(self, rows: int) -> Any:
+        for limit, config in self.kernel_plan:
+            if rows <= limit:
+                return config
+        return None
+
+    def kernel(self, x: Any, config: Any) -> Any:
+        """The base product through engine.nf4gemm's fused kernel (no bias, no adapter)."""
+        from engine.nf4gemm import nf4_linear
+
+        return nf4_linear(x, self.packed, self.absmax, self.code, sum(self.out_sizes), blocksize=self.blocksize,
+                          config=config)
+
+    def dequant_product(self, x: Any) -> Any:
+        """The base product as dequantize + product (no bias, no adapter)."""
+        import bitsandbytes.functional as bnbf
+        import torch.nn.functional as F
+
+        return F.linear(x, bnbf.dequantize_4bit(self.packed, self.quant_state))
+
     def __call__(self, x: Any) -> Any:
         import torch
         import torch.nn.functional as F
 
-        if self.nf4 and x.shape[0] <= self.kernel_rows:
-            from engine.nf4gemm import nf4_linear
-
-            y = nf4_linear(x, self.packed, self.absmax, self.code, sum(self.out_sizes), blocksize=self.blocksize)
+        config = self._kernel_config(int(x.shape[0])) if self.kernel_plan else None
+        if config is not None:
+            y = self.kernel(x, config)
             if self.bias is not None:
                 y = y + self.bias
         elif self.nf4:
@@ -263,51 +284,80 @@ def fuse_layers(layers: list[Any], dtype: Any, *, nf4_chunk_mb: float = 0.0) -> 
 
 
 def use_nf4_kernel(
-    layers: list[dict[str, FastLinear]], max_rows: int, *, device: Any, dtype: Any, tol: float
+    layers: list[dict[str, FastLinear]], rows: Sequence[int], *, device: Any, dtype: Any, tol: float,
+    timed_layers: int = 8,
 ) -> str:
-    """Route NF4 products of up to ``max_rows`` input rows through :mod:`engine.nf4gemm`'s
-    fused kernel, after checking it against dequantize + product on the first layer at
-    several row counts. Returns a note; the kernel stays off when it cannot run or differs."""
+    """Route NF4 products through :mod:`engine.nf4gemm`'s fused kernel where it is faster.
+
+    For each projection group and each row count in ``rows`` (the fast path's step
+    buckets), every kernel tile choice is checked against dequantize + product on
+    layer 0 (relative difference at most ``tol``) and timed, with dequantize +
+    product, over ``timed_layers`` layers' weights (so from GPU memory, not L2); the
+    fastest wins. Returns a note; any trouble leaves the kernel off.
+    """
     import torch
 
-    from engine.nf4gemm import BLOCK_K, available
+    from engine.nf4gemm import BLOCK_K, available, configs_for
 
-    nf4 = [f for layer in layers for f in layer.values() if f.nf4]
-    if max_rows <= 0 or not nf4:
+    groups = [g for g, f in layers[0].items() if f.nf4] if layers else []
+    if not rows or not groups:
         return "off"
     why = available()
     if why is None and device.type != "cuda":
         why = "not on a CUDA device"
-    if why is None and any(f.blocksize != BLOCK_K or f.in_features % BLOCK_K for f in nf4):
-        why = f"NF4 blocks of other than {BLOCK_K} weights"
+    if why is None and any(layers[0][g].in_features % BLOCK_K for g in groups):
+        why = f"input sizes that are not multiples of {BLOCK_K}"
     if why is not None:
         return f"off ({why})"
+
+    def timed(fn: Any) -> float:
+        fn()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(3):
+            fn()
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end)) / 3
+
     gen = torch.Generator(device="cpu").manual_seed(1)
     worst = 0.0
+    used = 0
+    plans: dict[str, list[tuple[int, Any]]] = {}
     try:
-        for f in layers[0].values():
-            if not f.nf4:
-                continue
-            for rows in sorted({1, 8, 40, max_rows}):
-                x = torch.randn(rows, f.in_features, generator=gen).to(device=device, dtype=dtype)
-                f.kernel_rows = 0
-                want = f(x).float()
-                f.kernel_rows = max_rows
-                got = f(x).float()
-                rel = float((got - want).abs().max() / want.abs().max().clamp_min(1e-6))
-                worst = max(worst, rel)
-                if not rel <= tol:
-                    raise NotFusable(f"kernel output differs from dequantize + product by {rel:.3g} at {rows} rows")
+        for g in groups:
+            fs = [layer[g] for layer in layers[:timed_layers]]
+            f0 = fs[0]
+            plan: list[tuple[int, Any]] = []
+            for m in sorted(rows):
+                x = torch.randn(m, f0.in_features, generator=gen).to(device=device, dtype=dtype)
+                want = f0.dequant_product(x).float()
+                scale = want.abs().max().clamp_min(1e-6)
+                best_t = timed(lambda x=x, fs=fs: [f.dequant_product(x) for f in fs])
+                best: Any = None
+                for config in configs_for(m, f0.in_features):
+                    rel = float((f0.kernel(x, config).float() - want).abs().max() / scale)
+                    worst = max(worst, rel)
+                    if not rel <= tol:
+                        raise NotFusable(f"{g}: kernel {config} differs from dequantize + product by {rel:.3g}")
+                    t = timed(lambda x=x, config=config, fs=fs: [f.kernel(x, config) for f in fs])
+                    if t < best_t:
+                        best_t, best = t, config
+                plan.append((m, best))
+                used += best is not None
+            plans[g] = plan
     except Exception as exc:  # noqa: BLE001 - any kernel trouble: stay on the checked path
-        for f in nf4:
-            f.kernel_rows = 0
         from loguru import logger
 
         logger.warning("fast path: fused NF4 kernel off ({}: {})", type(exc).__name__, exc)
         return f"off ({type(exc).__name__}: {exc})"
-    for f in nf4:
-        f.kernel_rows = max_rows
-    return f"on up to {max_rows} rows (layer-0 check: relative difference {worst:.2g})"
+    for layer in layers:
+        for g, plan in plans.items():
+            layer[g].kernel_plan = list(plan) if any(c is not None for _, c in plan) else []
+    if not used:
+        return f"off (dequantize + product was faster at every row count; max relative difference {worst:.2g})"
+    chosen = {g: [m for m, c in plan if c is not None] for g, plan in plans.items()}
+    return f"on for {chosen} rows (faster than dequantize + product there; max relative difference {worst:.2g})"
 
 
 def check_layer(layer: Any, fused: dict[str, FastLinear], dtype: Any, device: Any, *, tol: float) -> float:

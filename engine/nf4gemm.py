@@ -63,6 +63,7 @@ def _kernel() -> Any:
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_j = tl.arange(0, HALF)
+        offs_k = tl.arange(0, BLOCK_K)
         m_mask = offs_m < M
         n_mask = offs_n < N
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -73,13 +74,12 @@ def _kernel() -> Any:
         x_rows = x_ptr + offs_m[:, None] * stride_xm
         for k0 in range(k_begin, k_begin + k_len, BLOCK_K):
             packed = tl.load(w_ptr + w_row[:, None] + (k0 // 2 + offs_j)[None, :], mask=n_mask[:, None], other=0)
-            hi = (packed >> 4).to(tl.int32)
-            lo = (packed & 15).to(tl.int32)
-            scale = tl.load(absmax_ptr + s_row + k0 // QBLOCK, mask=n_mask, other=0.0)[:, None]
-            w_hi = (tl.load(code_ptr + hi) * scale).to(x_ptr.dtype.element_ty)
-            w_lo = (tl.load(code_ptr + lo) * scale).to(x_ptr.dtype.element_ty)
-            x_even = tl.load(x_rows + (k0 + 2 * offs_j)[None, :], mask=m_mask[:, None], other=0.0)
-            x_odd = tl.load(x_rows + (k0 + 2 * offs_j + 1)[None, :], mask=m_mask[:, None], other=0.0)
+            scale = tl.load(absmax_ptr + s_row[:, None] + ((k0 + 2 * offs_j) // QBLOCK)[None, :],
+                            mask=n_mask[:, None], other=0.0)
+            w_hi = (tl.load(code_ptr + (packed >> 4).to(tl.int32)) * scale).to(x_ptr.dtype.element_ty)
+            w_lo = (tl.load(code_ptr + (packed & 15).to(tl.int32)) * scale).to(x_ptr.dtype.element_ty)
+            x = tl.load(x_rows + (k0 + offs_k)[None, :], mask=m_mask[:, None], other=0.0)
+            x_even, x_odd = tl.split(tl.reshape(x, (BLOCK_M, HALF, 2)))
             acc += tl.dot(x_even, tl.trans(w_hi))
             acc += tl.dot(x_odd, tl.trans(w_lo))
         y_offs = offs_m[:, None] * stride_ym + offs_n[None, :]
@@ -92,21 +92,24 @@ def _kernel() -> Any:
     return nf4_matmul
 
 
-def pick_config(m: int, n: int, k: int, sms: int = 132) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, SPLIT_K) for an (m x k) @ (k x n) product: enough programs to fill
-    the GPU, each reading a weight tile once for up to 64 input rows."""
-    block_m = 16 if m <= 16 else 32 if m <= 32 else 64
-    block_n = 64 if n >= 64 * sms else 32
-    split = 1
-    programs = -(-n // block_n) * -(-m // block_m)
-    while programs * split < sms and k % (2 * split * BLOCK_K) == 0 and k // (2 * split) >= 512:
-        split *= 2
-    return block_m, block_n, split
+# (BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, num_warps) tried at set-up; few K steps per
+# program and many programs, so that the loads' latency is hidden by other programs.
+CONFIGS = (
+    (16, 32, 256, 4, 4), (16, 32, 128, 8, 4), (16, 64, 256, 2, 4), (16, 16, 256, 8, 2),
+    (32, 32, 256, 4, 4), (32, 64, 128, 4, 4), (64, 64, 128, 2, 4), (64, 32, 256, 4, 4),
+)
+
+
+def configs_for(m: int, k: int) -> list[tuple[int, int, int, int, int]]:
+    """The set-up candidates that fit an (m x k) input: row tiles no taller than needed,
+    K splits that tile ``k``."""
+    cap = max(16, 1 << (max(m, 1) - 1).bit_length())
+    return [c for c in CONFIGS if c[0] <= cap and k % (c[2] * c[3]) == 0]
 
 
 def nf4_linear(
     x: Any, packed: Any, absmax: Any, code: Any, n: int, *, blocksize: int = 64,
-    config: tuple[int, int, int] | None = None, num_warps: int = 4, num_stages: int = 3,
+    config: tuple[int, int, int, int, int] | None = None,
 ) -> Any:
     """``x @ dequant(W)^T`` for a 2-D ``x`` (m, k); ``W`` (n, k) NF4-packed, two codes a byte,
     ``absmax`` one float32 scale per ``blocksize`` weights, ``code`` the 16 NF4 values."""
@@ -116,11 +119,14 @@ def nf4_linear(
     m, k = x.shape
     if k % BLOCK_K:
         raise ValueError(f"input size {k} is not a multiple of {BLOCK_K}")
-    if blocksize != BLOCK_K:
-        raise ValueError(f"NF4 blocksize {blocksize}: the kernel reads one scale per {BLOCK_K} weights")
+    if blocksize % 2:
+        raise ValueError(f"NF4 blocksize {blocksize} is odd")
     if x.stride(1) != 1:
         x = x.contiguous()
-    block_m, block_n, split = config or pick_config(m, n, k, _sm_count(x.device))
+    if config is None:
+        fits = configs_for(m, k)
+        config = fits[0] if fits else (16, 32, BLOCK_K, 1, 4)
+    block_m, block_n, block_k, split, warps = config
     if split == 1:
         y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     else:
@@ -128,8 +134,8 @@ def nf4_linear(
     grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m), split)
     _kernel()[grid](
         x, packed, absmax, code, y, m, n, k, x.stride(0), y.stride(0),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=BLOCK_K, SPLIT_K=split, QBLOCK=blocksize,
-        num_warps=num_warps, num_stages=num_stages,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split, QBLOCK=blocksize,
+        num_warps=warps, num_stages=2,
     )
     return y if split == 1 else y.to(x.dtype)
 
