@@ -1,26 +1,39 @@
 #!/usr/bin/env bash
-# Reproduce the bundled model (engine/data/bundled-model) with the project's own pipeline:
-# Stockfish self-play -> whole-game data set -> a small Mistral-architecture model from
-# scratch. Seeds are fixed. Made on the lent GPU machine (16 cores for self-play, one
-# H100 for training: about 18 + 1 + 4 minutes).
+# Reproduce the bundled model v3 (engine/data/bundled-model) with the project's own pipeline:
+# Stockfish self-play -> whole-game data set -> an 18.8M-parameter Mistral-architecture model
+# from scratch (configs/train/scratch-medium.yaml). Seeds are fixed.
 #   bash scripts/make_bundled_model.sh [WORK_DIR]
-# Rerunning continues where it stopped: self-play plays only missing chunks, training
-# resumes from its newest checkpoint.
+# Rerunning continues where it stopped: self-play plays only missing games, training resumes
+# from its newest checkpoint.
+#
+# v3 was made on the lent GPU machine in separate device calls (scripts/bundled_gpu.py: each
+# self-play set is 480 s of 15 Stockfish workers, then one call builds, trains and evaluates
+# every checkpoint). Those self-play calls stop on time, so a set is the index ranges its
+# manifest.json lists; `--games N` with N = its highest game index plays those games plus
+# the few (< 15 x 100) a worker had not reached when the clock stopped it.
+# Earlier releases (v1, v2: configs/train/scratch-small.yaml, set A + set B) are described
+# in the model card's history.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-runs/bundled}
 MC=${MISTRAL_CHESS:-.venv/bin/mistral-chess}
+GAMES_10=${GAMES_10:-24000}   # set C (seed 10): the GPU run's count goes here
+GAMES_11=${GAMES_11:-24000}   # set D (seed 11): the GPU run's count goes here (0: not made)
+STEPS=${STEPS:-1800}          # the GPU run's steps (the watchdog may have stopped it earlier)
 mkdir -p "$W"
-# Set A: 35,000 games at 600 nodes a move, 2-4 random opening plies, seed 0. Set B:
-# 22,500 games, 4-6 random plies, seed 1 (so that games do not repeat). Both runs were
-# cut short by the GPU machine's 30-minute lease; these counts are what they made.
+# Set A (kept from v1/v2): 35,000 games at 600 nodes, 2-4 random plies, seed 0 (18,147 distinct).
 $MC dataset selfplay --config configs/dataset/selfplay.yaml --out "$W/selfplay" --games 35000 \
-    seed=0 nodes=600 random_plies_min=2 random_plies_max=4
-$MC dataset selfplay --config configs/dataset/selfplay.yaml --out "$W/selfplay-b" --games 22500 \
-    seed=1 nodes=600 random_plies_min=4 random_plies_max=6
-$MC dataset build --config configs/dataset/scratch-games.yaml --source "$W/selfplay" --source "$W/selfplay-b" \
-    --out "$W/scratch-games"
-# 4,000 steps (about 3 passes over the data; see the model card's evaluation table).
-$MC train --config configs/train/scratch-small.yaml data.path="$W/scratch-games" \
-    train.output_dir="$W/run" train.max_steps=4000 eval.eval_steps=1000 train.save_steps=1000
+    seed=0 nodes=600 random_plies_min=2 random_plies_max=4 chunk_games=500
+# Sets C and D: 600 nodes +-25% a game, 4-8 random plies, 20% of games from the arena's book lines.
+for seed in 10 11; do
+    n=$([ "$seed" = 10 ] && echo "$GAMES_10" || echo "$GAMES_11")
+    [ "$n" -gt 0 ] || continue
+    $MC dataset selfplay --config configs/dataset/selfplay.yaml --out "$W/selfplay-$seed" --games "$n" \
+        seed=$seed nodes=600 nodes_jitter=0.25 random_plies_min=4 random_plies_max=8 book_fraction=0.2 chunk_games=100
+done
+SOURCES=(--source "$W/selfplay")
+for seed in 10 11; do [ -d "$W/selfplay-$seed" ] && SOURCES+=(--source "$W/selfplay-$seed"); done
+$MC dataset build --config configs/dataset/scratch-games.yaml "${SOURCES[@]}" --out "$W/scratch-games"
+$MC train --config configs/train/scratch-medium.yaml data.path="$W/scratch-games" \
+    train.output_dir="$W/run" train.max_steps="$STEPS" train.save_steps=300 eval.eval_steps=300
 echo "model: $W/run  (copy config.json, generation_config.json, model.safetensors, tokenizer*.json into engine/data/bundled-model)"
