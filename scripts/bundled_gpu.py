@@ -1,0 +1,606 @@
+#!/usr/bin/env python3
+"""The GPU calls that make the bundled model v3 (issue 8), one phase per device call.
+
+Each phase is self-contained: the lent machine may be a fresh, bare one each call, a
+command must end within 540 s, and results come back only through ``$OUT`` (at most 8
+files of at most 16 MiB). Stockfish comes from ``.gpu2/stockfish.xz``, chess and loguru
+from ``.gpu2/site``; everything else is on the GPU image (Python 3.12, torch+cu130,
+transformers, accelerate, matplotlib, pyarrow, tokenizers, tqdm).
+
+Phases
+------
+``selfplay SEED SECONDS``
+    Stockfish self-play on 15 workers for SECONDS (600 nodes +-25% a game, 4-8 random
+    plies, 20% of games from the arena's book lines; game i is fixed by (SEED, i)), then
+    ``$OUT/selfplay-SEED.tgz``. About 50 games/s on the 16-core host: 480 s ~ 24,000 games.
+``train``
+    Unpacks every ``.gpu2/selfplay-*.tgz`` (set A, ``selfplay-35k.tgz``, and those the
+    selfplay calls returned), builds the data set on all cores, trains
+    ``configs/train/scratch-medium.yaml`` on the GPU with a checkpoint every SAVE_STEPS,
+    and meanwhile plays each finished checkpoint on the CPU cores against a random mover
+    and Stockfish ``UCI_Elo`` 1350 (arena match, 3+0.05, 10 games at once). A watchdog
+    stops training in time for the last evaluation and the packing. Returns:
+    ``model-v3.tgz.part-NN`` (the engine-loadable model folder, tar.gz split in 15 MiB
+    parts: ``cat model-v3.tgz.part-* | tar xz``), ``strength_vs_steps.json`` and ``.png``,
+    ``eval_table.md``, ``phase.log`` (this output) and ``report.tgz`` (trainer log, match
+    reports and PGNs, data-set stats).
+
+Settings (environment): TRAIN_STEPS (1800), SAVE_STEPS (300), BUDGET_S (510: the phase
+ends by then), EVAL_GAMES (40 per opponent), EVAL_CONCURRENCY (10; the matches run under nice so
+that the trainer's kernel-launching process keeps its core), EVAL_OPPONENTS
+(``random,sf1350``; also ``skill0`` = Stockfish Skill Level 0 at depth 1), EVAL_TC
+(3+0.05), WORKERS (15 for self-play, 16 for the build), NODES (600), WORK (/tmp/bw),
+GAMES (the tarballs to train on, a glob under the repository: .gpu2/selfplay-*.tgz),
+TRAIN_CONFIG (configs/train/scratch-medium.yaml), TRAIN_OVERRIDES (more key=value words).
+
+The device calls, in order (made by the lead with the ``run`` tool; any kind with one GPU)
+----------------------------------------------------------------------------------------
+Every call: carry [".gpu2"] (git-ignored: stockfish.xz 21 MB, site/ 1 MB, selfplay-35k.tgz
+6.2 MB, plus each returned selfplay-*.tgz, ~5 MB); the tracked tree is ~19.5 MB, so the
+total stays under 64 MiB with two returned sets. timeout_s 540 for each call.
+
+1. selfplay, ~8.5 min (480 s of play, ~10 s around it; returns selfplay-10.tgz ~5 MB and phase.log):
+     export PYTHONPATH=$PWD/.gpu2/site:$PWD PYTHONUNBUFFERED=1; python3 scripts/bundled_gpu.py selfplay 10 480
+   then here: cp <files_at>/selfplay-10.tgz .gpu2/
+2. (optional, only if ~18 min of device time remain after it) the same with seed 11:
+     export PYTHONPATH=$PWD/.gpu2/site:$PWD PYTHONUNBUFFERED=1; python3 scripts/bundled_gpu.py selfplay 11 480
+   then here: cp <files_at>/selfplay-11.tgz .gpu2/
+3. train, ~8.5 min (unpack + build ~30 s, trainer set-up ~30 s, training until the
+   watchdog or TRAIN_STEPS, checkpoints evaluated alongside, packing; ends by BUDGET_S=510 s):
+     export PYTHONPATH=$PWD/.gpu2/site:$PWD PYTHONUNBUFFERED=1; python3 scripts/bundled_gpu.py train
+   then here: mkdir -p runs/v3 && cat <files_at>/model-v3.tgz.part-* | tar xz -C runs/v3
+   (-> runs/v3/bundled-v3, engine-loadable; strength_vs_steps.png/.json are inside too).
+   The log prints the trainer's tokens/s: if training was cut well before TRAIN_STEPS, or
+   finished with minutes to spare, TRAIN_STEPS=N in front of the command resizes a rerun.
+Never more than 8 files come back: the train call returns 3 model parts at most plus
+strength_vs_steps.json/.png, eval_table.md, report.tgz and phase.log.
+
+Local check of the same code at toy sizes (2-core CPU, the local Stockfish):
+    bash scripts/bundled_gpu_smoke.sh
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+T0 = time.monotonic()
+PY = sys.executable
+PART_BYTES = 15 * 1024 * 1024
+OUT_LIMIT = 16 * 1024 * 1024
+_log_lock = threading.Lock()
+
+
+def env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name) or default)
+
+
+def out_dir() -> Path:
+    out = Path(os.environ.get("OUT") or "/tmp/bundled-out")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def work_dir() -> Path:
+    w = Path(os.environ.get("WORK") or "/tmp/bw")
+    w.mkdir(parents=True, exist_ok=True)
+    return w
+
+
+def elapsed() -> float:
+    return time.monotonic() - T0
+
+
+def say(msg: str) -> None:
+    line = f"[{elapsed():6.1f}s] {msg}"
+    with _log_lock:
+        print(line, flush=True)
+        with open(work_dir() / "phase.log", "a") as f:
+            f.write(line + "\n")
+
+
+def stockfish() -> str:
+    """The Stockfish binary: $STOCKFISH_PATH, else .gpu2/stockfish.xz unpacked to /tmp/sf."""
+    if os.environ.get("STOCKFISH_PATH"):
+        return os.environ["STOCKFISH_PATH"]
+    sf = Path("/tmp/sf")
+    packed = ROOT / ".gpu2" / "stockfish.xz"
+    if not sf.is_file():
+        if not packed.is_file():
+            sys.exit(f"no Stockfish: {packed} is missing and STOCKFISH_PATH is not set")
+        tmp = sf.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            subprocess.run(["xz", "-dc", str(packed)], stdout=f, check=True)
+        tmp.chmod(0o755)
+        tmp.replace(sf)
+    out = subprocess.run([str(sf)], input="uci\nquit\n", capture_output=True, text=True, timeout=20).stdout
+    name = next((ln for ln in out.splitlines() if ln.startswith("id name")), "?")
+    say(f"stockfish: {sf} ({name})")
+    return str(sf)
+
+
+def mc(*args: str) -> list[str]:
+    return [PY, "-m", "training", *args]
+
+
+def put_out(path: Path, name: str | None = None) -> None:
+    dest = out_dir() / (name or path.name)
+    shutil.copyfile(path, dest)
+    if dest.stat().st_size > OUT_LIMIT:
+        say(f"WARNING: {dest.name} is {dest.stat().st_size / 2**20:.1f} MiB, over the 16 MiB a file that $OUT returns")
+
+
+def games_in(folder: Path) -> int:
+    import re
+
+    n = 0
+    for p in folder.glob("games-*.parquet"):
+        m = re.match(r"games-(\d+)-(\d+)\.parquet$", p.name)
+        if m:
+            n += int(m.group(2)) - int(m.group(1))
+    return n
+
+
+# -- selfplay ---------------------------------------------------------------------------------------------
+
+
+def phase_selfplay(seed: int, seconds: float) -> int:
+    sf = stockfish()
+    name = f"selfplay-{seed}"
+    folder = work_dir() / name
+    workers = env_int("WORKERS", 15)
+    cmd = mc(
+        "dataset", "selfplay", "--config", "configs/dataset/selfplay.yaml", "--out", str(folder),
+        "--games", "1000000", "--workers", str(workers), "--no-progress",
+        f"seed={seed}", f"nodes={env_int('NODES', 600)}", "nodes_jitter=0.25",
+        "random_plies_min=4", "random_plies_max=8", "book_fraction=0.2",
+        "chunk_games=100", f"max_seconds={seconds}", f"stockfish={sf}",
+    )  # fmt: skip
+    say("self-play: " + " ".join(cmd[3:]))
+    t = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    while proc.poll() is None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+        if proc.returncode is None:
+            n = games_in(folder)
+            say(f"self-play: {n} games in finished chunks ({n / (time.monotonic() - t):.1f} games/s)")
+    if proc.returncode != 0:
+        say(f"self-play exited with {proc.returncode}; packing the finished chunks anyway")
+    manifest = json.loads((folder / "manifest.json").read_text()) if (folder / "manifest.json").is_file() else {}
+    last = manifest.get("last_run", {})
+    say(
+        f"self-play: {manifest.get('games_written')} games written, {last.get('games_played')} played in "
+        f"{last.get('seconds')} s ({last.get('games_per_s')} games/s), {last.get('discarded_too_long')} discarded"
+    )
+    tgz = work_dir() / f"{name}.tgz"
+    with tarfile.open(tgz, "w:gz") as tar:
+        tar.add(folder, arcname=name)
+    put_out(tgz)
+    say(f"wrote $OUT/{tgz.name}: {tgz.stat().st_size / 2**20:.2f} MiB (copy it into .gpu2/ for the train call)")
+    put_out(work_dir() / "phase.log")
+    return 0 if proc.returncode == 0 else 1
+
+
+# -- train + evaluate -------------------------------------------------------------------------------------
+
+
+def unpack_games(work: Path) -> list[Path]:
+    """Every .gpu2/selfplay-*.tgz, each in its own folder; the folders holding parquet chunks."""
+    games = work / "games"
+    shutil.rmtree(games, ignore_errors=True)
+    sources = []
+    pattern = os.environ.get("GAMES") or ".gpu2/selfplay-*.tgz"
+    for tgz in sorted(ROOT.glob(pattern)):
+        dest = games / tgz.name.removesuffix(".tgz")
+        dest.mkdir(parents=True)
+        with tarfile.open(tgz) as tar:
+            tar.extractall(dest, filter="data")
+        folders = sorted({p.parent for p in dest.rglob("games-*.parquet")})
+        for f in folders:
+            say(f"games: {tgz.name}: {f.relative_to(games)}: {games_in(f)} games")
+        sources += folders
+    if not sources:
+        sys.exit(f"no {pattern} with games in it")
+    return sources
+
+
+def export_checkpoint(run_dir: Path, ckpt: Path, dest: Path) -> None:
+    """A trainer checkpoint (trained tensors + state) as a folder the engine loads."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from training.config import load_train_config
+    from training.modeling import hf_config_for, load_base_model, load_trainable_state, save_for_engine
+
+    cfg = load_train_config(run_dir / "training_config.yaml")
+    tok = AutoTokenizer.from_pretrained(str(run_dir / "tokenizer"))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    model = load_base_model(cfg, hf_config_for(cfg, tok), "cpu")
+    load_trainable_state(model, load_file(str(ckpt / "trainable.safetensors")))
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_for_engine(model, tok, cfg, tmp)
+    tmp.replace(dest)
+
+
+OPPONENTS: dict[str, list[str]] = {
+    "random": [f"cmd={PY} tests/arena/engines/random_engine.py", "name=random"],
+    "sf1350": ["stockfish:1350", "name=sf1350"],
+    "skill0": ["stockfish", "option.Skill Level=0", "depth=1", "name=sf-skill0-d1"],
+}
+OPPONENT_TEXT = {
+    "random": "a uniformly random legal mover (tests/arena/engines/random_engine.py)",
+    "sf1350": "Stockfish UCI_LimitStrength UCI_Elo 1350 (the lowest it accepts)",
+    "skill0": "Stockfish full strength settings but Skill Level 0, depth 1",
+}
+
+
+class Evaluator(threading.Thread):
+    """Plays every finished checkpoint of the run against the opponents, in step order."""
+
+    def __init__(self, run_dir: Path, work: Path, sf: str, deadline: float) -> None:
+        super().__init__(daemon=True)
+        self.run_dir, self.work, self.sf, self.deadline = run_dir, work, sf, deadline
+        self.games = env_int("EVAL_GAMES", 40)
+        self.concurrency = env_int("EVAL_CONCURRENCY", 10)
+        self.opponents = [o for o in (os.environ.get("EVAL_OPPONENTS") or "random,sf1350").split(",") if o]
+        bad = [o for o in self.opponents if o not in OPPONENTS]
+        if bad:
+            sys.exit(f"EVAL_OPPONENTS: unknown {bad} (known: {sorted(OPPONENTS)})")
+        self.tc = os.environ.get("EVAL_TC") or "3+0.05"
+        self.training_done = threading.Event()
+        self.results: list[dict[str, Any]] = []
+        self.done_steps: set[int] = set()
+        self.match_seconds: list[float] = []
+        self.skipped: list[int] = []
+
+    def checkpoints(self) -> dict[int, Path]:
+        root = self.run_dir / "checkpoints"
+        out = {}
+        if root.is_dir():
+            for p in root.iterdir():
+                if p.name.startswith("step-") and not p.name.endswith(".tmp") and (p / "state.json").is_file():
+                    out[int(p.name[5:])] = p
+        return out
+
+    def run(self) -> None:
+        try:
+            while True:
+                todo = sorted(set(self.checkpoints()) - self.done_steps)
+                if not todo:
+                    if self.training_done.is_set():
+                        return
+                    time.sleep(2)
+                    continue
+                # Once training has stopped, the newest checkpoint (the shipped model) comes first.
+                step = todo[-1] if self.training_done.is_set() else todo[0]
+                self.done_steps.add(step)
+                self.evaluate(step, self.checkpoints()[step])
+        except Exception as exc:  # keep the phase alive: training and packing go on
+            say(f"evaluator stopped: {type(exc).__name__}: {exc}")
+
+    def evaluate(self, step: int, ckpt: Path) -> None:
+        engine_dir = self.work / "engines" / f"step-{step:07d}"
+        t = time.monotonic()
+        export_checkpoint(self.run_dir, ckpt, engine_dir)
+        say(f"eval: step {step}: exported in {time.monotonic() - t:.1f} s")
+        for opp in self.opponents:
+            left = self.deadline - time.monotonic()
+            expected = max(self.match_seconds) if self.match_seconds else 30.0
+            if left < expected + 5:
+                say(f"eval: step {step} vs {opp}: skipped ({left:.0f} s left, a match takes ~{expected:.0f} s)")
+                self.skipped.append(step)
+                continue
+            self.match(step, engine_dir, opp, timeout=left - 3)
+
+    def match(self, step: int, engine_dir: Path, opp: str, *, timeout: float) -> None:
+        stem = self.work / "matches" / f"step-{step:07d}-{opp}"
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            "nice", "-n", "10", *mc("arena", "match"),
+            "--engine", f"mistral:{engine_dir}", f"name=step-{step}", "model.threads=1", "model.device=cpu",
+            "time.move_overhead_ms=30",
+            "--engine", *OPPONENTS[opp],
+            "--games", str(self.games), "--tc", self.tc, "--concurrency", str(self.concurrency),
+            "--stockfish", self.sf, "--json", f"{stem}.json", "--pgn", f"{stem}.pgn", "--overwrite", "--quiet",
+        ]  # fmt: skip
+        t = time.monotonic()
+        with open(f"{stem}.log", "w") as log:
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                say(f"eval: step {step} vs {opp}: out of time, stopping the match")
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        secs = time.monotonic() - t
+        self.match_seconds.append(secs)
+        report = Path(f"{stem}.json")
+        if not report.is_file():
+            say(f"eval: step {step} vs {opp}: no report (exit {proc.returncode}); see {stem}.log")
+            return
+        r = json.loads(report.read_text())
+        elo = r.get("elo") or {}
+        mine = (r.get("per_engine") or {}).get(f"step-{step}", {})
+        row = {
+            "step": step, "opponent": opp, "games": r.get("wins", 0) + r.get("draws", 0) + r.get("losses", 0),
+            "wins": r.get("wins"), "draws": r.get("draws"), "losses": r.get("losses"), "score": r.get("score"),
+            "elo_diff": elo.get("diff"), "elo_lower": elo.get("lower"), "elo_upper": elo.get("upper"),
+            "complete": r.get("complete"), "illegal": mine.get("illegal_moves"), "time_losses": mine.get("time_losses"),
+            "fallbacks": mine.get("fallbacks"), "seconds": round(secs, 1),
+        }  # fmt: skip
+        self.results.append(row)
+        say(
+            f"eval: step {step} vs {opp}: +{row['wins']} ={row['draws']} -{row['losses']} "
+            f"score {row['score']} Elo {row['elo_diff']} [{row['elo_lower']}, {row['elo_upper']}] in {secs:.0f} s"
+        )
+
+
+def score_interval(w: int, d: int, n: int) -> tuple[float, float, float]:
+    """Score and its 95% interval (normal approximation of the trinomial, clipped to [0, 1])."""
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    s = (w + 0.5 * d) / n
+    var = (w * (1 - s) ** 2 + d * (0.5 - s) ** 2 + (n - w - d) * s**2) / n
+    half = 1.96 * math.sqrt(var / n)
+    return s, max(0.0, s - half), min(1.0, s + half)
+
+
+def write_strength(ev: Evaluator, run_dir: Path, train_games: int, out_json: Path, out_png: Path, table: Path) -> None:
+    log = run_dir / "log.jsonl"
+    epochs: dict[int, float] = {}
+    evals: dict[int, dict[str, Any]] = {}
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            e = json.loads(line)
+            if "epoch" in e:
+                epochs[e["step"]] = e["epoch"]
+            if "legal_rate" in e:
+                evals[e["step"]] = e
+    state = {}
+    for step, ckpt in ev.checkpoints().items():
+        with contextlib.suppress(OSError, ValueError):
+            state[step] = json.loads((ckpt / "state.json").read_text())
+
+    def games_seen(step: int) -> int | None:
+        known = [s for s in epochs if s <= step]
+        return round(epochs[max(known)] * train_games) if known and train_games else None
+
+    rows = sorted(ev.results, key=lambda r: (r["step"], r["opponent"]))
+    for r in rows:
+        s, lo, hi = score_interval(r["wins"] or 0, r["draws"] or 0, r["games"])
+        r.update(score_lower=round(lo, 4), score_upper=round(hi, 4), games_seen=games_seen(r["step"]))
+        r["tokens_seen"] = state.get(r["step"], {}).get("tokens")
+        e = evals.get(r["step"], {})
+        r.update(eval_loss=e.get("eval_loss"), legal_rate=e.get("legal_rate"), exact_move=e.get("exact_move_accuracy"))
+    doc = {
+        "what": "each training checkpoint of the v3 run against fixed opponents, arena match",
+        "time_control": ev.tc, "games_per_match": ev.games,
+        "opponents": {o: OPPONENT_TEXT[o] for o in ev.opponents},
+        "score": "wins + draws/2 over games, with a 95% normal-approximation interval; "
+        "elo_*: the arena's Elo difference to the opponent (trinomial, 95%)",
+        "games_seen": "epoch at the step x training games (each game gives two examples)",
+        "train_games": train_games, "skipped_steps": sorted(set(ev.skipped)), "results": rows,
+    }  # fmt: skip
+    out_json.write_text(json.dumps(doc, indent=1))
+    lines = [
+        "| step | games seen | opponent | games | W | D | L | score (95%) | Elo diff (95%) | val loss | legal rate |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['step']} | {r['games_seen'] or '?'} | {r['opponent']} | {r['games']} | {r['wins']} | {r['draws']} | "
+            f"{r['losses']} | {r['score']:.3f} ({r['score_lower']:.2f}-{r['score_upper']:.2f}) | "
+            f"{r['elo_diff']} ({r['elo_lower']}..{r['elo_upper']}) | "
+            f"{'' if r['eval_loss'] is None else round(r['eval_loss'], 3)} | "
+            f"{'' if r['legal_rate'] is None else round(r['legal_rate'], 3)} |"
+        )
+    table.write_text("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        say("no matplotlib: no PNG (the numbers are in the JSON)")
+        return
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for opp in ev.opponents:
+        pts = [r for r in rows if r["opponent"] == opp and r["games"]]
+        if not pts:
+            continue
+        xs = [r["step"] for r in pts]
+        ys = [r["score"] for r in pts]
+        err = [[y - r["score_lower"] for y, r in zip(ys, pts, strict=True)], [r["score_upper"] - y for y, r in zip(ys, pts, strict=True)]]
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=f"vs {OPPONENT_TEXT[opp].split(' (')[0]}")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"score ({ev.games} games a point, {ev.tc}, 95% interval)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    seen = {r["step"]: r["games_seen"] for r in rows if r["games_seen"]}
+    if seen:
+        top = ax.secondary_xaxis("top")
+        top.set_xticks(sorted(seen))
+        top.set_xticklabels([f"{seen[s] / 1000:.0f}k" if seen[s] >= 1000 else str(seen[s]) for s in sorted(seen)], fontsize=7)
+        top.set_xlabel("games seen")
+    ax.set_title("bundled model v3: strength over training", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+def tail_train_log(run_dir: Path, seen: int) -> int:
+    """Print the trainer's new log.jsonl entries; returns how many lines were seen."""
+    log = run_dir / "log.jsonl"
+    if not log.is_file():
+        return seen
+    lines = log.read_text().splitlines()
+    for line in lines[seen:]:
+        with contextlib.suppress(ValueError):
+            e = json.loads(line)
+            if "legal_rate" in e:
+                say(
+                    f"train: step {e['step']}: val loss {e.get('eval_loss', 0):.3f}, legal rate {e['legal_rate']:.3f}, "
+                    f"exact move {e.get('exact_move_accuracy', 0):.3f}"
+                )
+            elif e.get("step", 0) % 100 == 0:
+                say(f"train: step {e['step']}: loss {e['loss']:.3f}, {e.get('tokens_per_s')} tokens/s, epoch {e['epoch']}")
+    return len(lines)
+
+
+def phase_train() -> int:
+    budget = float(os.environ.get("BUDGET_S") or 510)
+    deadline = T0 + budget
+    pack_reserve = 25.0  # export + tar + split + plot
+    steps = env_int("TRAIN_STEPS", 1800)
+    save_steps = env_int("SAVE_STEPS", 300)
+    work = work_dir()
+    sf = stockfish()
+    sources = unpack_games(work)
+    data = work / "data"
+    shutil.rmtree(data, ignore_errors=True)
+    cmd = mc("dataset", "build", "--config", "configs/dataset/scratch-games.yaml", "--out", str(data), "--no-progress")
+    for s in sources:
+        cmd += ["--source", str(s)]
+    cmd.append(f"workers={env_int('WORKERS', 16)}")
+    say("build: " + " ".join(cmd[3:]))
+    with open(work / "build.log", "w") as build_log:
+        subprocess.run(cmd, cwd=ROOT, check=True, stdout=build_log, stderr=subprocess.STDOUT)
+    stats = json.loads((data / "stats.json").read_text())
+    train_games = int(stats["games"]["with_examples_by_split"].get("train") or 0)
+    say(
+        f"build: {stats['games']['used']} games used of {stats['games']['read']} read, {train_games} for training, "
+        f"examples {stats['examples']['train']['total']} train / {stats['examples']['validation']['total']} validation, "
+        f"{stats['speed']['seconds']:.0f} s"
+    )
+
+    run_dir = work / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cmd = mc(
+        "train", "--config", os.environ.get("TRAIN_CONFIG") or "configs/train/scratch-medium.yaml",
+        f"data.path={data}", f"train.output_dir={run_dir}", f"train.max_steps={steps}",
+        f"train.save_steps={save_steps}", f"eval.eval_steps={save_steps}", "train.save_total_limit=0",
+        *[a for a in (os.environ.get("TRAIN_OVERRIDES") or "").split() if a],
+    )  # fmt: skip
+    say("train: " + " ".join(cmd[3:]))
+    train_log = open(work / "train.log", "w")  # noqa: SIM115 - open while the trainer runs
+    trainer = subprocess.Popen(cmd, cwd=ROOT, stdout=train_log, stderr=subprocess.STDOUT)
+    ev = Evaluator(run_dir, work, sf, deadline - pack_reserve)
+    ev.start()
+    # Stop training so that the last checkpoint still gets one evaluation round and the packing.
+    eval_round = 40.0 * len(ev.opponents) + 10
+    seen = 0
+    stopped_by_watchdog = False
+    while trainer.poll() is None:
+        time.sleep(5)
+        seen = tail_train_log(run_dir, seen)
+        guess = max(ev.match_seconds) * len(ev.opponents) + 10 if ev.match_seconds else eval_round
+        if time.monotonic() > deadline - pack_reserve - guess and trainer.poll() is None:
+            say(f"train: watchdog: stopping training at {elapsed():.0f} s to leave {guess:.0f} s for the last evaluation")
+            stopped_by_watchdog = True
+            trainer.terminate()
+            try:
+                trainer.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                trainer.kill()
+                trainer.wait()
+    tail_train_log(run_dir, seen)
+    train_log.close()
+    say(f"train: exit {trainer.returncode}{' (stopped by the watchdog)' if stopped_by_watchdog else ''}")
+    ev.training_done.set()
+
+    # The final model: the trainer's own output when it finished, else the newest checkpoint.
+    final = work / "bundled-v3"
+    shutil.rmtree(final, ignore_errors=True)
+    ckpts = ev.checkpoints()
+    if (run_dir / "model.safetensors").is_file():
+        final.mkdir()
+        for p in run_dir.iterdir():
+            if p.is_file():
+                shutil.copy2(p, final / p.name)
+    elif ckpts:
+        export_checkpoint(run_dir, ckpts[max(ckpts)], final)
+        for name in ("training_config.yaml", "log.jsonl"):
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, final / name)
+        say(f"final model: exported from checkpoint step {max(ckpts)} (training did not finish)")
+    else:
+        say("no checkpoint: no model")
+    ev.join(timeout=max(1.0, deadline - pack_reserve - time.monotonic()))
+    if ev.is_alive():
+        say("eval: still running at the deadline; reporting what is finished")
+
+    out = out_dir()
+    write_strength(
+        ev, run_dir, train_games, work / "strength_vs_steps.json", work / "strength_vs_steps.png", work / "eval_table.md"
+    )
+    if (work / "strength_vs_steps.png").is_file():
+        if final.is_dir():
+            shutil.copy2(work / "strength_vs_steps.png", final / "strength_vs_steps.png")
+        put_out(work / "strength_vs_steps.png")
+    if final.is_dir():
+        shutil.copy2(work / "strength_vs_steps.json", final / "strength_vs_steps.json")
+    put_out(work / "strength_vs_steps.json")
+    put_out(work / "eval_table.md")
+    say("eval table:\n" + (work / "eval_table.md").read_text())
+    if final.is_dir():
+        size = sum(p.stat().st_size for p in final.iterdir())
+        say(f"final model folder: {size / 1e6:.2f} MB ({', '.join(sorted(p.name for p in final.iterdir()))})")
+        tgz = work / "model-v3.tgz"
+        with tarfile.open(tgz, "w:gz") as tar:
+            tar.add(final, arcname="bundled-v3")
+        data_bytes = tgz.read_bytes()
+        parts = [data_bytes[i : i + PART_BYTES] for i in range(0, len(data_bytes), PART_BYTES)]
+        for i, part in enumerate(parts):
+            (out / f"model-v3.tgz.part-{i:02d}").write_bytes(part)
+        say(f"wrote model-v3.tgz in {len(parts)} parts ({len(data_bytes) / 2**20:.1f} MiB): cat model-v3.tgz.part-* | tar xz")
+    report = work / "report.tgz"
+    with tarfile.open(report, "w:gz") as tar:
+        for name in ("train.log", "build.log", "matches", "eval_table.md", "strength_vs_steps.json"):
+            if (work / name).exists():
+                tar.add(work / name, arcname=name)
+        for name in ("log.jsonl", "training_config.yaml", "summary.json"):
+            if (run_dir / name).is_file():
+                tar.add(run_dir / name, arcname=f"run/{name}")
+        if (data / "stats.json").is_file():
+            tar.add(data / "stats.json", arcname="data-stats.json")
+    put_out(report)
+    say(f"done at {elapsed():.0f} s; $OUT: {', '.join(sorted(p.name for p in out.iterdir()))}")
+    put_out(work / "phase.log")
+    files = list(out.iterdir())
+    if len(files) > 8:
+        say(f"WARNING: {len(files)} files in $OUT; only 8 come back")
+    return 0 if final.is_dir() else 1
+
+
+def main(argv: list[str]) -> int:
+    os.chdir(ROOT)
+    if len(argv) == 3 and argv[0] == "selfplay":
+        return phase_selfplay(int(argv[1]), float(argv[2]))
+    if argv == ["train"]:
+        return phase_train()
+    print(__doc__)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
