@@ -539,6 +539,7 @@ def _stats(
             "source": cfg.tokenizer,
             "fingerprint": fingerprint,
             "fast_cut": t.worker.get("tokens_fast", 0),
+            "fast_words": t.worker.get("tokens_fast_words", 0),  # of fast_cut: from cached word tokens
             "direct": t.worker.get("tokens_direct", 0),
             "verified": t.worker.get("tokens_verified", 0),
             "verify_mismatches": t.worker.get("tokens_verify_mismatch", 0),

@@ -308,18 +308,20 @@ def replay_uci(
     append = sans.append
     cache = _MOVES
     limit = len(moves) if san_until is None else min(san_until, len(moves))
+    # Bound methods, looked up once: three attribute lookups per ply add up over ~10^8 plies.
+    pseudo_legal, san_and_push, push, into_check = board.is_pseudo_legal, board.san_and_push, board.push, board.was_into_check
     for ply, uci in enumerate(moves):
         try:
             move = cache[uci]
         except (ValueError, TypeError):
             raise IllegalMove(ply, str(uci), board.fen(), "not a UCI move") from None
-        if not board.is_pseudo_legal(move):
+        if not pseudo_legal(move):
             raise IllegalMove(ply, uci, board.fen(), "illegal move")
         if ply < limit:
-            append(board.san_and_push(move))
+            append(san_and_push(move))
         else:
-            board.push(move)
-        if board.was_into_check():
+            push(move)
+        if into_check():
             board.pop()
             raise IllegalMove(ply, uci, board.fen(), "illegal move (leaves the king in check)")
     return sans, board
