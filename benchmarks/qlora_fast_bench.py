@@ -63,11 +63,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "plain_as_written": {"kind": "plain", "train_mode": False},
     "plain_train_mode": {"kind": "plain", "train_mode": True},
     "project_plain": {"kind": "project", "fast": False, "batch": 4, "accum": 2, "gc": 1.0, "liger": False},
-    "fast_liger_b4_gc0.25": {"kind": "project", "fast": True, "batch": 4, "accum": 2, "gc": 0.25, "liger": True},
-    "fast_liger_b4_gc0": {"kind": "project", "fast": True, "batch": 4, "accum": 2, "gc": 0.0, "liger": True},
-    "fast_liger_b2_gc0": {"kind": "project", "fast": True, "batch": 2, "accum": 4, "gc": 0.0, "liger": True},
-    "fast_liger_b8_gc0.5": {"kind": "project", "fast": True, "batch": 8, "accum": 1, "gc": 0.5, "liger": True},
-    "fast_noliger_b4_gc0.25": {"kind": "project", "fast": True, "batch": 4, "accum": 2, "gc": 0.25, "liger": False},
+    "fast_liger_b4_gc0.5": {"kind": "project", "fast": True, "batch": 4, "accum": 2, "gc": 0.5, "liger": True},
+    "fast_liger_b4_gc0_drop0": {"kind": "project", "fast": True, "batch": 4, "accum": 2, "gc": 0.0, "liger": True, "dropout": 0.0},
+    "fast_liger_b4_gc0.25_drop0": {"kind": "project", "fast": True, "batch": 4, "accum": 2, "gc": 0.25, "liger": True, "dropout": 0.0},
+    "fast_liger_b8_gc0.5_drop0": {"kind": "project", "fast": True, "batch": 8, "accum": 1, "gc": 0.5, "liger": True, "dropout": 0.0},
+    "fast_liger_b8_gc0.75_drop0": {"kind": "project", "fast": True, "batch": 8, "accum": 1, "gc": 0.75, "liger": True, "dropout": 0.0},
+    "fast_noliger_b4_gc0.5": {"kind": "project", "fast": True, "batch": 4, "accum": 2, "gc": 0.5, "liger": False},
+    # One step under torch.profiler: GPU busy time against the step's wall time.
+    "profile_fast_liger_b4_gc0": {"kind": "project", "fast": True, "batch": 4, "accum": 2, "gc": 0.0, "liger": True, "profile": True},
 }
 
 
@@ -109,7 +112,7 @@ def run_project_variant(v: dict[str, Any], args: argparse.Namespace, device: str
             f"lora.target_modules=[{','.join(TARGETS)}]",
             "lora.lora_r=16",
             "lora.lora_alpha=32",
-            "lora.lora_dropout=0.05",
+            f"lora.lora_dropout={v.get('dropout', 0.05)}",
             f"data.path={args.data}",
             f"data.max_length={args.seq}",
             "data.packing=true",
@@ -148,6 +151,8 @@ def run_project_variant(v: dict[str, Any], args: argparse.Namespace, device: str
         if cuda:
             torch.cuda.synchronize()
         entries.append({"s": time.perf_counter() - t, **stats})
+    if v.get("profile"):
+        res["profile"] = profile_step(trainer, Path(args.profile_dir) / f"{args.variant}.txt")
     timed = entries[args.warmup :]
     step_s = statistics.median(e["s"] for e in timed)
     real = statistics.median(e["tokens"] for e in timed)
@@ -155,6 +160,7 @@ def run_project_variant(v: dict[str, Any], args: argparse.Namespace, device: str
     res.update({
         "batch": v["batch"], "accum": v["accum"], "seq": args.seq, "effective_batch_tokens": v["batch"] * v["accum"] * args.seq,
         "fast": v["fast"], "liger": v["liger"], "gradient_checkpointing_fraction": v["gc"],
+        "lora_dropout": v.get("dropout", 0.05),
         "checkpointed_layers": sum(bool(getattr(layer, "gradient_checkpointing", False)) for layer in base.model.layers),
         "steps_timed": len(timed), "step_s_median": round(step_s, 4),
         "real_tokens_per_step": real, "real_tokens_per_s": round(real / step_s, 1),
@@ -168,6 +174,35 @@ def run_project_variant(v: dict[str, Any], args: argparse.Namespace, device: str
         "liger_loss_applied": "liger" in getattr(getattr(base.forward, "__func__", None), "__module__", ""),
     })  # fmt: skip
     return res
+
+
+def profile_step(trainer: Any, table: Path) -> dict[str, Any]:
+    """One more optimizer step under torch.profiler: how much of its wall time the GPU was busy."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        t = time.perf_counter()
+        trainer.train_step()
+        sync()
+        wall = time.perf_counter() - t
+    events = prof.key_averages()
+
+    def dev(e: Any) -> float:
+        return float(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0) or 0)
+
+    busy = sum(dev(e) for e in events) / 1e6
+    table.parent.mkdir(parents=True, exist_ok=True)
+    sort = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+    table.write_text(events.table(sort_by=sort, row_limit=40))
+    top = sorted(events, key=dev, reverse=True)[:12]
+    return {
+        "step_wall_s_profiled": round(wall, 3), "gpu_busy_s": round(busy, 3),
+        "top_gpu_ops_s": {e.key[:80]: round(dev(e) / 1e6, 4) for e in top},
+    }  # fmt: skip
 
 
 def child(args: argparse.Namespace) -> int:
@@ -244,6 +279,7 @@ def main() -> int:
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
+    ap.add_argument("--profile-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.smoke:
         args.steps, args.warmup, args.games, args.seq = 1, 1, min(args.games, 30), min(args.seq, 256)
@@ -287,7 +323,8 @@ def main() -> int:
             result = work / f"{name}.json"
             cmd = [sys.executable, __file__, "--variant", name, "--data", str(data), "--model-dir", str(model_dir),
                    "--result", str(result), "--seq", str(args.seq), "--steps", str(args.steps),
-                   "--warmup", str(args.warmup)] + (["--smoke"] if args.smoke else [])  # fmt: skip
+                   "--warmup", str(args.warmup), "--profile-dir", str(out.parent)]
+            cmd += ["--smoke"] if args.smoke else []  # fmt: skip
             t = time.perf_counter()
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=min(left + 30, 150))
@@ -315,6 +352,7 @@ def summarize(res: dict[str, Any]) -> None:
     """The best fast variant within 24 GB, its ratios to the plain recipe, first-step loss agreement."""
     vs = res["variants"]
     ok = {k: v for k, v in vs.items() if k.startswith("fast_") and "real_tokens_per_s" in v}
+    summary_all = {k: (v["real_tokens_per_s"], v["peak_GB"]) for k, v in ok.items()}
     fits = {k: v for k, v in ok.items() if v.get("peak_GB") is None or v["peak_GB"] <= 24.0}
     summary: dict[str, Any] = {}
     if fits:
@@ -331,6 +369,7 @@ def summarize(res: dict[str, Any]) -> None:
         summary["first_step_loss"] = {
             k: v["losses"][0] for k, v in vs.items() if "losses" in v and (v["batch"], v["accum"]) == (4, 2)
         }
+    summary["fast_tokens_per_s_and_peak_GB"] = summary_all
     res["summary"] = summary
 
 
