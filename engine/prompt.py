@@ -158,9 +158,10 @@ class PromptTemplate:
 
     def header_block(self, variables: Mapping[str, Any], *, fen: str | None = None) -> str:
         lines = []
+        values = _Vars(variables)  # once, not per tag: data building renders millions of headers
         for tag, value in self.headers:
             try:
-                rendered = value.format_map(_Vars(variables))
+                rendered = value.format_map(values)
             except (KeyError, ValueError, IndexError) as exc:
                 raise PromptError(f"template {self.name}: header {tag} = {value!r}: {exc}") from None
             if rendered != "":

@@ -183,6 +183,14 @@ def _init_worker(cfg: DatasetConfig, tokenizer_dir: str | None) -> None:
     _WORKER = _Worker(cfg, tokenizer_dir)
 
 
+def _adopt_worker(worker: _Worker) -> None:
+    import gc
+
+    global _WORKER
+    _WORKER = worker
+    gc.freeze()  # the inherited heap (transformers and all) is never garbage: keep the collector off it
+
+
 def _run_unit(src_index: int, unit: WorkUnit) -> UnitResult:
     assert _WORKER is not None
     return _WORKER.run(src_index, unit)
@@ -258,7 +266,10 @@ class _Writer:
         while offset < table.num_rows:
             if self.writer is None:
                 path = self.folder / f"{self.split}-{self.shards:05d}.parquet"
-                self.writer = pq.ParquetWriter(path, self.schema, compression="zstd")
+                # No dictionary for the token ids: with a 32k vocabulary it costs ~40% of the
+                # writing time (the main process's largest share of a build) for 12% smaller files.
+                plain = [n for n in self.schema.names if n != "input_ids"]
+                self.writer = pq.ParquetWriter(path, self.schema, compression="zstd", use_dictionary=plain)
                 self.shards += 1
                 self.in_shard = 0
             take = min(table.num_rows - offset, self.shard_rows - self.in_shard)
@@ -313,9 +324,6 @@ def build_dataset(cfg: DatasetConfig, *, progress_bar: bool = True) -> dict[str,
     work.mkdir(parents=True)
     try:
         tok_dir = prepare_tokenizer(cfg.tokenizer, work / "tokenizer")
-        fingerprint = None
-        if tok_dir is not None:
-            fingerprint = tokenizer_fingerprint(load_backend_tokenizer(tok_dir)[0])
         schema = output_schema(tokenized=tok_dir is not None)
         writers = {s: _Writer(work, s, schema, cfg.shard_examples) for s in SPLITS}
         tally = _Tally()
@@ -326,12 +334,16 @@ def build_dataset(cfg: DatasetConfig, *, progress_bar: bool = True) -> dict[str,
         bar = tqdm(total=_known_total(cfg, files), unit="game", desc="dataset", disable=not progress_bar, smoothing=0.05)
         pool: Any = None
         try:
+            local = _Worker(cfg, str(tok_dir) if tok_dir else None)
+            fingerprint = tokenizer_fingerprint(local.tokenizer.tok) if local.tokenizer is not None else None
             if workers > 1:
-                ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-                pool = ctx.Pool(workers, _init_worker, (cfg, str(tok_dir) if tok_dir else None))
+                if "fork" in mp.get_all_start_methods():
+                    # Forked workers inherit the worker made here (tokenizer loaded and checked once).
+                    pool = mp.get_context("fork").Pool(workers, _adopt_worker, (local,))
+                else:
+                    pool = mp.get_context("spawn").Pool(workers, _init_worker, (cfg, str(tok_dir) if tok_dir else None))
                 submit = lambda i, u: pool.apply_async(_run_unit, (i, u))  # noqa: E731
             else:
-                local = _Worker(cfg, str(tok_dir) if tok_dir else None)
                 submit = lambda i, u: _Done(local.run(i, u))  # noqa: E731
             _drive(cfg, files, submit, 2 * workers + 2, tally, writers, corrupt_log, bar)
         finally:
