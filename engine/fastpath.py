@@ -150,7 +150,7 @@ class FastPath:
         graph_max_tokens: int = 1024,
         fuse_linears: bool = True,
         nf4_chunk_mb: float = 0.0,
-        nf4_kernel_rows: int = 256,
+        nf4_kernel_rows: int = 0,
     ) -> None:
         import torch
 

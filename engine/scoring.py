@@ -63,7 +63,8 @@ class LMScorer:
     through :mod:`engine.fusedlinear` instead of the modules; ``nf4_chunk_mb`` > 0
     dequantizes NF4 weights in chunks of that size (an L2-cache experiment);
     ``nf4_kernel_rows``: NF4 products of up to that many tokens run through the fused
-    dequantize-and-multiply kernel (:mod:`engine.nf4gemm`, CUDA + Triton), 0 never.
+    dequantize-and-multiply kernel (:mod:`engine.nf4gemm`, CUDA + Triton) where a
+    timing at set-up finds it faster; 0 (default until a GPU run shows it pays) never.
     """
 
     def __init__(
@@ -81,7 +82,7 @@ class LMScorer:
         gather_ms: float = 2.0,
         fuse_linears: bool = True,
         nf4_chunk_mb: float = 0.0,
-        nf4_kernel_rows: int = 256,
+        nf4_kernel_rows: int = 0,
     ):
         self.model = model
         self.tokenizer = tokenizer
