@@ -64,6 +64,14 @@ RESUMABLE_CHANGES = {
     "train.output_dir", "train.save_dtype", "log_level",
 }  # fmt: skip
 RESUMABLE_PREFIXES = ("eval.",)
+# Keys added after checkpoints could already exist, with the values that mean the old
+# behaviour: a checkpoint that lacks them was made with these.
+ADDED_KEYS: dict[str, Any] = {
+    "train.gradient_checkpointing_fraction": 1.0,
+    "fast.enabled": False,
+    "fast.liger": "auto",
+    "fast.liger_kernels": ["rms_norm", "rope", "swiglu", "fused_linear_cross_entropy"],
+}
 
 
 @dataclasses.dataclass
@@ -105,6 +113,7 @@ def flat_config(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    old = {**ADDED_KEYS, **old}
     keys = set(old) | set(new)
     return sorted(
         k

@@ -193,3 +193,13 @@ def test_fast_mode_settings_are_checked(tiny_model_dir: Path, tmp_path: Path) ->
         liger_wanted(required.fast, "cpu")
     auto = load_train_config(None, [*base, "fast.enabled=true"])
     assert auto.fast.liger == "auto" and not liger_wanted(auto.fast, "cpu")
+
+
+def test_checkpoints_made_before_the_fast_mode_still_resume(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from training.trainer import ADDED_KEYS, config_changes, flat_config
+
+    base = [f"model.path={tiny_model_dir}", f"data.path={tmp_path}"]
+    before = {k: v for k, v in flat_config(load_train_config(None, base)).items() if k not in ADDED_KEYS}
+    assert config_changes(before, flat_config(load_train_config(None, base))) == []
+    fast = flat_config(load_train_config(None, [*base, "fast.enabled=true"]))
+    assert config_changes(before, fast) == ["fast.enabled"]
