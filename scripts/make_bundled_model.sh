@@ -17,9 +17,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-runs/bundled}
 MC=${MISTRAL_CHESS:-.venv/bin/mistral-chess}
-GAMES_10=${GAMES_10:-24000}   # set C (seed 10): the GPU run's count goes here
-GAMES_11=${GAMES_11:-24000}   # set D (seed 11): the GPU run's count goes here (0: not made)
-STEPS=${STEPS:-1800}          # the GPU run's steps (the watchdog may have stopped it earlier)
+GAMES_10=${GAMES_10:-31518}   # set C (seed 10): v3 used the 31,011 games of indices < 31,518 its 480 s call finished
+GAMES_11=${GAMES_11:-0}       # set D (seed 11): not made for v3 (0: skip)
+STEPS=${STEPS:-1800}          # the schedule's length (cosine over 1,800 steps)
+SHIP_STEP=${SHIP_STEP:-1500}  # v3 ships the step-1500 checkpoint: the GPU call's watchdog stopped training at step 1,700
 mkdir -p "$W"
 # Set A (kept from v1/v2): 35,000 games at 600 nodes, 2-4 random plies, seed 0 (18,147 distinct).
 $MC dataset selfplay --config configs/dataset/selfplay.yaml --out "$W/selfplay" --games 35000 \
@@ -35,5 +36,10 @@ SOURCES=(--source "$W/selfplay")
 for seed in 10 11; do [ -d "$W/selfplay-$seed" ] && SOURCES+=(--source "$W/selfplay-$seed"); done
 $MC dataset build --config configs/dataset/scratch-games.yaml "${SOURCES[@]}" --out "$W/scratch-games"
 $MC train --config configs/train/scratch-medium.yaml data.path="$W/scratch-games" \
-    train.output_dir="$W/run" train.max_steps="$STEPS" train.save_steps=300 eval.eval_steps=300
-echo "model: $W/run  (copy config.json, generation_config.json, model.safetensors, tokenizer*.json into engine/data/bundled-model)"
+    train.output_dir="$W/run" train.max_steps="$STEPS" train.save_steps=300 eval.eval_steps=300 train.save_total_limit=0
+# The shipped weights: the checkpoint of step SHIP_STEP as an engine-loadable folder.
+PY=$(dirname "$MC")/python
+"$PY" -c "import sys; from pathlib import Path; sys.path.insert(0, 'scripts'); from bundled_gpu import export_checkpoint; \
+run = Path(sys.argv[1]); export_checkpoint(run, run / 'checkpoints' / f'step-{int(sys.argv[2]):07d}', run / 'bundled')" \
+    "$W/run" "$SHIP_STEP"
+echo "model: $W/run/bundled  (copy config.json, generation_config.json, model.safetensors, tokenizer*.json into engine/data/bundled-model)"
