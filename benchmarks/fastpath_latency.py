@@ -17,7 +17,10 @@ JSON as soon as it is done:
     compared with the plain scorer's there (max abs difference, same best move).
 ``nf4_concurrent``
     ``--games`` games at once, one thread per game, over one scorer: moves/s and
-    per-move latency against the single game.
+    per-move latency against the single game. ``LMScorer.warmup(max_games=N)``
+    captures the single-game and batched step shapes first, then a short untimed run
+    warms the threads; the JSON says how many graphs were captured in the timed run
+    (none is the aim), the games each forward carried and the ratios to one game.
 ``nf4_single_kernel``, ``nf4_single_unfused``
     The same timed game with the fused NF4 kernel (engine/nf4gemm.py, used where a
     set-up timing finds it faster than dequantize + product, up to 256 tokens), and
@@ -186,9 +189,10 @@ def timed_scores(scorer: Any) -> list[float]:
     return times
 
 
-def timed_steps(scorer: Any) -> list[float]:
+def timed_steps(scorer: Any, sizes: list[int] | None = None) -> list[float]:
     """Wrap the scorer's batched forward (one call per step, the leader thread's index
-    building and result handling included) to record its time."""
+    building and result handling included) to record its time (and into ``sizes`` the
+    games it carried)."""
     times: list[float] = []
     inner = scorer._run_jobs
 
@@ -198,6 +202,8 @@ def timed_steps(scorer: Any) -> list[float]:
             return inner(jobs)
         finally:
             times.append((time.perf_counter() - t) * 1000)
+            if sizes is not None:
+                sizes.append(len(jobs))
 
     scorer._run_jobs = run
     scorer._batcher._run = run
@@ -281,16 +287,17 @@ def concurrent_section(bench: Bench, loaded: Any, single_median: float, single_m
 
     args = bench.args
     n = args.games
+    graphs = True if args.cpu_graph_layout else None
     scorer = LMScorer(loaded.model, loaded.tokenizer, loaded.device, cache_slots=2 * n + 2, max_batch=n,
-                      gather_ms=args.gather_ms)
+                      gather_ms=args.gather_ms, cuda_graphs=graphs)
 
-    def run_all() -> tuple[float, list[float]]:
+    def run_all(plies: int) -> tuple[float, list[float]]:
         per: list[list[float]] = [[] for _ in range(n)]
         errors: list[BaseException] = []
 
         def one(g: int) -> None:
             try:
-                per[g], _ = play_game(scorer, args.plies)
+                per[g], _ = play_game(scorer, plies)
             except BaseException as exc:  # noqa: BLE001 - reported
                 errors.append(exc)
 
@@ -305,16 +312,40 @@ def concurrent_section(bench: Bench, loaded: Any, single_median: float, single_m
             raise errors[0]
         return wall, [x for p in per for x in p]
 
-    warm_wall, _ = run_all()  # untimed: captures the graphs of batched shapes
+    fp = scorer.fast_path
+    t = time.perf_counter()
+    # The graphs of single-game and batched step shapes, captured before any game.
+    warmup_graphs = scorer.warmup(max_tokens=256, max_games=n)
+    warmup_s = time.perf_counter() - t
+    captured_0 = fp.stats.graphs_captured if fp is not None else 0
+    # Sixteen threads run Python between their moves; each torch call of the thread
+    # running a step gives up the GIL, and with the default 5 ms switch interval taking
+    # it back can cost that much every time. A server of many games sets it lower.
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(args.switch_interval_ms / 1000.0)
+    warm_plies = min(args.plies, 16)
+    warm_wall, _ = run_all(warm_plies)  # untimed: threads, tokenizer and caches warm
     scorer.reset_cache()
+    captured_1 = fp.stats.graphs_captured if fp is not None else 0
     b0 = (scorer._batcher.batches, scorer._batcher.items)
-    step_times = timed_steps(scorer)
-    wall, times = run_all()
+    sizes: list[int] = []
+    step_times = timed_steps(scorer, sizes)
+    wall, times = run_all(args.plies)
+    sys.setswitchinterval(switch_interval)
+    captured_2 = fp.stats.graphs_captured if fp is not None else 0
     batches = scorer._batcher.batches - b0[0]
     items = scorer._batcher.items - b0[1]
     out: dict[str, Any] = {
         "games": n,
+        "gather_ms": args.gather_ms,
+        "switch_interval_ms": args.switch_interval_ms,
+        "warmup_graphs": warmup_graphs,
+        "warmup_s": round(warmup_s, 1),
+        "warm_run_plies": warm_plies,
         "warm_run_s": round(warm_wall, 1),
+        "graphs_captured_in_warm_run": captured_1 - captured_0,
+        "graphs_captured_in_timed_run": captured_2 - captured_1,
+        "games_per_forward_histogram": {str(k): sizes.count(k) for k in sorted(set(sizes))},
         "wall_s": round(wall, 2),
         "moves": len(times),
         "moves_per_s": round(len(times) / wall, 1),
@@ -326,9 +357,10 @@ def concurrent_section(bench: Bench, loaded: Any, single_median: float, single_m
         "throughput_vs_single": round(len(times) / wall / single_moves_per_s, 2),
         "latency_vs_single": round(statistics.median(times) / single_median, 2),
     }
-    if scorer.fast_path is not None:
-        out["fast_stats"] = dict(vars(scorer.fast_path.stats))
-        out["graph_error"] = scorer.fast_path.graph_error
+    if fp is not None:
+        out["fast_stats"] = dict(vars(fp.stats))
+        out["graph_error"] = fp.graph_error
+        out["graph_shapes"] = fp.graph_shapes
     if bench.cuda:
         import torch
 
@@ -348,9 +380,13 @@ def main() -> int:
     ap.add_argument("--plain-every", type=int, default=10)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--gather-ms", type=float, default=3.0)
+    ap.add_argument("--switch-interval-ms", type=float, default=0.5,
+                    help="Python's thread switch interval during the concurrent section (default 5 ms is Python's)")
     ap.add_argument("--budget-s", type=float, default=480.0, help="skip what is left past this (the job has 9 minutes)")
     ap.add_argument("--skip-bf16", action="store_true")
     ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--cpu-graph-layout", action="store_true",
+                    help="concurrent section on a CPU: run the CUDA-graph layout eagerly (counts shapes)")
     args = ap.parse_args()
 
     import torch

@@ -43,6 +43,12 @@ SUPPORTED_MODEL_TYPES = ("mistral", "llama")
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 _BUCKETS = (16, 32, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512, 640, 768, 1024, 1280, 1536, 2048)
 _S_STEP = 256  # key-length buckets: multiples of this
+# Steps of several games use coarser shapes, so that few graphs cover them all and
+# warmup(max_games=N) can capture every one up front: tokens in multiples of 128
+# (256 past 1024), one game's row padded to a power of two of at least 128 tokens
+# (a move's row is its few new prompt tokens and its candidate trie: 30 to 100).
+_MULTI_BUCKETS = (128, 256, 384, 512, 640, 768, 896, 1024, 1280, 1536, 1792, 2048)
+_MULTI_ROW_MIN = 128
 
 
 class FastPathUnsupported(Exception):
@@ -54,6 +60,13 @@ def bucket(n: int) -> int:
         if n <= b:
             return b
     return -(-n // 512) * 512
+
+
+def multi_bucket(n: int) -> int:
+    for b in _MULTI_BUCKETS:
+        if n <= b:
+            return b
+    return _round_up(n, 512)
 
 
 def base_model(model: Any) -> Any:
@@ -111,13 +124,28 @@ class _Row:
 
 
 class _Graph:
-    """A captured forward for one bucket shape, with its static inputs and output."""
+    """A captured forward for one bucket shape, with its static inputs and output.
 
-    def __init__(self, ints: Any, loc: Any, stage_ints: Any, stage_loc: Any) -> None:
-        self.ints = ints
-        self.loc = loc
-        self.stage_ints = stage_ints
-        self.stage_loc = stage_loc
+    The index tensors and the attention-locality mask share one buffer (the mask's
+    bytes after the indices), so a step's inputs go to the device in one copy: each
+    torch call of the thread running a step gives up the GIL, and taking it back
+    while many games' threads run Python can take milliseconds.
+    """
+
+    def __init__(self, n_ints: int, loc_shape: tuple[int, int, int], device: Any, *, pinned: bool) -> None:
+        import torch
+
+        n_loc = loc_shape[0] * loc_shape[1] * loc_shape[2]
+        words = n_ints + -(-n_loc // 8)
+        self.buf = torch.zeros(words, dtype=torch.int64, device=device)
+        self.stage = torch.zeros(words, dtype=torch.int64)
+        if pinned:
+            self.stage = self.stage.pin_memory()
+        self.ints = self.buf[:n_ints]
+        self.loc = self.buf[n_ints:].view(torch.bool)[:n_loc].view(loc_shape)
+        host = self.stage.numpy()
+        self.stage_ints: np.ndarray = host[:n_ints]
+        self.stage_loc: np.ndarray = host[n_ints:].view(np.bool_)[:n_loc].reshape(loc_shape)
         self.graph: Any = None
         self.out: Any = None
         self.run: Any = None
@@ -148,6 +176,7 @@ class FastPath:
         cuda_graphs: bool | None = None,
         max_step_tokens: int = 2048,
         graph_max_tokens: int = 1024,
+        graph_max_batch_tokens: int = 2048,
         fuse_linears: bool = True,
         nf4_chunk_mb: float = 0.0,
         nf4_kernel_rows: int = 0,
@@ -179,6 +208,7 @@ class FastPath:
         self.max_capacity = min(limit, max_capacity or limit)
         self.max_step_tokens = max_step_tokens
         self.graph_max_tokens = graph_max_tokens
+        self.graph_max_batch_tokens = graph_max_batch_tokens
         on_cuda = self.device.type == "cuda"
         # cuda_graphs=True off a GPU runs the graph layout (bucketed static buffers,
         # padding) eagerly, so the tests can check it on a CPU.
@@ -331,17 +361,11 @@ class FastPath:
         inp = self._inputs(rows)
         T = inp["T"]
         E = len(inp["esrc"])
-        use_graph = self.use_graphs and self.graph_error is None
-        if use_graph:
-            t_b = bucket(max(T, (E - 64 + 1) // 2, 1))
-            if t_b > self.graph_max_tokens:
-                use_graph = False
-        if use_graph:
-            lp_b = t_b if len(rows) == 1 else bucket(inp["Lp"])
-            s_b = min(_round_up(needed, _S_STEP), self.store.capacity)
-            r_b = min(1 << (len(rows) - 1).bit_length(), self.slots.n_slots)
+        key = self.graph_key(T, E, inp["Lp"], needed, len(rows)) if self.use_graphs and self.graph_error is None else None
+        use_graph = key is not None
+        if key is not None:
             try:
-                out = self._run_graph((t_b, lp_b, s_b, r_b), inp)
+                out = self._run_graph(key, inp)
             except Exception as exc:  # capture trouble: stay correct, lose the speed
                 self.graph_error = f"{type(exc).__name__}: {exc}"
                 logger.warning("fast path: CUDA graphs disabled ({}); running eagerly", self.graph_error)
@@ -359,6 +383,27 @@ class FastPath:
             self.stats.prefix_tokens_reused += r.plan.reuse
             self.stats.candidate_tokens_fed += r.job.fed_candidates
         return per_row
+
+    def graph_key(self, T: int, E: int, Lp: int, needed: int, n_rows: int) -> tuple[int, int, int, int] | None:
+        """The bucket shape (tokens, row length, key length, rows) a step of ``n_rows``
+        games with ``T`` tokens, ``E`` scored edges, longest row ``Lp`` and ``needed``
+        keys runs in; None when it is too large for a graph (it then runs eagerly)."""
+        t_need = max(T, (E - 64 + 1) // 2, 1)  # the edge buffers hold 2 * tokens + 64
+        s_b = min(_round_up(needed, _S_STEP), self.store.capacity)
+        if n_rows == 1:
+            t_b = bucket(t_need)
+            return (t_b, t_b, s_b, 1) if t_b <= self.graph_max_tokens else None
+        t_b = multi_bucket(t_need)
+        if t_b > self.graph_max_batch_tokens:
+            return None
+        lp_b = max(_MULTI_ROW_MIN, 1 << (Lp - 1).bit_length())
+        r_b = min(1 << (n_rows - 1).bit_length(), self.slots.n_slots)
+        return (t_b, lp_b, s_b, r_b)
+
+    @property
+    def graph_shapes(self) -> int:
+        """How many step shapes have a captured graph now."""
+        return len(self._graphs)
 
     # -- step inputs ----------------------------------------------------------------------
     def _inputs(self, rows: list[_Row]) -> dict[str, Any]:
@@ -397,12 +442,7 @@ class FastPath:
             loc[:n, :n] = np.tri(n, dtype=bool)
             if m:
                 loc[n:, :n] = True
-                anc = np.zeros((m, m), dtype=bool)
-                for j, parent in enumerate(tree.node_parent):
-                    if parent >= 0:
-                        anc[j] = anc[parent]
-                    anc[j, j] = True
-                loc[n:, n:] = anc
+                loc[n:, n:] = tree.ancestry
             locs.append((r.plan.slot, loc))
             base_need = len(need)
             need.append(t0 + n - 1)  # the prefix's last token: predicts each candidate's first token
@@ -575,8 +615,8 @@ class FastPath:
             g = self._capture(key)
         t_b, lp_b, _, r_b = key
         lay = self._layout(t_b, r_b)
-        ints = g.stage_ints.numpy()
-        loc = g.stage_loc.numpy()
+        ints = g.stage_ints
+        loc = g.stage_loc
         self._fill_padding(ints, loc, lay, lp_b, r_b)
         T = inp["T"]
         ints[lay["ids"]][:T] = inp["ids"]
@@ -595,8 +635,7 @@ class FastPath:
             n = lmat.shape[0]
             loc[i, :n, :n] = lmat
             loc[i, n:, 0] = True
-        g.ints.copy_(g.stage_ints, non_blocking=True)
-        g.loc.copy_(g.stage_loc, non_blocking=True)
+        g.buf.copy_(g.stage, non_blocking=True)
         if g.graph is None:  # emulated on a CPU
             g.out = g.run()
         else:
@@ -617,16 +656,9 @@ class FastPath:
 
         t_b, lp_b, s_b, r_b = key
         lay = self._layout(t_b, r_b)
-        size = lay["start"].stop
-        g = _Graph(
-            ints=torch.zeros(size, dtype=torch.int64, device=self.device),
-            loc=torch.zeros((r_b, lp_b, lp_b), dtype=torch.bool, device=self.device),
-            stage_ints=_pinned(torch.zeros(size, dtype=torch.int64), self._emulate_graphs),
-            stage_loc=_pinned(torch.zeros((r_b, lp_b, lp_b), dtype=torch.bool), self._emulate_graphs),
-        )
-        self._fill_padding(g.stage_ints.numpy(), g.stage_loc.numpy(), lay, lp_b, r_b)
-        g.ints.copy_(g.stage_ints)
-        g.loc.copy_(g.stage_loc)
+        g = _Graph(lay["start"].stop, (r_b, lp_b, lp_b), self.device, pinned=not self._emulate_graphs)
+        self._fill_padding(g.stage_ints, g.stage_loc, lay, lp_b, r_b)
+        g.buf.copy_(g.stage)
         v = {name: g.ints[sl] for name, sl in lay.items()}
 
         def run() -> Any:
@@ -655,34 +687,48 @@ class FastPath:
         self.stats.graphs_captured += 1
         return g
 
-    def warmup(self, *, max_tokens: int = 256) -> int:
-        """Capture the graphs a game will need (single-game shapes up to ``max_tokens``
-        step tokens, key lengths up to the current cache capacity). Returns how many."""
+    def warmup_keys(self, *, max_tokens: int = 256, max_games: int = 1) -> list[tuple[int, int, int, int]]:
+        """The shapes :meth:`warmup` captures: single-game steps up to ``max_tokens``
+        tokens, and steps of 2 to ``max_games`` games whose rows fit the smallest row
+        bucket, at every key length up to the current cache capacity."""
+        keys: list[tuple[int, int, int, int]] = []
+        rows: list[int] = []
+        r = 2
+        while max_games > 1 and r // 2 < min(max_games, self.slots.n_slots):
+            rows.append(min(r, self.slots.n_slots))
+            r *= 2
+        for s_b in range(_S_STEP, self.store.capacity + 1, _S_STEP):
+            keys.extend((t_b, t_b, s_b, 1) for t_b in _BUCKETS if t_b <= min(max_tokens, self.graph_max_tokens))
+            for r_b in rows:
+                top = min(r_b * _MULTI_ROW_MIN, self.graph_max_batch_tokens)
+                keys.extend((t_b, _MULTI_ROW_MIN, s_b, r_b) for t_b in _MULTI_BUCKETS if t_b <= top)
+        return keys
+
+    def warmup(self, *, max_tokens: int = 256, max_games: int = 1) -> int:
+        """Capture the graphs games will need (:meth:`warmup_keys`) now rather than
+        during play. Returns how many were captured."""
         if not (self.use_graphs and self.graph_error is None):
             return 0
         import torch
 
+        if self._graph_generation != self.store.generation:
+            self._graphs.clear()
+            self._pool = None
+            self._graph_generation = self.store.generation
         count = 0
         with torch.inference_mode():
-            for s_b in range(_S_STEP, self.store.capacity + 1, _S_STEP):
-                for t_b in _BUCKETS:
-                    if t_b > max_tokens:
-                        break
-                    key = (t_b, t_b, s_b, 1)
-                    if key not in self._graphs:
-                        try:
-                            self._capture(key)
-                        except Exception as exc:
-                            self.graph_error = f"{type(exc).__name__}: {exc}"
-                            logger.warning("fast path: CUDA graphs disabled ({})", self.graph_error)
-                            self._graphs.clear()
-                            return count
-                        count += 1
+            for key in self.warmup_keys(max_tokens=max_tokens, max_games=max_games):
+                if key in self._graphs:
+                    continue
+                try:
+                    self._capture(key)
+                except Exception as exc:
+                    self.graph_error = f"{type(exc).__name__}: {exc}"
+                    logger.warning("fast path: CUDA graphs disabled ({})", self.graph_error)
+                    self._graphs.clear()
+                    return count
+                count += 1
         return count
-
-
-def _pinned(t: Any, emulated: bool) -> Any:
-    return t if emulated else t.pin_memory()
 
 
 def _rotate_half(x: Any) -> Any:

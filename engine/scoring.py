@@ -133,13 +133,14 @@ class LMScorer:
             with self.lock:
                 self.fast_path.reset()
 
-    def warmup(self, *, max_tokens: int = 256) -> int:
-        """Capture the CUDA graphs of single-game steps now rather than at the first
-        moves (a no-op on a CPU). Returns the number of graphs captured."""
+    def warmup(self, *, max_tokens: int = 256, max_games: int = 1) -> int:
+        """Capture the CUDA graphs of single-game steps, and with ``max_games`` > 1 of
+        steps of up to that many games, now rather than during play (a no-op on a CPU).
+        Returns the number of graphs captured."""
         if self.fast_path is None:
             return 0
         with self.lock:
-            return int(self.fast_path.warmup(max_tokens=max_tokens))
+            return int(self.fast_path.warmup(max_tokens=max_tokens, max_games=min(max_games, self._batcher.max_items)))
 
     def _run_jobs(self, jobs: list[Any]) -> list[Any]:
         with self.lock:
@@ -164,6 +165,7 @@ class LMScorer:
         suffixes = [f[prefix_len:] for f in full]
         evaluated = prefix_len + sum(len(s) for s in suffixes)
         job = Job(full[0][:prefix_len], CandidateTree.build(suffixes), cancel)
+        job.tree.ancestry  # noqa: B018 - computed here, in the game's thread, not by the batch's leader
         if cancel is not None and cancel.is_set():
             raise Cancelled()
         if not fp.fits(job):

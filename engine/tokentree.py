@@ -20,8 +20,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
@@ -162,6 +166,21 @@ class CandidateTree:
                 src = node
             cand_edges.append(path)
         return cls(node_tokens, node_parent, node_depth, edge_src, edge_token, cand_edges)
+
+    @functools.cached_property
+    def ancestry(self) -> np.ndarray:
+        """``ancestry[j, i]``: node ``i`` is node ``j`` or one of its ancestors (the
+        trie's attention mask). Cached: the game's own thread computes it before the
+        call is queued, so the thread running the batched forward does not."""
+        import numpy as np
+
+        m = len(self.node_tokens)
+        anc = np.zeros((m, m), dtype=bool)
+        for j, parent in enumerate(self.node_parent):
+            if parent >= 0:
+                anc[j] = anc[parent]
+            anc[j, j] = True
+        return anc
 
     def ancestors_or_self(self, node: int) -> list[int]:
         out = []

@@ -467,3 +467,73 @@ def test_fast_path_failure_falls_back_to_the_plain_path(tiny_model_dir: Path) ->
     for _ in range(3):
         assert_same(s.score(prompt, conts).logprobs, want)
     assert not s.fast and "illegal memory access" in s.fast_reason  # switched off after three failures
+
+
+def _play_scored(s: LMScorer, g: int, plies: int, barrier: threading.Barrier | None) -> list[tuple[str, list[float]]]:
+    """Game ``g`` by the model's best move: its moves (UCI) and each position's scores."""
+    player = Player(EngineConfig(), s)
+    rng = random.Random(200 + g)
+    board = chess.Board()
+    for _ in range(g % 3):  # the games leave the opening apart
+        board.push(rng.choice(list(board.legal_moves)))
+    played: list[tuple[str, list[float]]] = []
+    for _ in range(plies):
+        if barrier is not None:
+            barrier.wait(timeout=60)
+        prompt, conts = candidates(player, board, board.turn)
+        logps = s.score(prompt, conts).logprobs
+        moves = list(board.legal_moves)
+        best = max(range(len(moves)), key=logps.__getitem__)
+        played.append((moves[best].uci(), logps))
+        board.push(moves[best])
+        if not any(board.legal_moves):
+            break
+    return played
+
+
+def test_concurrent_games_after_warmup_capture_nothing_and_play_as_alone(tiny_model_dir: Path) -> None:
+    """Games batched through one scorer with the CUDA-graph layout (run eagerly on the
+    CPU) play the moves they play alone, with the same scores; warmup(max_games=N)
+    has captured every step shape they need, so none is captured during play."""
+    n_games, plies = 4, 10
+    s = _load(tiny_model_dir, cache_slots=2 * n_games + 2, max_batch=n_games, gather_ms=20.0, cuda_graphs=True)
+    fp = s.fast_path
+    assert fp._emulate_graphs
+    assert s.warmup(max_tokens=256, max_games=n_games) == len(fp.warmup_keys(max_tokens=256, max_games=n_games))
+    assert any(k[3] == 4 for k in fp.warmup_keys(max_games=n_games))  # batched shapes are in the warmup
+    captured = fp.stats.graphs_captured
+    together: dict[int, list[tuple[str, list[float]]]] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(n_games)
+
+    def play(g: int) -> None:
+        try:
+            together[g] = _play_scored(s, g, plies, barrier)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=play, args=(g,)) for g in range(n_games)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert s._batcher.largest > 2  # steps of three or four games (the four-row shape) ran
+    assert fp.stats.graphs_captured == captured, "a step shape was captured during play"
+    assert fp.stats.eager_steps == 0
+    alone = _load(tiny_model_dir, cache_slots=2)
+    for g in range(n_games):
+        solo = _play_scored(alone, g, plies, None)
+        assert [m for m, _ in together[g]] == [m for m, _ in solo], f"game {g} played other moves batched"
+        for (_, got), (_, want) in zip(together[g], solo, strict=True):
+            assert_same(got, want)
+
+
+def test_batched_step_shapes_are_few() -> None:
+    """Steps of several games fall into coarse shapes: 16 games' steps of any size up
+    to 2048 tokens, at one key length, need at most a few dozen graphs."""
+    from engine.fastpath import multi_bucket
+
+    assert [multi_bucket(n) for n in (1, 128, 129, 700, 1025, 2048)] == [128, 128, 256, 768, 1280, 2048]
+    assert len({multi_bucket(n) for n in range(1, 2049)}) == 12
