@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -108,6 +109,14 @@ class Bot:
                 self.scorer = loader(self.cfg.engine)
             except Exception as exc:  # ModelLoadError and whatever the loader throws
                 raise StartupError(f"the model did not load: {exc}") from None
+        games = self.cfg.challenge.concurrency
+        if games > 1 and self.scorer is not None and hasattr(self.scorer, "warmup"):
+            # Concurrent games share one scorer: capture the batched steps' CUDA graphs now
+            # rather than during play, and let the game threads take the interpreter lock
+            # back quickly after each torch call (docs/fastpath.md, "Many games at once").
+            captured = self.scorer.warmup(max_games=games)
+            sys.setswitchinterval(0.0005)
+            logger.info("scorer warmed up for {} games at once ({} graphs)", games, captured)
         if self.cfg.test_move:
             self.test_move()
 

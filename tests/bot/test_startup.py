@@ -164,3 +164,34 @@ def test_upgrade_refused_by_the_server_is_reported(lichess, monkeypatch, capsys)
     assert engine_cli.main(["bot", "upgrade", "--base-url", lichess.url, "--yes"]) == 2
     err = capsys.readouterr().err
     assert "upgrade: HTTP 400" in err and "played games" in err and "lip_VeteranToken" not in err
+
+
+class _WarmupRecorder:
+    """A scorer stand-in that records the warm-up the bot asks for."""
+
+    tokenizer = None
+
+    def __init__(self) -> None:
+        self.warmups: list[int] = []
+
+    def warmup(self, *, max_tokens: int = 256, max_games: int = 1) -> int:
+        self.warmups.append(max_games)
+        return 7
+
+
+def test_concurrent_games_warm_the_shared_scorer_up_for_that_many_games(lichess, tmp_path) -> None:
+    import sys
+
+    before = sys.getswitchinterval()
+    try:
+        many = _WarmupRecorder()
+        _bot(lichess, tmp_path, BOT_TOKEN, scorer=many, **{"challenge.concurrency": 3}).prepare()
+        assert many.warmups == [3]
+        assert sys.getswitchinterval() == pytest.approx(0.0005)
+        sys.setswitchinterval(before)
+        one = _WarmupRecorder()
+        _bot(lichess, tmp_path, BOT_TOKEN, scorer=one).prepare()  # one game at a time: nothing batched
+        assert one.warmups == []
+        assert sys.getswitchinterval() == pytest.approx(before)
+    finally:
+        sys.setswitchinterval(before)
