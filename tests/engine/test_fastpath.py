@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import chess
@@ -377,37 +378,47 @@ def test_games_in_one_forward_score_as_one_at_a_time(tiny_model_dir: Path) -> No
         assert_same(got, want)
 
 
-def test_concurrent_games_from_threads_are_batched_and_exact(tiny_model_dir: Path) -> None:
-    s = _load(tiny_model_dir, cache_slots=8, max_batch=8, gather_ms=20.0)
-    n_games, plies = 6, 8
-    results: dict[tuple[int, int], list[float]] = {}
-    positions: dict[tuple[int, int], tuple[Prompt, list[str]]] = {}
+def _run_games(n_games: int, play: Callable[[int, threading.Barrier], None]) -> None:
+    """``play(g, barrier)`` for each game in its own thread; the first error fails the test
+    (and breaks the barrier so that the other games stop waiting)."""
     errors: list[BaseException] = []
     barrier = threading.Barrier(n_games)
 
-    def play(g: int) -> None:
+    def run(g: int) -> None:
         try:
-            player = Player(EngineConfig(), s)
-            rng = random.Random(100 + g)
-            board = chess.Board()
-            for _ in range(g):  # each game its own opening
-                board.push(rng.choice(list(board.legal_moves)))
-            for ply in range(plies):
-                barrier.wait(timeout=30)
-                prompt, conts = candidates(player, board)
-                results[(g, ply)] = s.score(prompt, conts).logprobs
-                positions[(g, ply)] = (prompt, conts)
-                board.push(rng.choice(list(board.legal_moves)))
+            play(g, barrier)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
             barrier.abort()
 
-    threads = [threading.Thread(target=play, args=(g,)) for g in range(n_games)]
+    threads = [threading.Thread(target=run, args=(g,)) for g in range(n_games)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=120)
     assert not errors, errors
+
+
+def test_concurrent_games_from_threads_are_batched_and_exact(tiny_model_dir: Path) -> None:
+    s = _load(tiny_model_dir, cache_slots=8, max_batch=8, gather_ms=20.0)
+    n_games, plies = 6, 8
+    results: dict[tuple[int, int], list[float]] = {}
+    positions: dict[tuple[int, int], tuple[Prompt, list[str]]] = {}
+
+    def play(g: int, barrier: threading.Barrier) -> None:
+        player = Player(EngineConfig(), s)
+        rng = random.Random(100 + g)
+        board = chess.Board()
+        for _ in range(g):  # each game its own opening
+            board.push(rng.choice(list(board.legal_moves)))
+        for ply in range(plies):
+            barrier.wait(timeout=30)
+            prompt, conts = candidates(player, board)
+            results[(g, ply)] = s.score(prompt, conts).logprobs
+            positions[(g, ply)] = (prompt, conts)
+            board.push(rng.choice(list(board.legal_moves)))
+
+    _run_games(n_games, play)
     assert s._batcher.largest > 1  # concurrent calls did share forwards
     assert s._batcher.batches < n_games * plies
     for key, (prompt, conts) in positions.items():
@@ -506,22 +517,11 @@ def test_concurrent_games_after_warmup_capture_nothing_and_play_as_alone(tiny_mo
     assert any(k[3] == 4 for k in fp.warmup_keys(max_games=n_games))  # batched shapes are in the warmup
     captured = fp.stats.graphs_captured
     together: dict[int, list[tuple[str, list[float]]]] = {}
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(n_games)
 
-    def play(g: int) -> None:
-        try:
-            together[g] = _play_scored(s, g, plies, barrier)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-            barrier.abort()
+    def play(g: int, barrier: threading.Barrier) -> None:
+        together[g] = _play_scored(s, g, plies, barrier)
 
-    threads = [threading.Thread(target=play, args=(g,)) for g in range(n_games)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors, errors
+    _run_games(n_games, play)
     assert s._batcher.largest == n_games  # steps of four games (the four-row shape) ran
     assert fp.stats.graphs_captured == captured, "a step shape was captured during play"
     assert fp.stats.eager_steps == 0
