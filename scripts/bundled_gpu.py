@@ -217,26 +217,6 @@ def unpack_games(work: Path) -> list[Path]:
     return sources
 
 
-def export_checkpoint(run_dir: Path, ckpt: Path, dest: Path) -> None:
-    """A trainer checkpoint (trained tensors + state) as a folder the engine loads."""
-    from safetensors.torch import load_file
-    from transformers import AutoTokenizer
-
-    from training.config import load_train_config
-    from training.modeling import hf_config_for, load_base_model, load_trainable_state, save_for_engine
-
-    cfg = load_train_config(run_dir / "training_config.yaml")
-    tok = AutoTokenizer.from_pretrained(str(run_dir / "tokenizer"))
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token or tok.unk_token
-    model = load_base_model(cfg, hf_config_for(cfg, tok), "cpu")
-    load_trainable_state(model, load_file(str(ckpt / "trainable.safetensors")))
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_for_engine(model, tok, cfg, tmp)
-    tmp.replace(dest)
-
-
 OPPONENTS: dict[str, list[str]] = {
     "random": [f"cmd={PY} tests/arena/engines/random_engine.py", "name=random"],
     "sf1350": ["stockfish:1350", "name=sf1350"],
@@ -296,6 +276,8 @@ class Evaluator(threading.Thread):
     def evaluate(self, step: int, ckpt: Path) -> None:
         engine_dir = self.work / "engines" / f"step-{step:07d}"
         t = time.monotonic()
+        from training.modeling import export_checkpoint
+
         export_checkpoint(self.run_dir, ckpt, engine_dir)
         say(f"eval: step {step}: exported in {time.monotonic() - t:.1f} s")
         for opp in self.opponents:
@@ -538,6 +520,8 @@ def phase_train() -> int:
             if p.is_file():
                 shutil.copy2(p, final / p.name)
     elif ckpts:
+        from training.modeling import export_checkpoint
+
         export_checkpoint(run_dir, ckpts[max(ckpts)], final)
         for name in ("training_config.yaml", "log.jsonl"):
             if (run_dir / name).is_file():

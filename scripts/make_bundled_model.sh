@@ -39,7 +39,7 @@ $MC train --config configs/train/scratch-medium.yaml data.path="$W/scratch-games
     train.output_dir="$W/run" train.max_steps="$STEPS" train.save_steps=300 eval.eval_steps=300 train.save_total_limit=0
 # The shipped weights: the checkpoint of step SHIP_STEP as an engine-loadable folder.
 PY=$(dirname "$MC")/python
-"$PY" -c "import sys; from pathlib import Path; sys.path.insert(0, 'scripts'); from bundled_gpu import export_checkpoint; \
+"$PY" -c "import sys; from pathlib import Path; from training.modeling import export_checkpoint; \
 run = Path(sys.argv[1]); export_checkpoint(run, run / 'checkpoints' / f'step-{int(sys.argv[2]):07d}', run / 'bundled')" \
     "$W/run" "$SHIP_STEP"
 echo "model: $W/run/bundled  (copy config.json, generation_config.json, model.safetensors, tokenizer*.json into engine/data/bundled-model)"

@@ -394,6 +394,25 @@ def save_for_engine(model: Any, tokenizer: Any, cfg: TrainConfig, output_dir: Pa
     tokenizer.save_pretrained(str(output_dir))
 
 
+def export_checkpoint(run_dir: Path, checkpoint: Path, dest: Path) -> None:
+    """A checkpoint of the run in ``run_dir`` (its trained tensors) as a folder the engine
+    loads, written to ``dest`` through a temporary folder, so it is never left half-written."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from training.config import load_train_config
+
+    cfg = load_train_config(run_dir / "training_config.yaml")
+    tok = resolve_tokenizer(cfg, run_dir)
+    model = load_base_model(cfg, hf_config_for(cfg, tok), "cpu")
+    load_trainable_state(model, load_file(str(checkpoint / "trainable.safetensors")))
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_for_engine(model, tok, cfg, tmp)
+    tmp.replace(dest)
+
+
 def _absolute_base(adapter_config: Path, base: str) -> None:
     """peft writes the base path as given; the engine resolves it from anywhere, so make a
     local base absolute (hub names stay as they are)."""

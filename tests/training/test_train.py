@@ -220,6 +220,15 @@ def test_scratch_model_with_chess_tokenizer(tmp_path: Path, train_dataset: Path)
     tok = AutoTokenizer.from_pretrained(str(out))
     assert len(tok) == 400 and tok.convert_ids_to_tokens(tok(" Nf3").input_ids) == ["<s>", "ĠNf3"]
     play([f"model.path={out}", "model.device=cpu"])
+    # The step-12 checkpoint exported as an engine folder holds the weights the run saved at its end.
+    from training.modeling import export_checkpoint
+
+    exported = tmp_path / "exported"
+    export_checkpoint(out, out / "checkpoints" / "step-0000012", exported)
+    again = load_file(str(exported / "model.safetensors"))
+    assert again.keys() == weights.keys()
+    assert all(torch.equal(again[k], weights[k]) for k in weights)
+    play([f"model.path={exported}", "model.device=cpu"])
     # Continuing with more steps picks up the checkpoint of step 12.
     more = train(load_train_config(None, [*overrides, "train.max_steps=15"]))
     assert more["resumed_at_step"] == 12 and more["steps"] == 15
