@@ -232,12 +232,12 @@ class FastLinear:
         return nf4_linear(x, self.packed, self.absmax, self.code, sum(self.out_sizes), blocksize=self.blocksize,
                           config=config)
 
-    def dequant_product(self, x: Any) -> Any:
-        """The base product as dequantize + product (no bias, no adapter)."""
+    def dequant_product(self, x: Any, bias: Any = None) -> Any:
+        """The NF4 base product as dequantize + product (no adapter)."""
         import bitsandbytes.functional as bnbf
         import torch.nn.functional as F
 
-        return F.linear(x, bnbf.dequantize_4bit(self.packed, self.quant_state))
+        return F.linear(x, bnbf.dequantize_4bit(self.packed, self.quant_state), bias)
 
     def __call__(self, x: Any) -> Any:
         import torch
@@ -259,7 +259,7 @@ class FastLinear:
                 if self.bias is not None:
                     y = y + self.bias
             else:
-                y = F.linear(x, bnbf.dequantize_4bit(self.packed, self.quant_state), self.bias)
+                y = self.dequant_product(x, self.bias)
         else:
             y = F.linear(x, self.weight, self.bias)
         if self.lora_at is not None:

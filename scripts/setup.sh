@@ -2,7 +2,7 @@
 # Set up mistral-chess in ./.venv on a fresh machine.
 #   bash scripts/setup.sh          # engine, training, arena, bot (CPU build of torch)
 #   bash scripts/setup.sh --test   # ... plus test tools (pytest, ruff, mypy, mistral-common)
-#   bash scripts/setup.sh --gpu    # keep/install a CUDA torch and add bitsandbytes (NF4, QLoRA)
+#   bash scripts/setup.sh --gpu    # keep/install a CUDA torch and add bitsandbytes (NF4, QLoRA) and liger-kernel
 # Stockfish comes from the Debian/Ubuntu package `stockfish` (/usr/games/stockfish).
 set -euo pipefail
 cd "$(dirname "$0")/.."
