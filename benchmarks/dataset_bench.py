@@ -9,6 +9,12 @@ Runs, on the same games in one process tree:
   legality check, no parsing), one core: the floor of any SAN conversion with python-chess;
 * ``san_replay``: the project's replay (:func:`training.sources.replay_uci`: SAN plus the
   legality check of every move), one core;
+* ``replay_no_san``: the same replay with no SAN at all (``san_until=0``: every move's
+  legality check and push), one core: the ceiling of any python-chess replay, whatever
+  SAN costs;
+* ``san_pyffish``: when ``pyffish`` (Fairy-Stockfish's C++ binding, ``pip install pyffish``;
+  not a project dependency) is installed, its whole-game ``get_san_moves``, one core, with
+  every game's SAN compared to python-chess's: the compiled alternative to python-chess SAN;
 * ``tokenize_only``: the project's example tokenization alone (Mistral tokenizer), one core;
 * ``build_w1`` / ``build_w2``: the whole ``mistral-chess dataset build`` (read, replay,
   check, examples, tokens, split, parquet) with 1 and 2 worker processes.
@@ -97,6 +103,33 @@ def replay_all(games: list[list[str]]) -> None:
         replay_uci(moves)  # results dropped as the build drops its boards (kept, they slow the GC)
 
 
+def replay_no_san(games: list[list[str]]) -> None:
+    from training.sources import replay_uci
+
+    for moves in games:
+        replay_uci(moves, san_until=0)
+
+
+def san_pyffish(games: list[list[str]]) -> None:
+    import pyffish
+
+    start = chess.STARTING_FEN
+    for moves in games:
+        pyffish.get_san_moves("chess", start, moves)
+
+
+def pyffish_mismatches(games: list[list[str]]) -> int:
+    """Games whose pyffish SAN differs from python-chess's."""
+    import pyffish
+
+    bad = 0
+    for moves in games:
+        board = chess.Board()
+        ref = [board.san_and_push(chess.Move.from_uci(u)) for u in moves]
+        bad += pyffish.get_san_moves("chess", chess.STARTING_FEN, moves) != ref
+    return bad
+
+
 def san_and_push_only(games: list[list[str]]) -> None:
     for moves in games:
         board = chess.Board()
@@ -138,6 +171,13 @@ def main() -> int:
         "reps": args.reps,
     }
     print(f"{n} games, {plies / n:.1f} plies each", flush=True)
+    try:
+        import pyffish
+
+        res["pyffish"] = ".".join(map(str, pyffish.version()))
+        res["pyffish_san_mismatching_games"] = pyffish_mismatches(games)
+    except ImportError:
+        res["pyffish"] = None
 
     with tempfile.TemporaryDirectory() as tmp:
         common = [f"sources=[{{path: {folder}}}]", "tokenizer=mistral", "overwrite=true"]
@@ -172,6 +212,9 @@ def main() -> int:
             one["san_plain_2proc_games_per_s"] = speed(lambda: san_plain_procs(games, 2))
             one["san_and_push_only_games_per_s"] = speed(lambda: san_and_push_only(games))
             one["san_replay_games_per_s"] = speed(lambda: replay_all(games))
+            one["replay_no_san_games_per_s"] = speed(lambda: replay_no_san(games))
+            if res["pyffish"]:
+                one["san_pyffish_games_per_s"] = speed(lambda: san_pyffish(games))
             one["tokenize_only_games_per_s"] = speed(tokenize)
             # 1 and 2 workers alternate, so a burst of load from other sessions hits both alike.
             speeds: dict[int, list[float]] = {1: [], 2: []}
@@ -203,7 +246,9 @@ def main() -> int:
         "pool's start and the workers' tokenizer loading are included, the one-time conversion of the "
         "Mistral tokenizer to tokenizer.json is not). Headline figures: median over the runs of each "
         "run's best-of-reps (\"_best\") or median-of-reps (\"_median\"). san_plain_2proc is the plain "
-        "python-chess conversion on both cores, the baseline for build_w2. The machine is shared with "
+        "python-chess conversion on both cores, the baseline for build_w2; replay_no_san (legality "
+        "checks and pushes, no SAN) is the ceiling of any python-chess replay; san_pyffish is "
+        "Fairy-Stockfish's compiled SAN writer on one core, for comparison. The machine is shared with "
         "other sessions: compare the rows of one run, not across runs."
     )
     Path(args.out).write_text(json.dumps(res, indent=1) + "\n")

@@ -274,6 +274,16 @@ def build_model(
     return prepare_for_training(model, cfg, device)
 
 
+def enable_checkpointing(model: Any, kwargs: dict[str, Any]) -> None:
+    """Activation (gradient) checkpointing in every decoder layer, by the name the installed
+    transformers has: ``activation_checkpointing_enable`` from 5.2x on, where the older
+    ``gradient_checkpointing_enable`` warns that it goes in v6."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def prepare_for_training(model: Any, cfg: TrainConfig, device: str) -> Any:
     """Gradient checkpointing, k-bit preparation and the LoRA adapter, as the config says."""
     import torch
@@ -289,7 +299,7 @@ def prepare_for_training(model: Any, cfg: TrainConfig, device: str) -> Any:
         for param in model.parameters():
             param.requires_grad_(False)
         if cfg.train.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+            enable_checkpointing(model, gc_kwargs)
     elif q.load_in_4bit and not fsdp:
         from peft import prepare_model_for_kbit_training
 
@@ -297,7 +307,7 @@ def prepare_for_training(model: Any, cfg: TrainConfig, device: str) -> Any:
             model, use_gradient_checkpointing=cfg.train.gradient_checkpointing, gradient_checkpointing_kwargs=gc_kwargs
         )
     elif cfg.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+        enable_checkpointing(model, gc_kwargs)
         if cfg.lora.enabled:
             model.enable_input_require_grads()
     if cfg.lora.enabled:

@@ -172,6 +172,21 @@ def test_fast_mode_keeps_the_frozen_base_in_its_dtype(tiny_model_dir: Path, tmp_
     assert [layer.gradient_checkpointing for layer in layers] == [True, False]  # fraction 0.5 of 2 layers
 
 
+def test_plain_lora_checkpoints_every_layer_without_deprecated_calls(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import warnings
+
+    from training.modeling import prepare_for_training
+
+    overrides = [o for o in fast_overrides(tiny_model_dir, tmp_path, tmp_path / "run") if not o.startswith("data.path")]
+    cfg = load_train_config(None, [*overrides, "fast.enabled=false", "train.gradient_checkpointing_fraction=1.0"])
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        model = prepare_for_training(tiny_model(tiny_model_dir), cfg, "cpu")
+    assert [layer.gradient_checkpointing for layer in model.get_base_model().model.layers] == [True, True]
+    ours = [w for w in seen if "gradient_checkpointing_enable" in str(w.message)]
+    assert not ours, [str(w.message) for w in ours]
+
+
 def test_fast_mode_settings_are_checked(tiny_model_dir: Path, tmp_path: Path) -> None:
     from training.kernels import liger_wanted
 
