@@ -30,7 +30,8 @@ ends by then), EVAL_GAMES (40 per opponent), EVAL_CONCURRENCY (10; the matches r
 that the trainer's kernel-launching process keeps its core), EVAL_OPPONENTS
 (``random,sf1350``; also ``skill0`` = Stockfish Skill Level 0 at depth 1), EVAL_TC
 (3+0.05), WORKERS (15 for self-play, 16 for the build), NODES (600), WORK (/tmp/bw),
-GAMES (the tarballs to train on, a glob under the repository: .gpu2/selfplay-*.tgz),
+GAMES (what to train on: globs under the repository, space-separated, of selfplay-*.tgz
+tarballs or of folders holding games-*.parquet chunks; default .gpu2/selfplay-*.tgz),
 TRAIN_CONFIG (configs/train/scratch-medium.yaml), TRAIN_OVERRIDES (more key=value words).
 
 The device calls, in order (made by the lead with the ``run`` tool; any kind with one GPU)
@@ -204,8 +205,15 @@ def unpack_games(work: Path) -> list[Path]:
     games = work / "games"
     shutil.rmtree(games, ignore_errors=True)
     sources = []
-    pattern = os.environ.get("GAMES") or ".gpu2/selfplay-*.tgz"
-    for tgz in sorted(ROOT.glob(pattern)):
+    patterns = (os.environ.get("GAMES") or ".gpu2/selfplay-*.tgz").split()
+    for path in sorted(p for pattern in patterns for p in ROOT.glob(pattern)):
+        if path.is_dir():  # a folder of parquet chunks, such as a committed set under datasets/
+            folders = sorted({p.parent for p in path.rglob("games-*.parquet")})
+            for f in folders:
+                say(f"games: {f.relative_to(ROOT)}: {games_in(f)} games")
+            sources += folders
+            continue
+        tgz = path
         dest = games / tgz.name.removesuffix(".tgz")
         dest.mkdir(parents=True)
         with tarfile.open(tgz) as tar:
@@ -215,7 +223,7 @@ def unpack_games(work: Path) -> list[Path]:
             say(f"games: {tgz.name}: {f.relative_to(games)}: {games_in(f)} games")
         sources += folders
     if not sources:
-        sys.exit(f"no {pattern} with games in it")
+        sys.exit(f"no games in {' '.join(patterns)}")
     return sources
 
 
@@ -300,7 +308,8 @@ class Evaluator(threading.Thread):
             "time.move_overhead_ms=30",
             "--engine", *OPPONENTS[opp],
             "--games", str(self.games), "--tc", self.tc, "--concurrency", str(self.concurrency),
-            "--stockfish", self.sf, "--json", f"{stem}.json", "--pgn", f"{stem}.pgn", "--overwrite", "--quiet",
+            *(["--stockfish", self.sf] if self.sf else []),
+            "--json", f"{stem}.json", "--pgn", f"{stem}.pgn", "--overwrite", "--quiet",
         ]  # fmt: skip
         t = time.monotonic()
         with open(f"{stem}.log", "w") as log:
@@ -458,7 +467,9 @@ def phase_train() -> int:
     steps = env_int("TRAIN_STEPS", 1800)
     save_steps = env_int("SAVE_STEPS", 300)
     work = work_dir()
-    sf = stockfish()
+    wanted = [o for o in (os.environ.get("EVAL_OPPONENTS") or "random,sf1350").split(",") if o]
+    # Only Stockfish opponents need the 21 MB binary: without them .gpu2 can leave it behind.
+    sf = stockfish() if any(o != "random" for o in wanted) else ""
     sources = unpack_games(work)
     data = work / "data"
     shutil.rmtree(data, ignore_errors=True)
