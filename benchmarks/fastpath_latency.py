@@ -28,7 +28,7 @@ JSON as soon as it is done:
 ``bf16_single``
     The same game with the bf16 base and the adapter merged into it.
 
-    python benchmarks/fastpath_latency.py --tokenizer .gpu/tokenizer --out $OUT/fastpath_latency.json
+    python benchmarks/fastpath_latency.py --tokenizer .gpu2/tokenizer --out $OUT/fastpath_latency.json
 
 ``--tiny`` runs everything on a 2-layer model (CPU or GPU) to check the script.
 """

@@ -1,22 +1,65 @@
 #!/usr/bin/env bash
-# Make .gpu2/ (git-ignored): what scripts/bundled_gpu.py needs on the lent GPU machine
-# beyond that machine's image, for the device tool's `carry: [".gpu2"]`:
-#   .gpu2/stockfish.xz   this machine's Stockfish (Debian's x86-64 build), xz-compressed
-#   .gpu2/site/          python-chess and loguru (pure Python; PYTHONPATH=$PWD/.gpu2/site)
-# Self-play sets returned by the selfplay phase (selfplay-SEED.tgz) go into .gpu2/ too.
-# A new session's checkout starts without .gpu2: run this first (about 30 s).
-#   bash scripts/gpu_carry.sh
+# Make .gpu2/ (git-ignored): what the project's GPU calls need on the lent GPU machine
+# beyond that machine's image (Python 3.12, torch+cu130, transformers, peft, accelerate,
+# pyarrow, tokenizers, matplotlib), for the device tool's `carry: [".gpu2"]`:
+#   .gpu2/site/          python-chess and loguru (pure Python): PYTHONPATH=$PWD/.gpu2/site:$PWD
+#   .gpu2/stockfish.xz   with --stockfish: this machine's Stockfish (Debian's x86-64 build,
+#                        21 MB), for self-play and Stockfish opponents (scripts/bundled_gpu.py)
+#   with --gpu-libs:     bitsandbytes (its CUDA 13.0 library only: the whole wheel is 43 MB)
+#                        and liger-kernel in site/, and .gpu2/tokenizer, the real Mistral-7B
+#                        tokenizer as a Hugging Face folder (the fast-path and QLoRA benchmarks:
+#                        --tokenizer .gpu2/tokenizer)
+#   with --games COMMIT: the self-play sets kept in that commit under datasets/, unpacked to
+#                        .gpu2/datasets/ (GAMES='.gpu2/datasets/*' for bundled_gpu.py train)
+# A new session's checkout starts without .gpu2: run this before the first GPU call.
+# Mind the 64 MiB a call may carry: the tracked tree is about 40 MB (the bundled model).
+#   bash scripts/gpu_carry.sh [--stockfish] [--gpu-libs] [--games COMMIT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+stockfish=0 libs=0 games=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --stockfish) stockfish=1 ;;
+        --gpu-libs) libs=1 ;;
+        --games) games=${2:?--games needs a commit}; shift ;;
+        *) echo "unknown option $1 (use --stockfish, --gpu-libs, --games COMMIT)" >&2; exit 2 ;;
+    esac
+    shift
+done
 mkdir -p .gpu2
-sf=${STOCKFISH_PATH:-$(command -v stockfish || echo /usr/games/stockfish)}
-[ -x "$sf" ] || { echo "no Stockfish at $sf (apt-get install stockfish, or set STOCKFISH_PATH)" >&2; exit 1; }
-if [ ! -s .gpu2/stockfish.xz ]; then
-    xz -6 -T0 -c "$sf" > .gpu2/stockfish.xz.tmp && mv .gpu2/stockfish.xz.tmp .gpu2/stockfish.xz
-fi
-# The versions pyproject.toml asks for; both are pure Python, so a wheel built here runs on
-# the GPU image's Python 3.12.
+py=python3
+[ -x .venv/bin/python ] && py=.venv/bin/python
+
 rm -rf .gpu2/site
-python3 -m pip install -q --no-deps --no-compile --target .gpu2/site "chess>=1.11" "loguru>=0.7"
-du -sh .gpu2/stockfish.xz .gpu2/site
-echo "carry .gpu2 with the device tool; the calls are listed in scripts/bundled_gpu.py"
+# The versions pyproject.toml asks for; pure Python, so what is built here runs on Python 3.12 there.
+"$py" -m pip install -q --no-deps --no-compile --target .gpu2/site "chess>=1.11" "loguru>=0.7"
+
+if [ "$stockfish" = 1 ]; then
+    sf=${STOCKFISH_PATH:-$(command -v stockfish || echo /usr/games/stockfish)}
+    [ -x "$sf" ] || { echo "no Stockfish at $sf (apt-get install stockfish, or set STOCKFISH_PATH)" >&2; exit 1; }
+    [ -s .gpu2/stockfish.xz ] || { xz -6 -T0 -c "$sf" > .gpu2/stockfish.xz.tmp && mv .gpu2/stockfish.xz.tmp .gpu2/stockfish.xz; }
+else
+    rm -f .gpu2/stockfish.xz
+fi
+
+if [ "$libs" = 1 ]; then
+    wheels=$(mktemp -d)
+    # The versions the GPU runs so far used (benchmarks/results/*_h100.json name them).
+    "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_24_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
+        -d "$wheels" bitsandbytes==0.50.2 liger-kernel==0.8.5
+    for w in "$wheels"/*.whl; do (cd .gpu2/site && unzip -oq "$w"); done
+    # torch there is built for CUDA 13.0: keep that library, drop the other CUDA and ROCm builds.
+    find .gpu2/site/bitsandbytes -maxdepth 1 -name 'libbitsandbytes_*.so' \
+        ! -name 'libbitsandbytes_cuda130.so' ! -name 'libbitsandbytes_cpu.so' -delete
+    rm -rf "$wheels" .gpu2/tokenizer
+    "$py" -c "from engine.tiny import write_mistral_tokenizer; write_mistral_tokenizer('.gpu2/tokenizer')"
+fi
+
+if [ -n "$games" ]; then
+    rm -rf .gpu2/datasets
+    mkdir -p .gpu2
+    git archive "$games" datasets | tar -x -C .gpu2
+fi
+du -sh .gpu2/* 2>/dev/null
+echo "total to carry: $(du -sh .gpu2 | cut -f1) (+ the tracked tree, $(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1) bytes)"
