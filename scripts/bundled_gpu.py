@@ -36,7 +36,7 @@ TRAIN_CONFIG (configs/train/scratch-medium.yaml), TRAIN_OVERRIDES (more key=valu
 
 The device calls, in order (made by the lead with the ``run`` tool; any kind with one GPU)
 ----------------------------------------------------------------------------------------
-Before the first call of a session: ``bash scripts/gpu_carry.sh`` (makes .gpu2/stockfish.xz
+Before the first call of a session: ``bash scripts/gpu_carry.sh --stockfish`` (makes .gpu2/stockfish.xz
 and .gpu2/site; the self-play sets of earlier sessions are not kept and are played again).
 Every call: carry [".gpu2"] (git-ignored: stockfish.xz 21 MB, site/ 1 MB, selfplay-35k.tgz
 6.2 MB, plus each returned selfplay-*.tgz, ~5 MB); the tracked tree is ~19.5 MB, so the

@@ -421,6 +421,14 @@ class TrainConfig:
             raise ConfigError("fast.enabled trains adapters over a frozen base: it needs lora.enabled=true")
         if self.model.init == "pretrained" and not self.model.path:
             raise ConfigError("model.path: give the base model (a folder or a hub name) to fine-tune")
+        if self.model.init == "pretrained" and self.model.tokenizer == "chess-bpe":
+            # A new BPE numbers its tokens its own way: the pretrained embeddings would be read
+            # with the wrong ids, and training would go on silently from a broken model.
+            raise ConfigError(
+                "model.tokenizer=chess-bpe trains a new tokenizer, whose token ids a pretrained model's "
+                "embeddings do not know: it is for model.init=scratch; to go on training "
+                f"{self.model.path!r}, leave model.tokenizer empty (its own tokenizer)"
+            )
 
 
 def _load(cls: type[Any], path: str | Path | None, overrides: Iterable[str] | Mapping[str, Any]) -> Any:

@@ -216,9 +216,16 @@ def hf_config_for(cfg: TrainConfig, tokenizer: Any) -> Any:
         )
     try:
         kwargs = {"revision": m.revision} if m.revision else {}
-        return AutoConfig.from_pretrained(m.path, **kwargs)
+        hf_config = AutoConfig.from_pretrained(m.path, **kwargs)
     except Exception as exc:
         raise TrainingError(f"cannot read the model config of {m.path!r}: {exc}") from None
+    vocab = getattr(hf_config, "vocab_size", None)
+    if isinstance(vocab, int) and len(tokenizer) > vocab:
+        raise TrainingError(
+            f"the tokenizer has {len(tokenizer)} tokens but {m.path!r} embeds only {vocab}: "
+            f"it is not this model's tokenizer (model.tokenizer={m.tokenizer!r})"
+        )
+    return hf_config
 
 
 # A function that returns the (possibly quantized) base model instead of loading it from

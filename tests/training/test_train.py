@@ -162,6 +162,14 @@ def test_bad_input_is_refused_before_training(tmp_path: Path, tiny_model_dir: Pa
         train(load_train_config(None, [*base, "data.max_length=16"]))
     with pytest.raises(TrainingError, match="needs a CUDA GPU"):
         train(load_train_config(None, [*base, "quantization.load_in_4bit=true"]))
+    # Going on training a pretrained model with a newly trained BPE would read its embeddings
+    # with the wrong ids.
+    with pytest.raises(ConfigError, match="chess-bpe trains a new tokenizer"):
+        load_train_config(None, [*base, "model.tokenizer=chess-bpe"])
+    # The bundled model embeds 4,096 tokens; the Mistral tokenizer has 32,000.
+    bundled = Path(__file__).resolve().parents[2] / "engine" / "data" / "bundled-model"
+    with pytest.raises(TrainingError, match="it is not this model's tokenizer"):
+        train(load_train_config(None, [*base, f"model.path={bundled}", f"model.tokenizer={tiny_model_dir}"]))
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
