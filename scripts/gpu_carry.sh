@@ -9,11 +9,14 @@
 #                        and liger-kernel in site/, and .gpu2/tokenizer, the real Mistral-7B
 #                        tokenizer as a Hugging Face folder (the fast-path and QLoRA benchmarks:
 #                        --tokenizer .gpu2/tokenizer)
-#   with --games COMMIT: the self-play sets kept in that commit under datasets/, unpacked to
-#                        .gpu2/datasets/ (GAMES='.gpu2/datasets/*' for bundled_gpu.py train)
+#   with --games:        the self-play sets kept in the repository's history (datasets/README.md:
+#                        each was committed, then removed from the tree so that GPU calls do not
+#                        carry it), unpacked from the commits that added them to .gpu2/datasets/
+#                        (GAMES='.gpu2/datasets/*' for bundled_gpu.py train); --games COMMIT
+#                        takes the sets of that commit only
 # A new session's checkout starts without .gpu2: run this before the first GPU call.
 # Mind the 64 MiB a call may carry: the tracked tree is about 40 MB (the bundled model).
-#   bash scripts/gpu_carry.sh [--stockfish] [--gpu-libs] [--games COMMIT]
+#   bash scripts/gpu_carry.sh [--stockfish] [--gpu-libs] [--games [COMMIT]]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stockfish=0 libs=0 games=""
@@ -21,8 +24,10 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --stockfish) stockfish=1 ;;
         --gpu-libs) libs=1 ;;
-        --games) games=${2:?--games needs a commit}; shift ;;
-        *) echo "unknown option $1 (use --stockfish, --gpu-libs, --games COMMIT)" >&2; exit 2 ;;
+        --games)
+            games=auto
+            if [ $# -gt 1 ] && [ "${2#--}" = "$2" ]; then games=$2; shift; fi ;;
+        *) echo "unknown option $1 (use --stockfish, --gpu-libs, --games [COMMIT])" >&2; exit 2 ;;
     esac
     shift
 done
@@ -54,12 +59,26 @@ if [ "$libs" = 1 ]; then
         ! -name 'libbitsandbytes_cuda130.so' ! -name 'libbitsandbytes_cpu.so' -delete
     rm -rf "$wheels" .gpu2/tokenizer
     "$py" -c "from engine.tiny import write_mistral_tokenizer; write_mistral_tokenizer('.gpu2/tokenizer')"
+else
+    rm -rf .gpu2/tokenizer  # .gpu2 holds what the options ask for, so the carry is no larger
 fi
 
+rm -rf .gpu2/datasets
 if [ -n "$games" ]; then
-    rm -rf .gpu2/datasets
-    mkdir -p .gpu2
-    git archive "$games" datasets | tar -x -C .gpu2
+    if [ "$games" = auto ]; then
+        # The commits that added a set's manifest: found by content, so a rebase that changes
+        # the hashes does not lose them.
+        commits=$(git log --diff-filter=A --format=%H -- 'datasets/*/manifest.json')
+        [ -n "$commits" ] || { echo "no self-play set in the history (datasets/*/manifest.json)" >&2; exit 1; }
+    else
+        commits=$games
+    fi
+    for c in $commits; do
+        for set in $(git ls-tree --name-only "$c" datasets/ | grep -v '\.md$'); do
+            git archive "$c" "$set" | tar -x -C .gpu2
+            echo "games: $set from $(git log -1 --format='%h %s' "$c" | cut -c1-72)"
+        done
+    done
 fi
 du -sh .gpu2/* 2>/dev/null
 echo "total to carry: $(du -sh .gpu2 | cut -f1) (+ the tracked tree, $(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1) bytes)"
