@@ -36,11 +36,14 @@ TRAIN_CONFIG (configs/train/scratch-medium.yaml), TRAIN_OVERRIDES (more key=valu
 
 The device calls, in order (made by the lead with the ``run`` tool; any kind with one GPU)
 ----------------------------------------------------------------------------------------
-Before the first call of a session: ``bash scripts/gpu_carry.sh --stockfish`` (makes .gpu2/stockfish.xz
-and .gpu2/site; the self-play sets of earlier sessions are not kept and are played again).
-Every call: carry [".gpu2"] (git-ignored: stockfish.xz 21 MB, site/ 1 MB, selfplay-35k.tgz
-6.2 MB, plus each returned selfplay-*.tgz, ~5 MB); the tracked tree is ~19.5 MB, so the
-total stays under 64 MiB with two returned sets. timeout_s 540 for each call.
+Before the first call of a session: ``bash scripts/gpu_carry.sh --stockfish`` (makes
+.gpu2/stockfish.xz and .gpu2/site; returned selfplay-*.tgz are not kept across sessions).
+Every call: carry [".gpu2"] (git-ignored). Mind the 64 MiB a call may carry: the tracked
+tree is about 40 MB (the v3 model), stockfish.xz 21 MB and site/ 1 MB, which leaves room
+for about one returned selfplay-*.tgz (~5 MB). Training on a set kept in the history
+(datasets/README.md, ``gpu_carry.sh --games``, 24 MB) fits only without Stockfish:
+``EVAL_OPPONENTS=random``, the checkpoints rated afterwards on the development machine.
+timeout_s 540 for each call.
 
 1. selfplay, ~8.5 min (480 s of play, ~10 s around it; returns selfplay-10.tgz ~5 MB and phase.log):
      export PYTHONPATH=$PWD/.gpu2/site:$PWD PYTHONUNBUFFERED=1; python3 scripts/bundled_gpu.py selfplay 10 480
@@ -207,20 +210,15 @@ def unpack_games(work: Path) -> list[Path]:
     sources = []
     patterns = (os.environ.get("GAMES") or ".gpu2/selfplay-*.tgz").split()
     for path in sorted(p for pattern in patterns for p in ROOT.glob(pattern)):
-        if path.is_dir():  # a folder of parquet chunks, such as a committed set under datasets/
-            folders = sorted({p.parent for p in path.rglob("games-*.parquet")})
-            for f in folders:
-                say(f"games: {f.relative_to(ROOT)}: {games_in(f)} games")
-            sources += folders
-            continue
-        tgz = path
-        dest = games / tgz.name.removesuffix(".tgz")
-        dest.mkdir(parents=True)
-        with tarfile.open(tgz) as tar:
-            tar.extractall(dest, filter="data")
-        folders = sorted({p.parent for p in dest.rglob("games-*.parquet")})
+        root = path  # a folder of parquet chunks, such as a set restored from the history
+        if not path.is_dir():
+            root = games / path.name.removesuffix(".tgz")
+            root.mkdir(parents=True)
+            with tarfile.open(path) as tar:
+                tar.extractall(root, filter="data")
+        folders = sorted({p.parent for p in root.rglob("games-*.parquet")})
         for f in folders:
-            say(f"games: {tgz.name}: {f.relative_to(games)}: {games_in(f)} games")
+            say(f"games: {path.name}: {f.relative_to(root)}: {games_in(f)} games")
         sources += folders
     if not sources:
         sys.exit(f"no games in {' '.join(patterns)}")
@@ -232,6 +230,21 @@ OPPONENTS: dict[str, list[str]] = {
     "sf1350": ["stockfish:1350", "name=sf1350"],
     "skill0": ["stockfish", "option.Skill Level=0", "depth=1", "name=sf-skill0-d1"],
 }
+
+
+def eval_opponents() -> list[str]:
+    """EVAL_OPPONENTS, checked against OPPONENTS."""
+    opponents = [o for o in (os.environ.get("EVAL_OPPONENTS") or "random,sf1350").split(",") if o]
+    bad = [o for o in opponents if o not in OPPONENTS]
+    if bad:
+        sys.exit(f"EVAL_OPPONENTS: unknown {bad} (known: {sorted(OPPONENTS)})")
+    return opponents
+
+
+def needs_stockfish(opponents: list[str]) -> bool:
+    return any(OPPONENTS[o][0].startswith("stockfish") for o in opponents)
+
+
 OPPONENT_TEXT = {
     "random": "a uniformly random legal mover (tests/arena/engines/random_engine.py)",
     "sf1350": "Stockfish UCI_LimitStrength UCI_Elo 1350 (the lowest it accepts)",
@@ -247,10 +260,7 @@ class Evaluator(threading.Thread):
         self.run_dir, self.work, self.sf, self.deadline = run_dir, work, sf, deadline
         self.games = env_int("EVAL_GAMES", 40)
         self.concurrency = env_int("EVAL_CONCURRENCY", 10)
-        self.opponents = [o for o in (os.environ.get("EVAL_OPPONENTS") or "random,sf1350").split(",") if o]
-        bad = [o for o in self.opponents if o not in OPPONENTS]
-        if bad:
-            sys.exit(f"EVAL_OPPONENTS: unknown {bad} (known: {sorted(OPPONENTS)})")
+        self.opponents = eval_opponents()
         self.tc = os.environ.get("EVAL_TC") or "3+0.05"
         self.training_done = threading.Event()
         self.results: list[dict[str, Any]] = []
@@ -467,9 +477,8 @@ def phase_train() -> int:
     steps = env_int("TRAIN_STEPS", 1800)
     save_steps = env_int("SAVE_STEPS", 300)
     work = work_dir()
-    wanted = [o for o in (os.environ.get("EVAL_OPPONENTS") or "random,sf1350").split(",") if o]
     # Only Stockfish opponents need the 21 MB binary: without them .gpu2 can leave it behind.
-    sf = stockfish() if any(o != "random" for o in wanted) else ""
+    sf = stockfish() if needs_stockfish(eval_opponents()) else ""
     sources = unpack_games(work)
     data = work / "data"
     shutil.rmtree(data, ignore_errors=True)
