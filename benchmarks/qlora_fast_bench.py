@@ -79,6 +79,11 @@ EXTRA: dict[str, dict[str, Any]] = {
     "fast_liger_b8_gc0.5_drop0": {"kind": "project", "fast": True, "batch": 8, "accum": 1, "gc": 0.5, "liger": True, "dropout": 0.0},
     "fast_liger_b8_gc0.75_drop0": {"kind": "project", "fast": True, "batch": 8, "accum": 1, "gc": 0.75, "liger": True, "dropout": 0.0},
     "fast_noliger_b4_gc0.5": {"kind": "project", "fast": True, "batch": 4, "accum": 2, "gc": 0.5, "liger": False},
+    # train.compile: the training forward under torch.compile (bitsandbytes' 4-bit ops are
+    # torch custom ops), against the host-bound eager step; Liger's kernels on and off.
+    "fast_liger_b4_gc0.25_drop0_compile": {"kind": "project", "fast": True, "batch": 4, "accum": 2, "gc": 0.25, "liger": True, "dropout": 0.0, "compile": True},
+    "fast_noliger_b4_gc0.25_drop0_compile": {"kind": "project", "fast": True, "batch": 4, "accum": 2, "gc": 0.25, "liger": False, "dropout": 0.0, "compile": True},
+    "fast_noliger_b4_gc0_drop0_compile": {"kind": "project", "fast": True, "batch": 4, "accum": 2, "gc": 0.0, "liger": False, "dropout": 0.0, "compile": True},
     # One step under torch.profiler: GPU busy time against the step's wall time.
     "profile_fast_liger_b4_gc0": {"kind": "project", "fast": True, "batch": 4, "accum": 2, "gc": 0.0, "liger": True, "profile": True},
 }
@@ -140,6 +145,7 @@ def run_project_variant(v: dict[str, Any], args: argparse.Namespace, device: str
             f"train.gradient_checkpointing={'true' if v['gc'] > 0 else 'false'}",
             f"train.gradient_checkpointing_fraction={v['gc']}",
             f"fast.enabled={'true' if v['fast'] else 'false'}",
+            f"train.compile={'true' if v.get('compile') else 'false'}",
             # Required on the GPU (a missing liger-kernel is an error, not a silent fallback).
             f"fast.liger={('true' if device == 'cuda' else 'auto') if v['liger'] else 'false'}",
         ],
@@ -170,7 +176,7 @@ def run_project_variant(v: dict[str, Any], args: argparse.Namespace, device: str
     res.update({
         "batch": v["batch"], "accum": v["accum"], "seq": args.seq, "effective_batch_tokens": v["batch"] * v["accum"] * args.seq,
         "fast": v["fast"], "liger": v["liger"], "gradient_checkpointing_fraction": v["gc"],
-        "lora_dropout": v.get("dropout", 0.05),
+        "lora_dropout": v.get("dropout", 0.05), "compile": bool(v.get("compile")),
         "checkpointed_layers": sum(bool(getattr(layer, "gradient_checkpointing", False)) for layer in base.model.layers),
         "steps_timed": len(timed), "step_s_median": round(step_s, 4),
         "real_tokens_per_step": real, "real_tokens_per_s": round(real / step_s, 1),
@@ -340,7 +346,7 @@ def main() -> int:
             cmd += ["--smoke"] if args.smoke else []  # fmt: skip
             t = time.perf_counter()
             try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=min(left + 30, 150))
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=min(left + 30, 330 if {**VARIANTS, **EXTRA}[name].get("compile") else 150))
                 if proc.returncode == 0 and result.is_file():
                     entry = json.loads(result.read_text())
                 else:

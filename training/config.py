@@ -353,6 +353,9 @@ class TrainSection:
     # gradient_checkpointing is on (the first round(fraction * layers) of them): 1.0 = all,
     # 0.0 = none. Fewer recomputed layers are faster and hold more memory.
     gradient_checkpointing_fraction: float = 1.0
+    # torch.compile the training forward (CUDA only; evaluation and generation stay eager).
+    # Rows are then padded to data.max_length so that every step has one shape and one graph.
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.gradient_checkpointing_fraction <= 1.0:
@@ -381,11 +384,12 @@ LIGER_KERNELS: tuple[LigerKernel, ...] = ("rms_norm", "rope", "swiglu", "fused_l
 
 @dataclasses.dataclass
 class FastSection:
-    """The fast adapter-training path (docs/training.md, "Fast mode")."""
+    """The fast training path (docs/training.md, "Fast mode")."""
 
-    # On: the frozen base keeps its own dtype (no fp32 upcast of embeddings, norms and
-    # lm_head by peft's prepare_model_for_kbit_training), non-reentrant checkpointing of
-    # train.gradient_checkpointing_fraction of the layers, and the Liger kernels below.
+    # On: the Liger kernels below and non-reentrant checkpointing of
+    # train.gradient_checkpointing_fraction of the layers; with LoRA, also a frozen base
+    # that keeps its own dtype (no fp32 upcast of embeddings, norms and lm_head by peft's
+    # prepare_model_for_kbit_training).
     enabled: bool = False
     # Liger Triton kernels (liger-kernel, CUDA only). auto: used on CUDA when installed,
     # otherwise the plain kernels with a logged warning; true: required (a run without
@@ -417,8 +421,6 @@ class TrainConfig:
             raise ConfigError("model.init=scratch cannot be 4-bit: set quantization.load_in_4bit=false")
         if self.quantization.load_in_4bit and not self.lora.enabled:
             raise ConfigError("a 4-bit base cannot be trained fully: QLoRA needs lora.enabled=true")
-        if self.fast.enabled and not self.lora.enabled:
-            raise ConfigError("fast.enabled trains adapters over a frozen base: it needs lora.enabled=true")
         if self.model.init == "pretrained" and not self.model.path:
             raise ConfigError("model.path: give the base model (a folder or a hub name) to fine-tune")
         if self.model.init == "pretrained" and self.model.tokenizer == "chess-bpe":

@@ -300,11 +300,13 @@ def prepare_for_training(model: Any, cfg: TrainConfig, device: str) -> Any:
     model.config.use_cache = False
     gc_kwargs = {"use_reentrant": False}
     if cfg.fast.enabled:
-        # The frozen base stays in its own dtype (bf16): peft's prepare_model_for_kbit_training
-        # would upcast embeddings, norms and lm_head to fp32, and with them the residual stream.
-        # Non-reentrant checkpointing needs no input that requires grad.
-        for param in model.parameters():
-            param.requires_grad_(False)
+        # With LoRA the frozen base stays in its own dtype (bf16): peft's
+        # prepare_model_for_kbit_training would upcast embeddings, norms and lm_head to fp32,
+        # and with them the residual stream. Non-reentrant checkpointing needs no input that
+        # requires grad. Full training (no LoRA) keeps every weight trainable.
+        if cfg.lora.enabled:
+            for param in model.parameters():
+                param.requires_grad_(False)
         if cfg.train.gradient_checkpointing:
             enable_checkpointing(model, gc_kwargs)
     elif q.load_in_4bit and not fsdp:
@@ -354,10 +356,12 @@ def prepare_for_training(model: Any, cfg: TrainConfig, device: str) -> Any:
     return model
 
 
-def build_collator(split: Any, rows: Any, tokenizer: Any) -> Any:
+def build_collator(split: Any, rows: Any, tokenizer: Any, *, width: int = 0) -> Any:
+    """The batch collator; ``width`` > 0 pads every row to that width (one shape for a
+    compiled forward), otherwise to the batch's longest row rounded up to 8."""
     from training.data import PackedCollator
 
-    return PackedCollator(split, rows, pad_id=int(tokenizer.pad_token_id))
+    return PackedCollator(split, rows, pad_id=int(tokenizer.pad_token_id), pad_to_multiple_of=width or 8)
 
 
 def trainable_state(model: Any) -> dict[str, Any]:

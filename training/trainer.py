@@ -61,13 +61,14 @@ CONFIG_FILE = "training_config.yaml"
 RESUMABLE_CHANGES = {
     "train.max_steps", "train.num_train_epochs", "train.logging_steps", "train.save_steps", "train.save_total_limit",
     "train.resume", "train.stop_after_steps", "train.check_memory", "train.threads",
-    "train.output_dir", "train.save_dtype", "log_level",
+    "train.output_dir", "train.save_dtype", "train.compile", "log_level",
 }  # fmt: skip
 RESUMABLE_PREFIXES = ("eval.",)
 # Keys added after checkpoints could already exist, with the values that mean the old
 # behaviour: a checkpoint that lacks them was made with these.
 ADDED_KEYS: dict[str, Any] = {
     "train.gradient_checkpointing_fraction": 1.0,
+    "train.compile": False,
     "fast.enabled": False,
     "fast.liger": "auto",
     "fast.liger_kernels": ["rms_norm", "rope", "swiglu", "fused_linear_cross_entropy"],
@@ -212,7 +213,10 @@ class Trainer:
         trainable, total = count_trainable(self.model)
         logger.info("model: {:,} parameters, {:,} trained ({:.2%})", total, trainable, trainable / max(1, total))
         self.params_info = {"total": total, "trainable": trainable}
-        self.collate = build_collator(self.train_split, self.rows, self.tokenizer)
+        # A compiled forward gets one shape: every row padded to data.max_length.
+        self.collate = build_collator(
+            self.train_split, self.rows, self.tokenizer, width=cfg.data.max_length if tc.compile else 0
+        )
         self.optimizer = self._optimizer()
         warmup = tc.warmup_steps or math.ceil(tc.warmup_ratio * self.total_steps)
         import torch.optim.lr_scheduler as sched
@@ -224,6 +228,14 @@ class Trainer:
             ),
         )
         self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
+        # The training forward, compiled when train.compile says so. Evaluation and generation
+        # call the model itself, uncompiled: their shapes change from call to call.
+        self.train_forward = self.model
+        if tc.compile:
+            import torch
+
+            self.train_forward = torch.compile(self.model.forward)
+            logger.info("train.compile: the training forward is compiled (the first steps include compiling)")
         self.state = TrainState()
         if self.resume_from is not None:
             self._load_checkpoint(self.resume_from)
@@ -392,7 +404,7 @@ class Trainer:
         """One micro-batch's loss: completion-token cross-entropy summed and divided by the
         completion tokens of the whole accumulated batch (``n_items``)."""
         with self.acc.autocast():
-            out = self.model(**batch, use_cache=False, num_items_in_batch=n_items)
+            out = self.train_forward(**batch, use_cache=False, num_items_in_batch=n_items)
         return out.loss
 
     def train_step(self) -> dict[str, float]:
@@ -496,6 +508,10 @@ class Trainer:
                     "tokens_per_s": round(window_tokens_here / window_time, 1) if window_time > 0 else None,
                     "completion_tokens": st.window_completion_tokens,
                 }
+                if self.acc.device.type == "cuda":
+                    import torch
+
+                    entry["peak_memory_gb"] = round(torch.cuda.max_memory_allocated(self.acc.device) / 1e9, 2)
                 self.log(entry)
                 bar.set_postfix(loss=f"{entry['loss']:.4f}")
                 st.window_steps, st.window_loss, st.window_tokens, st.window_completion_tokens = 0, 0.0, 0.0, 0.0

@@ -201,8 +201,8 @@ def test_fast_mode_settings_are_checked(tiny_model_dir: Path, tmp_path: Path) ->
         load_train_config(None, [*base, "fast.liger_kernels=[rope,rope]"])
     with pytest.raises(ConfigError, match="gradient_checkpointing_fraction must be in"):
         load_train_config(None, [*base, "train.gradient_checkpointing_fraction=1.5"])
-    with pytest.raises(ConfigError, match="fast.enabled .* needs lora.enabled=true"):
-        load_train_config(None, [*base, "fast.enabled=true", "lora.enabled=false"])
+    with pytest.raises(ConfigError, match="train.compile: expected true or false, got 'yes please'"):
+        load_train_config(None, [*base, "train.compile=yes please"])
     required = load_train_config(None, [*base, "fast.enabled=true", "fast.liger=true"])
     with pytest.raises(ResourceError, match="fast.liger=true but it needs a CUDA GPU"):
         liger_wanted(required.fast, "cpu")
@@ -218,3 +218,44 @@ def test_checkpoints_made_before_the_fast_mode_still_resume(tiny_model_dir: Path
     assert config_changes(before, flat_config(load_train_config(None, base))) == []
     fast = flat_config(load_train_config(None, [*base, "fast.enabled=true"]))
     assert config_changes(before, fast) == ["fast.enabled"]
+
+
+def full_overrides(model: Path, data: Path, out: Path) -> list[str]:
+    """Full training (no LoRA) of the tiny model: every weight is trained."""
+    keep = ("model.path", "data.", "eval.", "train.")
+    return [
+        *[o for o in fast_overrides(model, data, out) if o.startswith(keep) and "checkpointing" not in o],
+        "lora.enabled=false",
+        "train.learning_rate=0.001",
+        "train.gradient_checkpointing=false",
+    ]
+
+
+def test_fast_mode_for_full_training_keeps_every_weight_trained(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from training.modeling import prepare_for_training
+
+    cfg = load_train_config(None, [*full_overrides(tiny_model_dir, tmp_path, tmp_path / "run"), "fast.enabled=true"])
+    model = prepare_for_training(tiny_model(tiny_model_dir), cfg, "cpu")
+    params = list(model.parameters())
+    assert params and all(p.requires_grad for p in params)
+
+
+def test_compiled_training_forward_gives_the_eager_losses(tmp_path: Path, tiny_model_dir: Path, train_dataset: Path) -> None:
+    """``train.compile``: the same steps, with rows padded to max_length and the forward
+    compiled, give the eager trainer's losses (padding adds no target and no attention)."""
+    from training.trainer import Trainer
+
+    runs = {}
+    for compiled in (False, True):
+        cfg = load_train_config(
+            None,
+            [*full_overrides(tiny_model_dir, train_dataset, tmp_path / f"run-{compiled}"), f"train.compile={compiled}"],
+        )
+        trainer = Trainer(cfg)
+        trainer.setup()
+        width = {int(trainer.collate(trainer.plan.rows(i))["input_ids"].shape[1]) for i in range(4)}
+        runs[compiled] = ([trainer.train_step()["loss"] for _ in range(cfg.train.max_steps)], width)
+    (eager, eager_width), (compiled, compiled_width) = runs[False], runs[True]
+    assert compiled_width == {128} and eager_width != {128}  # one shape only when compiled
+    assert eager[-1] < eager[0]
+    np.testing.assert_allclose(compiled, eager, atol=1e-4, rtol=0)
