@@ -32,7 +32,10 @@ that the trainer's kernel-launching process keeps its core), EVAL_OPPONENTS
 (3+0.05), WORKERS (15 for self-play, 16 for the build), NODES (600), WORK (/tmp/bw),
 GAMES (what to train on: globs under the repository, space-separated, of selfplay-*.tgz
 tarballs or of folders holding games-*.parquet chunks; default .gpu2/selfplay-*.tgz),
-TRAIN_CONFIG (configs/train/scratch-medium.yaml), TRAIN_OVERRIDES (more key=value words).
+TRAIN_CONFIG (configs/train/scratch-medium.yaml), TRAIN_OVERRIDES (more key=value words),
+MODEL_TAG (v3: the returned folder is bundled-TAG, the tarball model-TAG.tgz), FINAL_PICK
+(unset: the trainer's final model, else the newest checkpoint; ``eval_loss``: the checkpoint
+with the lowest logged validation loss).
 
 The device calls, in order (made by the lead with the ``run`` tool; any kind with one GPU)
 ----------------------------------------------------------------------------------------
@@ -470,6 +473,20 @@ def tail_train_log(run_dir: Path, seen: int) -> int:
     return len(lines)
 
 
+def lowest_eval_loss(run_dir: Path, ckpts: dict[int, Path]) -> int | None:
+    """The checkpoint step whose logged validation loss is lowest (None if none was logged)."""
+    log = run_dir / "log.jsonl"
+    if not log.is_file():
+        return None
+    losses: dict[int, float] = {}
+    for line in log.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            row = json.loads(line)
+            if "eval_loss" in row and row.get("step") in ckpts and math.isfinite(row["eval_loss"]):
+                losses[int(row["step"])] = float(row["eval_loss"])
+    return min(losses, key=lambda k: losses[k]) if losses else None
+
+
 def phase_train() -> int:
     budget = float(os.environ.get("BUDGET_S") or 510)
     deadline = T0 + budget
@@ -533,10 +550,20 @@ def phase_train() -> int:
     ev.training_done.set()
 
     # The final model: the trainer's own output when it finished, else the newest checkpoint.
-    final = work / "bundled-v3"
+    tag = os.environ.get("MODEL_TAG") or "v3"
+    final = work / f"bundled-{tag}"
     shutil.rmtree(final, ignore_errors=True)
     ckpts = ev.checkpoints()
-    if (run_dir / "model.safetensors").is_file():
+    pick = lowest_eval_loss(run_dir, ckpts) if os.environ.get("FINAL_PICK") == "eval_loss" else None
+    if pick is not None:
+        from training.modeling import export_checkpoint
+
+        export_checkpoint(run_dir, ckpts[pick], final)
+        for name in ("training_config.yaml", "log.jsonl"):
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, final / name)
+        say(f"final model: checkpoint step {pick}, the lowest validation loss (FINAL_PICK=eval_loss)")
+    elif (run_dir / "model.safetensors").is_file():
         final.mkdir()
         for p in run_dir.iterdir():
             if p.is_file():
@@ -571,14 +598,14 @@ def phase_train() -> int:
     if final.is_dir():
         size = sum(p.stat().st_size for p in final.iterdir())
         say(f"final model folder: {size / 1e6:.2f} MB ({', '.join(sorted(p.name for p in final.iterdir()))})")
-        tgz = work / "model-v3.tgz"
+        tgz = work / f"model-{tag}.tgz"
         with tarfile.open(tgz, "w:gz") as tar:
-            tar.add(final, arcname="bundled-v3")
+            tar.add(final, arcname=final.name)
         data_bytes = tgz.read_bytes()
         parts = [data_bytes[i : i + PART_BYTES] for i in range(0, len(data_bytes), PART_BYTES)]
         for i, part in enumerate(parts):
-            (out / f"model-v3.tgz.part-{i:02d}").write_bytes(part)
-        say(f"wrote model-v3.tgz in {len(parts)} parts ({len(data_bytes) / 2**20:.1f} MiB): cat model-v3.tgz.part-* | tar xz")
+            (out / f"model-{tag}.tgz.part-{i:02d}").write_bytes(part)
+        say(f"wrote {tgz.name} in {len(parts)} parts ({len(data_bytes) / 2**20:.1f} MiB): cat {tgz.name}.part-* | tar xz")
     report = work / "report.tgz"
     with tarfile.open(report, "w:gz") as tar:
         for name in ("train.log", "build.log", "matches", "eval_table.md", "strength_vs_steps.json"):

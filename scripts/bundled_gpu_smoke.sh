@@ -8,9 +8,9 @@ rm -rf "$S" runs/bundled-gpu-smoke && mkdir -p "$S" runs/bundled-gpu-smoke
 export PYTHONUNBUFFERED=1 WORK="$S/w" WORKERS=2 NODES=60 PY=${PY:-.venv/bin/python}
 OUT="$S/out-selfplay" "$PY" scripts/bundled_gpu.py selfplay 10 30
 cp "$S/out-selfplay/selfplay-10.tgz" runs/bundled-gpu-smoke/
-OUT="$S/out-train" GAMES='runs/bundled-gpu-smoke/selfplay-*.tgz' TRAIN_STEPS=6 SAVE_STEPS=2 BUDGET_S=420 \
+OUT="$S/out-train" MODEL_TAG=smoke FINAL_PICK=eval_loss GAMES='runs/bundled-gpu-smoke/selfplay-*.tgz' TRAIN_STEPS=6 SAVE_STEPS=2 BUDGET_S=420 \
     EVAL_GAMES=2 EVAL_CONCURRENCY=2 \
-    TRAIN_OVERRIDES="train.per_device_train_batch_size=1 train.device=cpu eval.generation_positions=16 data.max_eval_examples=16 train.warmup_steps=1 train.logging_steps=1 train.threads=1" \
+    TRAIN_OVERRIDES="train.per_device_train_batch_size=1 train.device=cpu eval.generation_positions=16 data.max_eval_examples=16 train.warmup_steps=1 train.logging_steps=1 train.threads=1 train.compile=true" \
     "$PY" scripts/bundled_gpu.py train
 ls -la "$S/out-train"
-(cd "$S" && cat out-train/model-v3.tgz.part-* | tar xz && ls bundled-v3)
+(cd "$S" && cat out-train/model-smoke.tgz.part-* | tar xz && ls bundled-smoke)
