@@ -1,0 +1,82 @@
+"""Free-generation legal-move rate of one or more models on the same held-out positions.
+
+The trainer's own evaluation (``training.evaluation.generation_metrics``: greedy
+``generate`` of a few tokens after the PGN prompt, read by the engine's move parser, no
+retry and no fallback) on the ``eval`` positions of a data set built by
+``mistral-chess dataset build`` (a seeded pick spread over its validation games), so
+that models trained on different sets are compared on positions none of them saw.
+
+    python benchmarks/legal_rate.py --data DATA --positions 1024 \\
+        --model v3=OLD_DIR --model v4=engine/data/bundled-model --json OUT.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="a data set folder (with eval or validation positions)")
+    ap.add_argument("--model", action="append", required=True, help="NAME=DIR (repeatable)")
+    ap.add_argument("--positions", type=int, default=1024)
+    ap.add_argument("--max-new-tokens", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--template", default="pgn-base")
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args()
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engine.prompt import PromptTemplate
+    from training.data import load_eval_positions
+    from training.evaluation import generation_metrics
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    positions = load_eval_positions(args.data, args.positions)
+    if not positions:
+        raise SystemExit(f"{args.data}: no held-out positions (build it with `mistral-chess dataset build`)")
+    add = PromptTemplate.load(args.template).kind == "base"
+    res: dict[str, object] = {
+        "what": "free-generation legal-move rate (greedy generate, engine parser, no fallback)",
+        "data": args.data,
+        "positions": len(positions),
+        "max_new_tokens": args.max_new_tokens,
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "models": {},
+    }
+    for spec in args.model:
+        name, _, path = spec.partition("=")
+        if not path:
+            raise SystemExit(f"--model {spec!r}: give NAME=DIR")
+        tok = AutoTokenizer.from_pretrained(path)
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        t = time.perf_counter()
+        m = generation_metrics(
+            model, tok, positions, device=torch.device("cpu"), max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size, add_special_tokens=add,
+        )  # fmt: skip
+        m["seconds"] = round(time.perf_counter() - t, 1)
+        m["path"] = path
+        res["models"][name] = m  # type: ignore[index]
+        print(name, json.dumps(m), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
