@@ -1,0 +1,54 @@
+"""Pieces of scripts/bundled_gpu.py (the GPU-machine driver of the bundled model) that run
+without a GPU: which checkpoint ships with ``FINAL_PICK=eval_loss``, and the opponents list."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def driver() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bundled_gpu", ROOT / "scripts" / "bundled_gpu.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_log(run: Path, rows: list[dict]) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
+
+
+def test_final_pick_is_the_checkpoint_of_lowest_validation_loss(driver: ModuleType, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    write_log(run, [
+        {"step": 100, "loss": 2.0},  # a training line, no eval_loss
+        {"step": 500, "eval_loss": 2.32},
+        {"step": 1000, "eval_loss": 2.10},
+        {"step": 1500, "eval_loss": 2.05},  # lowest, but no checkpoint of it was kept
+        {"step": 2000, "eval_loss": float("nan")},
+        {"step": 2500, "eval_loss": 2.11},
+    ])  # fmt: skip
+    ckpts = {s: run / "checkpoints" / f"step-{s:07d}" for s in (500, 1000, 2000, 2500)}
+    assert driver.lowest_eval_loss(run, ckpts) == 1000
+    assert driver.lowest_eval_loss(run, {2000: ckpts[2000]}) is None  # only a NaN loss: nothing to pick
+    assert driver.lowest_eval_loss(tmp_path / "no-run", ckpts) is None
+
+
+def test_eval_opponents_are_checked(driver: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVAL_OPPONENTS", "random")
+    assert driver.eval_opponents() == ["random"]
+    assert not driver.needs_stockfish(["random"])
+    monkeypatch.setenv("EVAL_OPPONENTS", "random,sf1350")
+    assert driver.needs_stockfish(driver.eval_opponents())
+    monkeypatch.setenv("EVAL_OPPONENTS", "random,stockfish-9000")
+    with pytest.raises(SystemExit, match="stockfish-9000"):
+        driver.eval_opponents()
