@@ -12,12 +12,12 @@
 #   with --games:        the self-play sets kept in the repository's history (datasets/README.md:
 #                        each was committed, then removed from the tree so that GPU calls do not
 #                        carry it), unpacked from the commits that added them to .gpu2/datasets/
-#                        (GAMES='.gpu2/datasets/*' for bundled_gpu.py train); --games NAME
-#                        (selfplay-20) or --games COMMIT takes one set only. All sets (D 24 MB,
+#                        (GAMES='.gpu2/datasets/*' for bundled_gpu.py train); --games NAME[,NAME...]
+#                        (selfplay-20) or COMMIT[,...] takes those sets only. All sets (D 24 MB,
 #                        E 12 MB) with the 40 MB tree are more than one call may carry.
 # A new session's checkout starts without .gpu2: run this before the first GPU call.
 # Mind the 64 MiB a call may carry: the tracked tree is about 40 MB (the bundled model).
-#   bash scripts/gpu_carry.sh [--stockfish] [--gpu-libs] [--games [NAME|COMMIT]]
+#   bash scripts/gpu_carry.sh [--stockfish] [--gpu-libs] [--games [NAME|COMMIT[,...]]]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stockfish=0 libs=0 games=""
@@ -28,7 +28,7 @@ while [ $# -gt 0 ]; do
         --games)
             games=auto
             if [ $# -gt 1 ] && [ "${2#--}" = "$2" ]; then games=$2; shift; fi ;;
-        *) echo "unknown option $1 (use --stockfish, --gpu-libs, --games [NAME|COMMIT])" >&2; exit 2 ;;
+        *) echo "unknown option $1 (use --stockfish, --gpu-libs, --games [NAME|COMMIT[,...]])" >&2; exit 2 ;;
     esac
     shift
 done
@@ -71,12 +71,18 @@ if [ -n "$games" ]; then
         # the hashes does not lose them.
         commits=$(git log --diff-filter=A --format=%H -- 'datasets/*/manifest.json')
         [ -n "$commits" ] || { echo "no self-play set in the history (datasets/*/manifest.json)" >&2; exit 1; }
-    elif git rev-parse -q --verify "$games^{commit}" >/dev/null 2>&1; then
-        commits=$games
     else
-        # A set's name (selfplay-20): the commit that added its manifest.
-        commits=$(git log --diff-filter=A --format=%H -- "datasets/$games/manifest.json")
-        [ -n "$commits" ] || { echo "--games $games: neither a commit nor a set in the history (datasets/README.md)" >&2; exit 1; }
+        # Comma-separated commits or set names (selfplay-20: the commit that added its manifest).
+        commits=""
+        for g in ${games//,/ }; do
+            if git rev-parse -q --verify "$g^{commit}" >/dev/null 2>&1; then
+                commits="$commits $g"
+            else
+                c=$(git log --diff-filter=A --format=%H -- "datasets/$g/manifest.json")
+                [ -n "$c" ] || { echo "--games $g: neither a commit nor a set in the history (datasets/README.md)" >&2; exit 1; }
+                commits="$commits $c"
+            fi
+        done
     fi
     for c in $commits; do
         for set in $(git ls-tree --name-only "$c" datasets/ | grep -v '\.md$'); do
