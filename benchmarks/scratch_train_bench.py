@@ -67,10 +67,9 @@ def build(games: list[str], work: Path, workers: int) -> Path:
     data = work / "data"
     if (data / "stats.json").is_file():
         return data
+    sources = [arg for g in games for arg in ("--source", g)]
     cmd = [sys.executable, "-m", "training", "dataset", "build", "--config", "configs/dataset/scratch-games.yaml",
-           "--out", str(data), "--no-progress", f"workers={workers}"]  # fmt: skip
-    for g in games:
-        cmd[5:5] = ["--source", g]
+           *sources, "--out", str(data), "--no-progress", f"workers={workers}"]  # fmt: skip
     subprocess.run(cmd, cwd=ROOT, check=True)
     return data
 

@@ -487,6 +487,16 @@ def lowest_eval_loss(run_dir: Path, ckpts: dict[int, Path]) -> int | None:
     return min(losses, key=lambda k: losses[k]) if losses else None
 
 
+def export_final(run_dir: Path, ckpt: Path, final: Path) -> None:
+    """A checkpoint as the engine-loadable final folder, with the run's config and log."""
+    from training.modeling import export_checkpoint
+
+    export_checkpoint(run_dir, ckpt, final)
+    for name in ("training_config.yaml", "log.jsonl"):
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, final / name)
+
+
 def phase_train() -> int:
     budget = float(os.environ.get("BUDGET_S") or 510)
     deadline = T0 + budget
@@ -556,12 +566,7 @@ def phase_train() -> int:
     ckpts = ev.checkpoints()
     pick = lowest_eval_loss(run_dir, ckpts) if os.environ.get("FINAL_PICK") == "eval_loss" else None
     if pick is not None:
-        from training.modeling import export_checkpoint
-
-        export_checkpoint(run_dir, ckpts[pick], final)
-        for name in ("training_config.yaml", "log.jsonl"):
-            if (run_dir / name).is_file():
-                shutil.copy2(run_dir / name, final / name)
+        export_final(run_dir, ckpts[pick], final)
         say(f"final model: checkpoint step {pick}, the lowest validation loss (FINAL_PICK=eval_loss)")
     elif (run_dir / "model.safetensors").is_file():
         final.mkdir()
@@ -569,12 +574,7 @@ def phase_train() -> int:
             if p.is_file():
                 shutil.copy2(p, final / p.name)
     elif ckpts:
-        from training.modeling import export_checkpoint
-
-        export_checkpoint(run_dir, ckpts[max(ckpts)], final)
-        for name in ("training_config.yaml", "log.jsonl"):
-            if (run_dir / name).is_file():
-                shutil.copy2(run_dir / name, final / name)
+        export_final(run_dir, ckpts[max(ckpts)], final)
         say(f"final model: exported from checkpoint step {max(ckpts)} (training did not finish)")
     else:
         say("no checkpoint: no model")

@@ -40,9 +40,12 @@ $MC train --config configs/train/scratch-medium.yaml data.path="$W/scratch-games
     train.output_dir="$W/run" train.max_steps="$STEPS" train.save_steps=300 eval.eval_steps=300 train.save_total_limit=0
 # The shipped weights: the checkpoint of step SHIP_STEP as an engine-loadable folder.
 PY=$(dirname "$MC")/python
-"$PY" -c "import sys; from pathlib import Path; from training.modeling import export_checkpoint; \
-run = Path(sys.argv[1]); export_checkpoint(run, run / 'checkpoints' / f'step-{int(sys.argv[2]):07d}', run / 'bundled')" \
-    "$W/run" "$SHIP_STEP"
+# export_step RUN STEP: the checkpoint of STEP as an engine-loadable folder RUN/bundled.
+export_step() {
+    "$PY" -c "import sys; from pathlib import Path; from training.modeling import export_checkpoint; \
+run = Path(sys.argv[1]); export_checkpoint(run, run / 'checkpoints' / f'step-{int(sys.argv[2]):07d}', run / 'bundled')" "$1" "$2"
+}
+export_step "$W/run" "$SHIP_STEP"
 echo "v3: $W/run/bundled"
 
 # v4: v3 trained on set D (130,643 games, seed 20), lr 3e-4 cosine over 4,000 steps; v4 ships
@@ -65,8 +68,7 @@ if [ "${V4:-1}" = 1 ]; then
     $MC train --config configs/train/scratch-medium.yaml data.path="$W/scratch-games-d" train.output_dir="$W/run-v4" \
         model.init=pretrained model.path="$W/run/bundled" model.tokenizer= train.learning_rate=3e-4 \
         train.warmup_steps=100 train.max_steps=4000 train.save_steps=500 eval.eval_steps=500 train.save_total_limit=0
-    "$PY" -c "import sys; from pathlib import Path; from training.modeling import export_checkpoint; \
-run = Path(sys.argv[1]); export_checkpoint(run, run / 'checkpoints' / 'step-0003000', run / 'bundled')" "$W/run-v4"
+    export_step "$W/run-v4" 3000
     echo "v4: $W/run-v4/bundled"
 fi
 echo "(copy config.json, generation_config.json, model.safetensors, tokenizer*.json into engine/data/bundled-model)"

@@ -353,7 +353,8 @@ class TrainSection:
     # gradient_checkpointing is on (the first round(fraction * layers) of them): 1.0 = all,
     # 0.0 = none. Fewer recomputed layers are faster and hold more memory.
     gradient_checkpointing_fraction: float = 1.0
-    # torch.compile the training forward (CUDA only; evaluation and generation stay eager).
+    # torch.compile the training forward (any device; measured on CUDA, where it pays;
+    # evaluation and generation stay eager).
     # Rows are then padded to data.max_length so that every step has one shape and one graph.
     compile: bool = False
 
