@@ -60,10 +60,13 @@ def main() -> int:
         name, _, path = spec.partition("=")
         if not path:
             raise SystemExit(f"--model {spec!r}: give NAME=DIR")
-        tok = AutoTokenizer.from_pretrained(path)
+        try:
+            tok = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        except Exception as exc:  # noqa: BLE001 - any loading failure is the user's path
+            raise SystemExit(f"--model {spec!r}: cannot load a model and tokenizer from {path!r}: {exc}") from None
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         t = time.perf_counter()
         m = generation_metrics(
             model, tok, positions, device=torch.device("cpu"), max_new_tokens=args.max_new_tokens,

@@ -22,6 +22,14 @@ if ! command -v stockfish >/dev/null 2>&1 && [ ! -x /usr/games/stockfish ]; then
   $SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q stockfish
 fi
 
+# The tests compile a training forward with torch.compile, whose CPU backend builds C++
+# (g++ and the Python headers).
+if [[ ",$extras," == *",test,"* ]] && ! command -v g++ >/dev/null 2>&1; then
+  echo "setup.sh: installing a C++ compiler for torch.compile's CPU backend (Debian packages 'g++', 'python3-dev')"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo"
+  $SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q g++ python3-dev
+fi
+
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
