@@ -30,7 +30,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 
 
-def time_rows(timed: Any, x: Any, ws: list[Any], n: int, *, sweep: bool) -> dict[str, Any]:
+def explore_configs(m: int, k: int) -> list[tuple[int, ...]]:
+    """A wider grid of kernel configs than the set-up list (``--explore``): tile width,
+    row tile, K split, warps, stages and the table/byte-reading variants."""
+    import itertools
+
+    from engine import nf4gemm
+
+    cap = max(16, 1 << (max(m, 1) - 1).bit_length())
+    out: list[tuple[int, ...]] = []
+    for bn, bm, split, warps, stages, variant in itertools.product(
+        (64, 128, 256), (16, 64), (1, 2, 4), (4, 8), (3,),
+        (nf4gemm.PRMT_LUT, nf4gemm.PRMT_LUT | nf4gemm.INTERLEAVE, nf4gemm.INTERLEAVE)
+    ):
+        if bm <= cap and k % (64 * split) == 0 and not (bn == 256 and warps == 4):
+            out.append((bn, bm, split, warps, stages, variant))
+    return out
+
+
+def time_rows(timed: Any, x: Any, ws: list[Any], n: int, *, sweep: bool, explore: bool = False) -> dict[str, Any]:
     """ms for one pass over all of ``ws`` per method (and the sweep's best kernel tiles)."""
     import bitsandbytes.functional as bnbf
     import torch.nn.functional as F
@@ -51,6 +69,20 @@ def time_rows(timed: Any, x: Any, ws: list[Any], n: int, *, sweep: bool) -> dict
     if best[1] is not None:
         row["kernel_best"] = best[0]
         row["kernel_best_config"] = best[1]
+    if explore:
+        grid = {}
+        for cfg in explore_configs(m, k):
+            try:
+                grid[",".join(map(str, cfg))] = timed(
+                    lambda cfg=cfg: [nf4gemm.nf4_linear(x, p_, a_, c_, n, config=cfg) for _, p_, _, a_, c_ in ws],
+                    reps=3)
+            except Exception as exc:  # noqa: BLE001 - a tile Triton cannot build (registers, shared memory)
+                grid[",".join(map(str, cfg))] = f"{type(exc).__name__}: {str(exc)[:80]}"
+        times = {c: t for c, t in grid.items() if isinstance(t, float)}
+        row["explore"] = grid
+        if times:
+            top = min(times, key=times.__getitem__)
+            row["explore_best"], row["explore_best_config"] = times[top], top
     return row
 
 
@@ -60,6 +92,8 @@ def main() -> int:
     ap.add_argument("--rows", default="1,16,32,64,96,128,192,256,384,512,768")
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--explore", default="", help="row counts (comma-separated) at which to time explore_configs' grid")
+    ap.add_argument("--explore-shapes", default="gate_up", help="the shapes explored (comma-separated)")
     args = ap.parse_args()
 
     import bitsandbytes.functional as bnbf
@@ -108,14 +142,18 @@ def main() -> int:
         print(name, "onehot exact", exact, checks[-1], flush=True)
         shape_res: dict[str, Any] = {}
         for m in rows_list:
-            row = time_rows(timed, torch.randn(m, k, device=dev, dtype=torch.bfloat16), ws, n, sweep=args.sweep)
+            row = time_rows(timed, torch.randn(m, k, device=dev, dtype=torch.bfloat16), ws, n, sweep=args.sweep,
+                            explore=str(m) in args.explore.split(",") and name in args.explore_shapes.split(","))
+            if isinstance(row.get("explore"), dict):
+                row["explore"] = {c: round(t / args.layers * 1000, 1) if isinstance(t, float) else t
+                                  for c, t in row["explore"].items()}
             for key in list(row):
                 if isinstance(row[key], float):
                     row[key] = round(row[key] / args.layers * 1000, 1)  # microseconds per call
                     totals.setdefault(key, {}).setdefault(m, 0.0)
                     totals[key][m] += row[key]
             shape_res[str(m)] = row
-            print(name, m, row, flush=True)
+            print(name, m, {key: v for key, v in row.items() if key != "explore"}, flush=True)
         res["shapes"][name] = shape_res
         del ws
         torch.cuda.empty_cache()

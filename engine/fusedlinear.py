@@ -297,7 +297,7 @@ def use_nf4_kernel(
     """
     import torch
 
-    from engine.nf4gemm import BLOCK_K, available, configs_for
+    from engine.nf4gemm import BLOCK_K, available, configs_for, is_nf4_code
 
     groups = [g for g, f in layers[0].items() if f.nf4] if layers else []
     if not rows or not groups:
@@ -335,7 +335,7 @@ def use_nf4_kernel(
                 scale = want.abs().max().clamp_min(1e-6)
                 best_t = timed(lambda x=x, fs=fs: [f.dequant_product(x) for f in fs])
                 best: Any = None
-                for config in configs_for(m, f0.in_features):
+                for config in configs_for(m, f0.in_features, f0.blocksize, prmt=is_nf4_code(f0.code)):
                     rel = float((f0.kernel(x, config).float() - want).abs().max() / scale)
                     worst = max(worst, rel)
                     if not rel <= tol:

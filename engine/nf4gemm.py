@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-BLOCK_K = 64  # one NF4 scale block per K step (bitsandbytes' default blocksize)
+BLOCK_K = 64  # input sizes must be multiples of this (bitsandbytes' default NF4 blocksize)
 
 
 def available() -> str | None:
@@ -44,72 +44,240 @@ def available() -> str | None:
     return None
 
 
+# bitsandbytes' NF4 table (functional.get_4bit_type("nf4")), float32. The byte-permute
+# lookup below has these values built into its instructions; FastLinear checks a
+# model's table against it before choosing that variant.
+NF4_CODE = (
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+    -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+    0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+    0.7229568362236023, 1.0,
+)
+
+
+@functools.cache
+def _words(device: Any) -> Any:
+    import torch
+
+    return torch.tensor(register_words(), dtype=torch.int32, device=device)
+
+
+@functools.cache
+def _asm(odd: bool) -> str:
+    return prmt_lookup_asm(odd)
+
+
+def is_nf4_code(code: Any) -> bool:
+    """Whether a 16-value table (a tensor) is bitsandbytes' NF4 table, bit for bit (the
+    byte-permute variant's precondition)."""
+    import torch
+
+    want = torch.tensor(NF4_CODE, dtype=torch.float32)
+    return tuple(code.shape) == (16,) and bool(torch.equal(code.detach().float().cpu(), want))
+
+
+def plane_words(code: tuple[float, ...] = NF4_CODE) -> list[list[int]]:
+    """``[b][j]``: byte ``b`` of the float32 table entries ``4j .. 4j + 3``, as one word."""
+    import struct
+
+    bits = [int(struct.unpack("<I", struct.pack("<f", v))[0]) for v in code]
+    return [[sum(((bits[4 * j + i] >> (8 * b)) & 255) << (8 * i) for i in range(4)) for j in range(4)]
+            for b in range(4)]
+
+
+def register_words(code: tuple[float, ...] = NF4_CODE) -> list[int]:
+    """The eight table words the lookup takes in registers (``prmt``'s first source
+    cannot be an immediate), in operand order, as signed 32-bit values."""
+    words = [w for plane in plane_words(code) for w in (plane[0], plane[2])]
+    return [w - (1 << 32) if w >= 1 << 31 else w for w in words]
+
+
+def prmt_lookup_asm(odd: bool, code: tuple[float, ...] = NF4_CODE) -> str:
+    """PTX for the byte-permute lookup: 4 packed bytes in, the float32 table values of
+    their 4 high (``odd=False``: the even weights) or low (``odd=True``) nibbles out.
+
+    ``prmt`` picks 4 bytes out of 8 by 3-bit selectors, so each byte plane of the
+    16 float32 values (4 planes x 16 bytes) is two lookups (entries 0-7, 8-15) merged
+    by a mask made from the selectors' top bit (``prmt``'s sign-replicate mode turns
+    it into 0x00/0xFF bytes); four ``prmt`` then put the planes' bytes back together
+    as four floats. About 6 instructions a weight, where a tree of selects takes 20.
+    """
+    table = plane_words(code)
+    # Operands: $0-$3 the four floats out, $4 the four packed bytes, then the eight
+    # table words that take a register in prmt ($5, $9, ...: four copies each, one per
+    # packed element); the other eight are immediates.
+    lines = ["{", ".reg .b32 x, y, sel, s3, ms, mk, a, b, p0, p1, p2, p3, q0, q1, q2, q3;"]
+    lines.append("and.b32 x, $4, 0x0F0F0F0F;" if odd else "shr.u32 x, $4, 4;\nand.b32 x, x, 0x0F0F0F0F;")
+    lines += [
+        "shr.u32 y, x, 4;", "or.b32 y, x, y;",
+        "prmt.b32 sel, y, 0, 0x4420;",  # nibble i of sel = byte i's code
+        "and.b32 s3, sel, 0x7777;",
+        "shr.u32 ms, sel, 1;", "and.b32 ms, ms, 0x4444;", "or.b32 ms, ms, 0x8888;",
+        "prmt.b32 mk, 0, 0x80808080, ms;",  # byte i: 0xFF where code i >= 8
+    ]
+    for b in range(4):
+        t = table[b]
+        lines += [f"prmt.b32 a, ${5 + 8 * b}, {t[1]:#010x}, s3;", f"prmt.b32 b, ${9 + 8 * b}, {t[3]:#010x}, s3;",
+                  f"lop3.b32 p{b}, a, b, mk, 0xD8;"]
+    lines += [
+        "prmt.b32 q0, p0, p1, 0x5140;", "prmt.b32 q1, p0, p1, 0x7362;",
+        "prmt.b32 q2, p2, p3, 0x5140;", "prmt.b32 q3, p2, p3, 0x7362;",
+        "prmt.b32 $0, q0, q2, 0x5410;", "prmt.b32 $1, q0, q2, 0x7632;",
+        "prmt.b32 $2, q1, q3, 0x5410;", "prmt.b32 $3, q1, q3, 0x7632;",
+        "}",
+    ]
+    return "\n".join(lines)
+
+
 @functools.cache
 def _kernel() -> Any:
     import triton
     import triton.language as tl
 
     @triton.jit
-    def nf4_matmul(
-        x_ptr, w_ptr, absmax_ptr, code_ptr, y_ptr,
-        M, N, K, stride_xm, stride_ym,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-        QBLOCK: tl.constexpr,
+    def nf4_matmul_t(
+        x_ptr, w_ptr, absmax_ptr, code_ptr, words_ptr, y_ptr,
+        M, N, K, stride_w, stride_xm, stride_ym,
+        BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, SPLIT_K: tl.constexpr, QBLOCK: tl.constexpr,
+        PRMT_LUT: tl.constexpr, INTERLEAVE: tl.constexpr, ASM_EVEN: tl.constexpr, ASM_ODD: tl.constexpr,
     ):
+        # y^T = W x^T: the weight tile is the product's left operand, as stored (rows of
+        # W along N, K contiguous), and the few input rows are the right one.
         pid_n = tl.program_id(0)
         pid_m = tl.program_id(1)
         pid_k = tl.program_id(2)
-        HALF: tl.constexpr = BLOCK_K // 2
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        HALF: tl.constexpr = QBLOCK // 2
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        offs_j = tl.arange(0, HALF)
-        offs_k = tl.arange(0, BLOCK_K)
-        m_mask = offs_m < M
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_h = tl.arange(0, HALF)
         n_mask = offs_n < N
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        m_mask = offs_m < M
         k_len = K // SPLIT_K
-        k_begin = pid_k * k_len
-        w_row = offs_n.to(tl.int64) * (K // 2)
-        s_row = offs_n.to(tl.int64) * (K // QBLOCK)
-        x_rows = x_ptr + offs_m[:, None] * stride_xm
-        for k0 in range(k_begin, k_begin + k_len, BLOCK_K):
-            packed = tl.load(w_ptr + w_row[:, None] + (k0 // 2 + offs_j)[None, :], mask=n_mask[:, None], other=0)
-            scale = tl.load(absmax_ptr + s_row[:, None] + ((k0 + 2 * offs_j) // QBLOCK)[None, :],
-                            mask=n_mask[:, None], other=0.0)
-            w_hi = (tl.load(code_ptr + (packed >> 4).to(tl.int32)) * scale).to(x_ptr.dtype.element_ty)
-            w_lo = (tl.load(code_ptr + (packed & 15).to(tl.int32)) * scale).to(x_ptr.dtype.element_ty)
-            x = tl.load(x_rows + (k0 + offs_k)[None, :], mask=m_mask[:, None], other=0.0)
-            x_even, x_odd = tl.split(tl.reshape(x, (BLOCK_M, HALF, 2)))
-            acc += tl.dot(x_even, tl.trans(w_hi))
-            acc += tl.dot(x_odd, tl.trans(w_lo))
-        y_offs = offs_m[:, None] * stride_ym + offs_n[None, :]
-        mask = m_mask[:, None] & n_mask[None, :]
-        if SPLIT_K == 1:
-            tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+        # (alignment hints, so that the loads are vectorized: k_len is whole NF4 blocks)
+        k_begin = tl.multiple_of(pid_k * k_len, QBLOCK)
+        rows = offs_n.to(tl.int64)
+        # one NF4 block (QBLOCK weights, QBLOCK / 2 bytes, one scale) of each row a step;
+        # a byte's high nibble is the even weight, its low nibble the odd one
+        w_ptrs = w_ptr + rows[:, None] * stride_w + (tl.multiple_of(k_begin // 2, HALF) + offs_h)[None, :]
+        s_ptrs = absmax_ptr + rows * (K // QBLOCK) + k_begin // QBLOCK
+        if INTERLEAVE:
+            x_ptrs = x_ptr + offs_m[None, :] * stride_xm + (k_begin + tl.arange(0, QBLOCK))[:, None]
         else:
-            tl.atomic_add(y_ptr + y_offs, acc, mask=mask)
+            x_ptrs = x_ptr + offs_m[None, :] * stride_xm + (k_begin + 2 * offs_h)[:, None]
+        if PRMT_LUT:
+            zero = tl.zeros((BLOCK_N, HALF), dtype=tl.int32)
+            r0 = zero + tl.load(words_ptr + 0)
+            r1 = zero + tl.load(words_ptr + 1)
+            r2 = zero + tl.load(words_ptr + 2)
+            r3 = zero + tl.load(words_ptr + 3)
+            r4 = zero + tl.load(words_ptr + 4)
+            r5 = zero + tl.load(words_ptr + 5)
+            r6 = zero + tl.load(words_ptr + 6)
+            r7 = zero + tl.load(words_ptr + 7)
+        else:
+            c0 = tl.load(code_ptr + 0)
+            c1 = tl.load(code_ptr + 1)
+            c2 = tl.load(code_ptr + 2)
+            c3 = tl.load(code_ptr + 3)
+            c4 = tl.load(code_ptr + 4)
+            c5 = tl.load(code_ptr + 5)
+            c6 = tl.load(code_ptr + 6)
+            c7 = tl.load(code_ptr + 7)
+            c8 = tl.load(code_ptr + 8)
+            c9 = tl.load(code_ptr + 9)
+            c10 = tl.load(code_ptr + 10)
+            c11 = tl.load(code_ptr + 11)
+            c12 = tl.load(code_ptr + 12)
+            c13 = tl.load(code_ptr + 13)
+            c14 = tl.load(code_ptr + 14)
+            c15 = tl.load(code_ptr + 15)
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        for _ in range(0, k_len, QBLOCK):
+            packed = tl.load(w_ptrs, mask=n_mask[:, None], other=0)
+            scale = tl.load(s_ptrs, mask=n_mask, other=0.0)[:, None]
+            if PRMT_LUT:
+                v_even = tl.inline_asm_elementwise(
+                    ASM_EVEN, "=r,=r,=r,=r,r" + ",r,r,r,r" * 8, [packed, r0, r1, r2, r3, r4, r5, r6, r7],
+                    dtype=tl.float32, is_pure=True, pack=4)
+                v_odd = tl.inline_asm_elementwise(
+                    ASM_ODD, "=r,=r,=r,=r,r" + ",r,r,r,r" * 8, [packed, r0, r1, r2, r3, r4, r5, r6, r7],
+                    dtype=tl.float32, is_pure=True, pack=4)
+            else:
+                # a tree of selects over the table (exact for any 16-value table)
+                n_even = packed >> 4
+                n_odd = packed & 15
+                e0 = (n_even & 1) != 0
+                e1 = (n_even & 2) != 0
+                e2 = (n_even & 4) != 0
+                e3 = (n_even & 8) != 0
+                o0 = (n_odd & 1) != 0
+                o1 = (n_odd & 2) != 0
+                o2 = (n_odd & 4) != 0
+                o3 = (n_odd & 8) != 0
+                v_even = tl.where(
+                    e3,
+                    tl.where(e2, tl.where(e1, tl.where(e0, c15, c14), tl.where(e0, c13, c12)),
+                             tl.where(e1, tl.where(e0, c11, c10), tl.where(e0, c9, c8))),
+                    tl.where(e2, tl.where(e1, tl.where(e0, c7, c6), tl.where(e0, c5, c4)),
+                             tl.where(e1, tl.where(e0, c3, c2), tl.where(e0, c1, c0))))
+                v_odd = tl.where(
+                    o3,
+                    tl.where(o2, tl.where(o1, tl.where(o0, c15, c14), tl.where(o0, c13, c12)),
+                             tl.where(o1, tl.where(o0, c11, c10), tl.where(o0, c9, c8))),
+                    tl.where(o2, tl.where(o1, tl.where(o0, c7, c6), tl.where(o0, c5, c4)),
+                             tl.where(o1, tl.where(o0, c3, c2), tl.where(o0, c1, c0))))
+            # bitsandbytes' rounding: float32 value times float32 scale, then to the input dtype
+            w_even = (v_even * scale).to(x_ptr.dtype.element_ty)
+            w_odd = (v_odd * scale).to(x_ptr.dtype.element_ty)
+            if INTERLEAVE:
+                x = tl.load(x_ptrs, mask=m_mask[None, :], other=0.0)
+                acc += tl.dot(tl.interleave(w_even, w_odd), x)
+            else:
+                # even weights meet even input columns, odd weights odd ones
+                x_even = tl.load(x_ptrs, mask=m_mask[None, :], other=0.0)
+                x_odd = tl.load(x_ptrs + 1, mask=m_mask[None, :], other=0.0)
+                acc += tl.dot(w_even, x_even)
+                acc += tl.dot(w_odd, x_odd)
+            w_ptrs += HALF
+            s_ptrs += 1
+            x_ptrs += QBLOCK
+        y_ptrs = y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None]
+        mask = n_mask[:, None] & m_mask[None, :]
+        if SPLIT_K == 1:
+            tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+        else:
+            tl.atomic_add(y_ptrs, acc, mask=mask)
 
-    return nf4_matmul
+    return nf4_matmul_t
 
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, num_warps) tried at set-up; few K steps per
-# program and many programs, so that the loads' latency is hidden by other programs.
+# Variant bits of a config: how a 4-bit code becomes its value, and how the even and odd
+# weights of a byte meet the input.
+PRMT_LUT = 1  # the byte-permute lookup (prmt_lookup_asm: bitsandbytes' NF4 table only), else a
+#               tree of selects over the table passed in
+INTERLEAVE = 2  # even and odd weights interleaved into one product, else two products with the
+#                 even and odd input columns
+
+# (BLOCK_N, BLOCK_M, SPLIT_K, num_warps, num_stages, variant) tried at set-up.
 CONFIGS = (
-    (16, 32, 256, 4, 4), (16, 32, 128, 8, 4), (16, 64, 256, 2, 4), (16, 16, 256, 8, 2),
-    (32, 32, 256, 4, 4), (32, 64, 128, 4, 4), (64, 64, 128, 2, 4), (64, 32, 256, 4, 4),
+    (128, 16, 2, 4, 3, PRMT_LUT), (128, 32, 2, 4, 3, PRMT_LUT), (128, 64, 1, 4, 3, PRMT_LUT),
+    (64, 64, 2, 8, 3, PRMT_LUT), (128, 64, 1, 4, 3, PRMT_LUT | INTERLEAVE), (128, 128, 1, 8, 3, PRMT_LUT),
+    (128, 32, 2, 4, 3, INTERLEAVE), (128, 64, 1, 4, 3, INTERLEAVE), (64, 64, 2, 8, 3, INTERLEAVE),
 )
 
 
-def configs_for(m: int, k: int) -> list[tuple[int, int, int, int, int]]:
-    """The set-up candidates that fit an (m x k) input: row tiles no taller than needed,
-    K splits that tile ``k``."""
+def configs_for(m: int, k: int, blocksize: int = 64, *, prmt: bool = True) -> list[tuple[int, ...]]:
+    """The set-up candidates that fit an (m x k) input: row tiles no taller than needed
+    (the input rows are the product's narrow side), K splits whole in NF4 blocks; the
+    byte-permute variants only with ``prmt`` (the table is bitsandbytes' NF4 table)."""
     cap = max(16, 1 << (max(m, 1) - 1).bit_length())
-    return [c for c in CONFIGS if c[0] <= cap and k % (c[2] * c[3]) == 0]
+    return [c for c in CONFIGS
+            if c[1] <= cap and k % (blocksize * c[2]) == 0 and (prmt or not c[5] & PRMT_LUT)]
 
 
 def nf4_linear(
     x: Any, packed: Any, absmax: Any, code: Any, n: int, *, blocksize: int = 64,
-    config: tuple[int, int, int, int, int] | None = None,
+    config: tuple[int, ...] | None = None,
 ) -> Any:
     """``x @ dequant(W)^T`` for a 2-D ``x`` (m, k); ``W`` (n, k) NF4-packed, two codes a byte,
     ``absmax`` one float32 scale per ``blocksize`` weights, ``code`` the 16 NF4 values."""
@@ -117,36 +285,32 @@ def nf4_linear(
     import triton
 
     m, k = x.shape
-    if k % BLOCK_K:
-        raise ValueError(f"input size {k} is not a multiple of {BLOCK_K}")
-    if blocksize % 2:
-        raise ValueError(f"NF4 blocksize {blocksize} is odd")
+    if blocksize % 2 or blocksize < 16 or blocksize & (blocksize - 1):
+        raise ValueError(f"NF4 blocksize {blocksize} is not an even power of two of at least 16")
+    if k % blocksize:
+        raise ValueError(f"input size {k} is not a multiple of the NF4 blocksize {blocksize}")
     if x.stride(1) != 1:
         x = x.contiguous()
     if config is None:
-        fits = configs_for(m, k)
-        config = fits[0] if fits else (16, 32, BLOCK_K, 1, 4)
-    block_m, block_n, block_k, split, warps = config
+        fits = configs_for(m, k, blocksize, prmt=is_nf4_code(code))
+        config = fits[0] if fits else (64, 16, 1, 4, 3, INTERLEAVE)
+    block_n, block_m, split, warps, stages, variant = config
+    if k % (blocksize * split):
+        raise ValueError(f"input size {k} does not split into {split} parts of whole NF4 blocks")
     if split == 1:
         y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     else:
         y = torch.zeros((m, n), dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m), split)
     _kernel()[grid](
-        x, packed, absmax, code, y, m, n, k, x.stride(0), y.stride(0),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split, QBLOCK=blocksize,
-        num_warps=warps, num_stages=2,
+        x, packed, absmax, code, _words(x.device) if variant & PRMT_LUT else code, y, m, n, k, k // 2,
+        x.stride(0), y.stride(0),
+        BLOCK_N=block_n, BLOCK_M=block_m, SPLIT_K=split, QBLOCK=blocksize,
+        PRMT_LUT=bool(variant & PRMT_LUT), INTERLEAVE=bool(variant & INTERLEAVE),
+        ASM_EVEN=_asm(False) if variant & PRMT_LUT else "", ASM_ODD=_asm(True) if variant & PRMT_LUT else "",
+        num_warps=warps, num_stages=stages,
     )
     return y if split == 1 else y.to(x.dtype)
-
-
-@functools.cache
-def _sm_count(device: Any) -> int:
-    import torch
-
-    if getattr(device, "type", "cpu") != "cuda":
-        return 132
-    return int(torch.cuda.get_device_properties(device).multi_processor_count)
 
 
 def dequantize_reference(packed: Any, absmax: Any, code: Any, n: int, k: int, dtype: Any, blocksize: int = 64) -> Any:

@@ -45,6 +45,32 @@ def test_kernel_matches_bitsandbytes(cuda: object, n: int, k: int, m: int) -> No
     assert float((got - want).abs().max() / want.abs().max()) < 2e-2
 
 
+@pytest.mark.parametrize("config", __import__("engine.nf4gemm", fromlist=["CONFIGS"]).CONFIGS)
+def test_every_config_dequantizes_exactly(cuda: object, config: tuple[int, ...]) -> None:
+    """Each set-up tile/variant (byte-permute lookup or select tree, interleaved or split
+    inputs, K split) gives bitsandbytes' weights bit for bit and its product to rounding."""
+    import bitsandbytes.functional as bnbf
+    import torch
+    import torch.nn.functional as F
+
+    from engine import nf4gemm
+
+    n, k = 384, 1024
+    gen = torch.Generator(device="cpu").manual_seed(7)
+    w = (torch.randn(n, k, generator=gen) * 0.02).to(device=cuda, dtype=torch.bfloat16)
+    packed, qs = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=False)
+    deq = bnbf.dequantize_4bit(packed, qs)
+    absmax, code = qs.absmax.float().contiguous(), qs.code.float().contiguous()
+    assert nf4gemm.is_nf4_code(code)
+    eye = torch.eye(k, device=cuda, dtype=torch.bfloat16)[:config[1]]
+    got = nf4gemm.nf4_linear(eye, packed, absmax, code, n, config=config)
+    assert torch.equal(got, deq[:, : config[1]].t())
+    x = torch.randn(37, k, generator=gen).to(device=cuda, dtype=torch.bfloat16)
+    want = F.linear(x, deq).float()
+    got = nf4gemm.nf4_linear(x, packed, absmax, code, n, config=config).float()
+    assert float((got - want).abs().max() / want.abs().max()) < 2e-2
+
+
 def test_unavailable_reason_off_gpu() -> None:
     torch = pytest.importorskip("torch")
     from engine import nf4gemm
