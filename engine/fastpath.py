@@ -179,7 +179,7 @@ class FastPath:
         graph_max_batch_tokens: int = 2048,
         fuse_linears: bool = True,
         nf4_chunk_mb: float = 0.0,
-        nf4_kernel_rows: int = 0,
+        nf4_kernel_rows: int = 128,
     ) -> None:
         import torch
 

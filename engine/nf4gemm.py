@@ -258,21 +258,34 @@ PRMT_LUT = 1  # the byte-permute lookup (prmt_lookup_asm: bitsandbytes' NF4 tabl
 INTERLEAVE = 2  # even and odd weights interleaved into one product, else two products with the
 #                 even and odd input columns
 
-# (BLOCK_N, BLOCK_M, SPLIT_K, num_warps, num_stages, variant) tried at set-up.
+# (BLOCK_N, BLOCK_M, SPLIT_K, num_warps, num_stages, variant) tried at set-up. Splits of K
+# give the narrow projections (o, down: 4,096 outputs) enough programs for the GPU; the
+# H200 sweep (benchmarks/results/nf4_gemm_h200_v4.json) found the byte-permute variants
+# fastest, split inputs up to 32 rows and interleaved ones above.
 CONFIGS = (
-    (128, 16, 2, 4, 3, PRMT_LUT), (128, 32, 2, 4, 3, PRMT_LUT), (128, 64, 1, 4, 3, PRMT_LUT),
-    (64, 64, 2, 8, 3, PRMT_LUT), (128, 64, 1, 4, 3, PRMT_LUT | INTERLEAVE), (128, 128, 1, 8, 3, PRMT_LUT),
-    (128, 32, 2, 4, 3, INTERLEAVE), (128, 64, 1, 4, 3, INTERLEAVE), (64, 64, 2, 8, 3, INTERLEAVE),
+    (128, 16, 2, 4, 3, PRMT_LUT), (64, 16, 4, 4, 3, PRMT_LUT), (64, 16, 8, 4, 3, PRMT_LUT),
+    (128, 32, 2, 4, 3, PRMT_LUT), (64, 32, 4, 4, 3, PRMT_LUT), (64, 32, 8, 4, 3, PRMT_LUT),
+    (128, 32, 2, 4, 3, PRMT_LUT | INTERLEAVE),
+    (128, 64, 1, 8, 3, PRMT_LUT | INTERLEAVE), (64, 64, 4, 4, 3, PRMT_LUT | INTERLEAVE),
+    (128, 64, 4, 8, 3, PRMT_LUT | INTERLEAVE), (64, 64, 8, 4, 3, PRMT_LUT | INTERLEAVE),
+    (128, 64, 2, 4, 3, PRMT_LUT),
+    (128, 128, 1, 8, 3, PRMT_LUT), (64, 128, 4, 8, 3, PRMT_LUT | INTERLEAVE),
+    # the select tree, for tables other than bitsandbytes' NF4
+    (128, 32, 2, 4, 3, INTERLEAVE), (64, 64, 4, 8, 3, INTERLEAVE), (128, 64, 1, 4, 3, INTERLEAVE),
 )
 
 
 def configs_for(m: int, k: int, blocksize: int = 64, *, prmt: bool = True) -> list[tuple[int, ...]]:
     """The set-up candidates that fit an (m x k) input: row tiles no taller than needed
-    (the input rows are the product's narrow side), K splits whole in NF4 blocks; the
+    and no shorter than half of that (the input rows are the product's narrow side), K
+    splits whole in NF4 blocks; the
     byte-permute variants only with ``prmt`` (the table is bitsandbytes' NF4 table)."""
     cap = max(16, 1 << (max(m, 1) - 1).bit_length())
+    tallest = max(c[1] for c in CONFIGS if c[1] <= cap)
+    # a row tile of half the rows or less dequantizes each weight twice or more: skipped
     return [c for c in CONFIGS
-            if c[1] <= cap and k % (blocksize * c[2]) == 0 and (prmt or not c[5] & PRMT_LUT)]
+            if tallest >= c[1] >= min(cap, tallest * 2) // 2 and k % (blocksize * c[2]) == 0
+            and (prmt or not c[5] & PRMT_LUT)]
 
 
 def nf4_linear(
