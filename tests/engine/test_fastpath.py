@@ -100,6 +100,36 @@ def test_tail_tokenization_equals_whole_text_tokenization(scorer: LMScorer, temp
     assert enc.whole_fallbacks == 0  # the tail shortcut held everywhere
 
 
+def test_encoder_calls_the_rust_tokenizer_only_when_it_agrees(scorer: LMScorer) -> None:
+    enc = ContextEncoder(scorer.tokenizer)
+    assert scorer.tokenizer.is_fast and enc._backend is not None  # the tests above ran through it
+
+    class Skewed:  # a backend that drops the last id: must not be used
+        def __init__(self, inner: object) -> None:
+            self.inner = inner
+
+        def encode_batch_fast(self, texts: list[str], add_special_tokens: bool) -> list[object]:
+            out = self.inner.encode_batch_fast(texts, add_special_tokens=add_special_tokens)  # type: ignore[attr-defined]
+            return [type("E", (), {"ids": e.ids[:-1]})() for e in out]
+
+    class Wrapped:
+        is_fast = True
+
+        def __init__(self, tok: object) -> None:
+            self.tok = tok
+            self.backend_tokenizer = Skewed(tok.backend_tokenizer)  # type: ignore[attr-defined]
+
+        def __call__(self, *a: object, **k: object) -> object:
+            return self.tok(*a, **k)  # type: ignore[operator]
+
+    skewed = ContextEncoder(Wrapped(scorer.tokenizer))
+    assert skewed._backend is None
+    text = '[Event "?"]\n\n1. e4 e5 2.'
+    assert skewed.encode_candidates(text, [" Nf3", " d4"], add_special_tokens=True) == [
+        scorer.tokenizer(text + c).input_ids for c in (" Nf3", " d4")
+    ]
+
+
 def test_growing_prompts_are_tokenized_as_whole_texts(scorer: LMScorer) -> None:
     player = Player(EngineConfig(), scorer)
     enc = ContextEncoder(scorer.tokenizer)
