@@ -268,6 +268,16 @@ class FastPath:
         with torch.inference_mode():
             rows = [b for b in _BUCKETS if b <= nf4_kernel_rows]
             self.nf4_kernel_note = use_nf4_kernel(fused, rows, device=self.device, dtype=self.dtype, tol=tol)
+            if self.nf4_kernel_note.startswith("on"):
+                # the kernel with the adapter in its epilogue, against the modules again
+                try:
+                    check_layer(self.layers[0], fused[0], self.dtype, self.device, tol=tol)
+                except (NotFusable, RuntimeError) as exc:
+                    for layer in fused:
+                        for f in layer.values():
+                            f.kernel_plan = []
+                    self.nf4_kernel_note = f"off (layer-0 check with the kernel: {exc})"
+                    logger.warning("fast path: fused NF4 kernel {}", self.nf4_kernel_note)
         if self.nf4_kernel_note != "off":
             logger.info("fast path: fused NF4 kernel {}", self.nf4_kernel_note)
 
@@ -280,6 +290,9 @@ class FastPath:
         emb = torch.cat((freqs, freqs), dim=-1)
         self._cos = (emb.cos() * self._rope_scale).to(self.dtype)
         self._sin = (emb.sin() * self._rope_scale).to(self.dtype)
+        # rotate_half(x) * sin == swap_halves(x) * sin_signed: one kernel fewer per rotation
+        half = self._sin.shape[-1] // 2
+        self._sin_signed = torch.cat((-self._sin[:, :half], self._sin[:, half:]), dim=-1)
 
     def fits(self, job: Job) -> bool:
         """Whether the job's prefix and trie fit in the largest cache this model allows."""
@@ -501,6 +514,7 @@ class FastPath:
         sin = self._sin[pos][:, None, :]
         h = self.core.embed_tokens(ids[None])
         fused = self._fused
+        sin_signed = self._sin_signed[pos][:, None, :]  # (for the fused projections' rotation)
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
             if fused is None:
@@ -513,7 +527,7 @@ class FastPath:
             else:
                 qkv = fused[i]["qkv"](self._norm(layer.input_layernorm, h[0]))
                 qk = qkv[:, : (H + KV) * D].view(T, H + KV, D)
-                qk = qk * cos + _rotate_half(qk) * sin  # q and k rotated together
+                qk = torch.addcmul(qk * cos, _swap_halves(qk), sin_signed)  # q and k rotated together
                 q, k = qk[:, :H], qk[:, H:]
                 v = qkv[:, (H + KV) * D :].view(T, KV, D)
             kc, vc = self.store.k[i], self.store.v[i]
@@ -552,6 +566,11 @@ class FastPath:
         eps = getattr(norm, "variance_epsilon", None)
         if eps is None or not hasattr(F, "rms_norm") or not type(norm).__name__.endswith("RMSNorm"):
             return norm(x)
+        if norm.weight.dtype == x.dtype:
+            # one kernel: torch's rms_norm computes a bf16/fp16 input in float32 and scales
+            # by the weight before rounding back (Mistral's module rounds, then scales:
+            # the two differ by at most one rounding step)
+            return F.rms_norm(x, (x.shape[-1],), weight=norm.weight, eps=eps)
         return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
 
     def _mask(self, start: Any, loc: Any, S: int) -> Any:
@@ -729,6 +748,13 @@ class FastPath:
                     return count
                 count += 1
         return count
+
+
+def _swap_halves(x: Any) -> Any:
+    import torch
+
+    half = x.shape[-1] // 2
+    return torch.cat((x[..., half:], x[..., :half]), dim=-1)
 
 
 def _rotate_half(x: Any) -> Any:

@@ -128,6 +128,10 @@ class FastLinear:
         self.lora_at: Any = None  # (in, R): the adapters' A side by side, transposed
         self.lora_bt: Any = None  # (R, out): their scaled B block-diagonally, transposed
         self._take_lora(modules, bases, dtype)
+        # the same, R padded with zeros to a power of two (>= 16), for the NF4 kernel's
+        # epilogue: (in, Rp) and (out, Rp), made when the kernel is first planned
+        self.lora_a_pad: Any = None
+        self.lora_b_pad: Any = None
 
     def _take_nf4(self, bases: list[Any], dtype: Any, chunk_bytes: int) -> None:
         import bitsandbytes.functional as bnbf
@@ -225,12 +229,30 @@ class FastLinear:
                 return config
         return None
 
-    def kernel(self, x: Any, config: Any) -> Any:
-        """The base product through engine.nf4gemm's fused kernel (no bias, no adapter)."""
+    def pad_lora(self) -> None:
+        """The adapter with its rank padded for the kernel's epilogue (made once)."""
+        import torch.nn.functional as F
+
+        if self.lora_at is None or self.lora_a_pad is not None:
+            return
+        r = int(self.lora_at.shape[1])
+        rp = max(16, 1 << (r - 1).bit_length())
+        self.lora_a_pad = F.pad(self.lora_at, (0, rp - r)).contiguous()
+        self.lora_b_pad = F.pad(self.lora_bt.t(), (0, rp - r)).contiguous()
+
+    def kernel(self, x: Any, config: Any, *, with_lora: bool = False) -> Any:
+        """The base product through engine.nf4gemm's fused kernel (no bias), and with
+        ``with_lora`` the adapter's product added in the kernel."""
+        import torch
+
         from engine.nf4gemm import nf4_linear
 
+        lora = None
+        if with_lora and self.lora_at is not None:
+            self.pad_lora()
+            lora = (torch.mm(x, self.lora_a_pad), self.lora_b_pad)
         return nf4_linear(x, self.packed, self.absmax, self.code, sum(self.out_sizes), blocksize=self.blocksize,
-                          config=config)
+                          config=config, lora=lora)
 
     def dequant_product(self, x: Any, bias: Any = None) -> Any:
         """The NF4 base product as dequantize + product (no adapter)."""
@@ -245,10 +267,9 @@ class FastLinear:
 
         config = self._kernel_config(int(x.shape[0])) if self.kernel_plan else None
         if config is not None:
-            y = self.kernel(x, config)
-            if self.bias is not None:
-                y = y + self.bias
-        elif self.nf4:
+            y = self.kernel(x, config, with_lora=True)  # the adapter inside the kernel
+            return y + self.bias if self.bias is not None else y
+        if self.nf4:
             import bitsandbytes.functional as bnbf
 
             if self.chunks:
@@ -292,8 +313,9 @@ def use_nf4_kernel(
     For each projection group and each row count in ``rows`` (the fast path's step
     buckets), every kernel tile choice is checked against dequantize + product on
     layer 0 (relative difference at most ``tol``) and timed, with dequantize +
-    product, over ``timed_layers`` layers' weights (so from GPU memory, not L2); the
-    fastest wins. Returns a note; any trouble leaves the kernel off.
+    product, over ``timed_layers`` layers' weights (so from GPU memory, not L2) as a
+    replayed CUDA graph; the fastest wins. Returns a note; any trouble leaves the
+    kernel off.
     """
     import torch
 
@@ -311,8 +333,30 @@ def use_nf4_kernel(
         return f"off ({why})"
 
     def timed(fn: Any) -> float:
+        """ms per call of ``fn``, replayed as a CUDA graph as the fast path runs it (so
+        the launch costs of a few small kernels do not count); eager if capture fails."""
         fn()
+        torch.cuda.synchronize()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                fn()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                fn()
+            graph.replay()
+            start.record()
+            for _ in range(3):
+                graph.replay()
+            end.record()
+            end.synchronize()
+            del graph
+            return float(start.elapsed_time(end)) / 3
+        except RuntimeError:
+            torch.cuda.synchronize()
         start.record()
         for _ in range(3):
             fn()
@@ -354,6 +398,8 @@ def use_nf4_kernel(
     for layer in layers:
         for g, plan in plans.items():
             layer[g].kernel_plan = list(plan) if any(c is not None for _, c in plan) else []
+            if layer[g].kernel_plan:
+                layer[g].pad_lora()
     if not used:
         return f"off (dequantize + product was faster at every row count; max relative difference {worst:.2g})"
     chosen = {g: [m for m, c in plan if c is not None] for g, plan in plans.items()}

@@ -136,10 +136,11 @@ def _kernel() -> Any:
 
     @triton.jit
     def nf4_matmul_t(
-        x_ptr, w_ptr, absmax_ptr, code_ptr, words_ptr, y_ptr,
+        x_ptr, w_ptr, absmax_ptr, code_ptr, words_ptr, y_ptr, xa_ptr, lb_ptr,
         M, N, K, stride_w, stride_xm, stride_ym,
         BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, SPLIT_K: tl.constexpr, QBLOCK: tl.constexpr,
         PRMT_LUT: tl.constexpr, INTERLEAVE: tl.constexpr, ASM_EVEN: tl.constexpr, ASM_ODD: tl.constexpr,
+        LORA_R: tl.constexpr,
     ):
         # y^T = W x^T: the weight tile is the product's left operand, as stored (rows of
         # W along N, K contiguous), and the few input rows are the right one.
@@ -241,6 +242,13 @@ def _kernel() -> Any:
             w_ptrs += HALF
             s_ptrs += 1
             x_ptrs += QBLOCK
+        if LORA_R > 0:  # noqa: SIM102 - a constexpr test around a runtime one, kept apart for Triton
+            # a LoRA adapter's second product, (x A^T) B^T, added by the first K part
+            if pid_k == 0:
+                offs_r = tl.arange(0, LORA_R)
+                lb = tl.load(lb_ptr + rows[:, None] * LORA_R + offs_r[None, :], mask=n_mask[:, None], other=0.0)
+                xa = tl.load(xa_ptr + offs_m[None, :] * LORA_R + offs_r[:, None], mask=m_mask[None, :], other=0.0)
+                acc += tl.dot(lb, xa)
         y_ptrs = y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None]
         mask = n_mask[:, None] & m_mask[None, :]
         if SPLIT_K == 1:
@@ -290,10 +298,14 @@ def configs_for(m: int, k: int, blocksize: int = 64, *, prmt: bool = True) -> li
 
 def nf4_linear(
     x: Any, packed: Any, absmax: Any, code: Any, n: int, *, blocksize: int = 64,
-    config: tuple[int, ...] | None = None,
+    config: tuple[int, ...] | None = None, lora: tuple[Any, Any] | None = None,
 ) -> Any:
     """``x @ dequant(W)^T`` for a 2-D ``x`` (m, k); ``W`` (n, k) NF4-packed, two codes a byte,
-    ``absmax`` one float32 scale per ``blocksize`` weights, ``code`` the 16 NF4 values."""
+    ``absmax`` one float32 scale per ``blocksize`` weights, ``code`` the 16 NF4 values.
+
+    ``lora=(xa, b)``: plus ``xa @ b^T`` in the same kernel, with ``xa = x @ A^T`` (m, r)
+    and ``b`` (n, r) the scaled adapter matrix, both contiguous, ``r`` a power of two of at
+    least 16 (pad with zeros)."""
     import torch
     import triton
 
@@ -314,13 +326,24 @@ def nf4_linear(
         y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     else:
         y = torch.zeros((m, n), dtype=torch.float32, device=x.device)
+    r = 0
+    if lora is not None:
+        xa, lb = lora
+        r = int(lb.shape[1])
+        if r < 16 or r & (r - 1) or tuple(xa.shape) != (m, r) or tuple(lb.shape) != (n, r):
+            raise ValueError(f"LoRA operands {tuple(xa.shape)} and {tuple(lb.shape)} do not fit ({m}, r) and "
+                             f"({n}, r) with r a power of two >= 16")
+        if not (xa.is_contiguous() and lb.is_contiguous()):
+            raise ValueError("LoRA operands must be contiguous")
     grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m), split)
     _kernel()[grid](
-        x, packed, absmax, code, _words(x.device) if variant & PRMT_LUT else code, y, m, n, k, k // 2,
+        x, packed, absmax, code, _words(x.device) if variant & PRMT_LUT else code, y,
+        lora[0] if lora is not None else x, lora[1] if lora is not None else x, m, n, k, k // 2,
         x.stride(0), y.stride(0),
         BLOCK_N=block_n, BLOCK_M=block_m, SPLIT_K=split, QBLOCK=blocksize,
         PRMT_LUT=bool(variant & PRMT_LUT), INTERLEAVE=bool(variant & INTERLEAVE),
         ASM_EVEN=_asm(False) if variant & PRMT_LUT else "", ASM_ODD=_asm(True) if variant & PRMT_LUT else "",
+        LORA_R=r,
         num_warps=warps, num_stages=stages,
     )
     return y if split == 1 else y.to(x.dtype)

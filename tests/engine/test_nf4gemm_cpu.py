@@ -130,6 +130,13 @@ INTERPRETED = textwrap.dedent("""
             y = nf4gemm.nf4_linear(x, packed, absmax, code, n, config=cfg).float()
             rel = float((y - want).abs().max() / want.abs().max())
             assert rel < 2e-3, (n, k, cfg, rel)
+            # a LoRA adapter's product in the kernel's epilogue (rank padded to 16)
+            xa = (torch.randn(m, 16, generator=gen) * 0.1).to(torch.float16)
+            lb = (torch.randn(n, 16, generator=gen) * 0.1).to(torch.float16)
+            want = want + xa.float() @ lb.float().t()
+            y = nf4gemm.nf4_linear(x, packed, absmax, code, n, config=cfg, lora=(xa, lb)).float()
+            rel = float((y - want).abs().max() / want.abs().max())
+            assert rel < 2e-3, (n, k, cfg, "lora", rel)
     print("interpreted ok")
 """)
 
