@@ -32,7 +32,7 @@ from loguru import logger
 
 from engine.config import EngineConfig
 from engine.errors import MoveParseError, PromptError
-from engine.prompt import Prompt, PromptBuilder, PromptTemplate, own_loss_result, play_variables
+from engine.prompt import Prompt, PromptBuilder, PromptTemplate, legal_sans, own_loss_result, play_variables
 from engine.scoring import Cancelled, LMScorer
 
 # Confidence -> centipawns: cp = CP_SCALE * log10(p / (1 - p)), clamped.
@@ -299,7 +299,7 @@ class Player:
         self, board: chess.Board, legal: list[chess.Move], prompt: Prompt, cancel: threading.Event | None
     ) -> Decision:
         assert self.scorer is not None
-        sans = [board.san(m) for m in legal]
+        sans = legal_sans(board, legal)
         conts = [prompt.completion(s) for s in sans]
         with_resign = self.config.resign.mode != "never"
         if with_resign:

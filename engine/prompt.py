@@ -70,6 +70,61 @@ def movetext(sans: Sequence[str], *, fullmove: int = 1, white_to_move: bool = Tr
     return " ".join(parts)
 
 
+def legal_sans(board: chess.Board, moves: Sequence[chess.Move]) -> list[str]:
+    """``[board.san(m) for m in moves]`` for legal ``moves`` of a standard-chess board,
+    without python-chess's per-move search for ambiguous moves: the pieces of the same
+    kind that reach the same square are read from ``moves`` themselves (so ``moves``
+    must be all the legal moves, as the player passes them). The check and mate suffix
+    is python-chess's own (push, look, pop)."""
+    if board.chess960 or type(board) is not chess.Board:
+        return [board.san(m) for m in moves]
+    reach: dict[tuple[int, int], int] = {}
+    kinds = [board.piece_type_at(m.from_square) for m in moves]
+    for m, kind in zip(moves, kinds, strict=True):
+        if kind is not None and kind != chess.PAWN:
+            key = (kind, m.to_square)
+            reach[key] = reach.get(key, 0) | chess.BB_SQUARES[m.from_square]
+    out = []
+    for m, kind in zip(moves, kinds, strict=True):
+        if kind is None:
+            out.append(board.san(m))
+            continue
+        if kind == chess.KING and board.is_castling(m):
+            san = "O-O-O" if chess.square_file(m.to_square) < chess.square_file(m.from_square) else "O-O"
+        else:
+            capture = board.is_capture(m)
+            if kind == chess.PAWN:
+                san = chess.FILE_NAMES[chess.square_file(m.from_square)] if capture else ""
+            else:
+                san = chess.piece_symbol(kind).upper()
+                others = reach[(kind, m.to_square)] & ~chess.BB_SQUARES[m.from_square]
+                if others:
+                    row = column = False
+                    if others & chess.BB_RANKS[chess.square_rank(m.from_square)]:
+                        column = True
+                    if others & chess.BB_FILES[chess.square_file(m.from_square)]:
+                        row = True
+                    else:
+                        column = True
+                    if column:
+                        san += chess.FILE_NAMES[chess.square_file(m.from_square)]
+                    if row:
+                        san += chess.RANK_NAMES[chess.square_rank(m.from_square)]
+            if capture:
+                san += "x"
+            san += chess.SQUARE_NAMES[m.to_square]
+            if m.promotion:
+                san += "=" + chess.piece_symbol(m.promotion).upper()
+        board.push(m)
+        try:
+            if board.is_check():
+                san += "#" if board.is_checkmate() else "+"
+        finally:
+            board.pop()
+        out.append(san)
+    return out
+
+
 def board_sans(board: chess.Board) -> tuple[chess.Board, list[str]]:
     """The root position of ``board`` and the SAN of every move played since."""
     root = board.root()

@@ -153,3 +153,38 @@ def test_custom_template_file_controls_tags(tmp_path) -> None:
     assert b.from_board(board, {"white": "A", "black": "B", "result": "*"}).text == (
         '[White "A"]\n[Black "B"]\n[Result "*"]\n\n1. e4'
     )
+
+
+def test_legal_sans_equals_python_chess_san() -> None:
+    """The player's SAN of all legal moves at once is python-chess's, on positions with
+    ambiguous knights, rooks and queens, promotions, castling, en passant, checks and mates."""
+    import random
+
+    from engine.prompt import legal_sans
+
+    fens = [
+        "7k/8/8/8/8/2N3N1/8/K1N3N1 w - - 0 1",  # four knights: file, rank and both
+        "R6R/8/8/8/8/8/8/R3K2k w Q - 0 1",  # rooks on a file and a rank, castling
+        "1n5k/P7/8/8/8/8/6K1/Q6Q w - - 0 1",  # promotions with capture and check, two queens
+        "rnbqkbnr/ppp1p1pp/8/3pPp2/8/8/PPPP1PPP/RNBQKBNR w KQkq f6 0 3",  # en passant
+        "6k1/5ppp/8/8/8/8/8/R5K1 w - - 0 1",  # Ra8#
+        "Q2Q4/8/8/8/8/8/8/Q1k1K3 w - - 0 1",  # three queens reaching the same squares
+    ]
+    boards = [chess.Board(f) for f in fens]
+    rng = random.Random(3)
+    for _ in range(40):  # random games, sampled along the way
+        b = chess.Board()
+        for _ in range(rng.randrange(20, 160)):
+            legal = list(b.legal_moves)
+            if not legal:
+                break
+            b.push(rng.choice(legal))
+        boards.append(b)
+    seen = 0
+    for board in boards:
+        legal = list(board.legal_moves)
+        before = board.fen()
+        assert legal_sans(board, legal) == [board.san(m) for m in legal], before
+        assert board.fen() == before  # the board is left as it was
+        seen += len(legal)
+    assert seen > 500
