@@ -77,3 +77,25 @@ def test_unavailable_reason_off_gpu() -> None:
 
     if not torch.cuda.is_available():
         assert nf4gemm.available() is not None
+
+
+@pytest.mark.parametrize("config", [c for c in __import__("engine.nf4gemm", fromlist=["CONFIGS"]).CONFIGS])
+def test_lora_epilogue(cuda: object, config: tuple[int, ...]) -> None:
+    """The adapter's second product added in the kernel (K-split programs add it once)."""
+    import bitsandbytes.functional as bnbf
+    import torch
+    import torch.nn.functional as F
+
+    from engine import nf4gemm
+
+    n, k, m = 320, 1024, 45
+    gen = torch.Generator(device="cpu").manual_seed(11)
+    w = (torch.randn(n, k, generator=gen) * 0.02).to(device=cuda, dtype=torch.bfloat16)
+    packed, qs = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=False)
+    deq = bnbf.dequantize_4bit(packed, qs)
+    x = torch.randn(m, k, generator=gen).to(device=cuda, dtype=torch.bfloat16)
+    xa = (torch.randn(m, 32, generator=gen) * 0.5).to(device=cuda, dtype=torch.bfloat16)
+    lb = (torch.randn(n, 32, generator=gen) * 0.5).to(device=cuda, dtype=torch.bfloat16)
+    want = F.linear(x, deq).float() + xa.float() @ lb.float().t()
+    got = nf4gemm.nf4_linear(x, packed, qs.absmax.float(), qs.code.float(), n, config=config, lora=(xa, lb)).float()
+    assert float((got - want).abs().max() / want.abs().max()) < 2e-2
