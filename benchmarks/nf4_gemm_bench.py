@@ -14,7 +14,10 @@ It also checks the kernel: one-hot inputs must reproduce bitsandbytes' dequantiz
 weights bit for bit, and random inputs must match dequantize + product to bf16
 rounding. Writes one JSON.
 
-    python benchmarks/nf4_gemm_bench.py --out $OUT/nf4_gemm.json [--sweep]
+``--explore 64 --explore-shapes gate_up`` also times a wider grid of tile configs and
+variants (``explore_configs``) at those row counts and shapes, each config's time kept.
+
+    python benchmarks/nf4_gemm_bench.py --out $OUT/nf4_gemm.json [--sweep] [--explore 64]
 """
 
 from __future__ import annotations

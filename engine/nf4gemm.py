@@ -1,24 +1,23 @@
 """A fused NF4 dequantize-and-multiply kernel (Triton) for the few-token products of a move.
 
 bitsandbytes' path for a product with more than one input row dequantizes the whole
-weight to bf16 (writing it to GPU memory), then multiplies (reading it back): about
-3.5x the NF4 bytes a 4-bit weight takes, on every projection of every step. A move
-is one forward over some 30 to 130 tokens, so the products are thin and that
-traffic, not the arithmetic, sets their time. :func:`nf4_linear` reads each packed
-byte once: a program takes a tile of output columns, unpacks two weights per byte
-(bitsandbytes stores element ``2i`` in the high nibble, ``2i + 1`` in the low one),
-looks each 4-bit code up in the 16-value NF4 table, multiplies by its 64-weight
-block's scale (float32, dequantized once at set-up by :mod:`engine.fusedlinear`),
-rounds to the input's dtype exactly as bitsandbytes' own dequantization does, and
-multiplies the tile with ``tl.dot``. Even input columns meet the high nibbles and odd
-ones the low nibbles, so the unpacked halves never need interleaving.
+weight to bf16 (writing it to GPU memory), then multiplies (reading it back), on every
+projection of every step. :func:`nf4_linear` never writes the bf16 weights: it computes
+``y^T = W x^T`` with the weight tile as the product's left operand (as stored: rows of
+W, K contiguous) and the few input rows as the right one. Each step takes one NF4 block
+(64 weights, 32 bytes, one float32 scale) of every row of the tile. A byte's high
+nibble is weight ``2i`` and its low nibble ``2i + 1`` (bitsandbytes' packing). The
+codes become table values through byte permutes (:func:`prmt_lookup_asm`, inline PTX,
+bitsandbytes' NF4 table only) or a tree of selects (any table). The value times the
+block scale is rounded to the input's dtype exactly as bitsandbytes' dequantization
+rounds it, so the kernel's weights are bitsandbytes' bit for bit. Optionally a LoRA
+adapter's second product is added in the epilogue.
 
 Triton is optional: :func:`available` says whether the kernel can run here (a CUDA
-device and an importable Triton), and :class:`engine.fusedlinear.FastLinear` falls
-back to dequantize + product otherwise, or when its set-up check finds the kernel's
-output differs from the modules'. For many tokens (many games in one step) the
-dequantize + product path is faster again: the kernel is used up to ``max_rows``
-input rows.
+device and an importable Triton), and :class:`engine.fusedlinear.FastLinear` falls back
+to dequantize + product otherwise, or where its set-up timing finds the kernel slower
+(many tokens: many games in one step), or when its set-up check finds the kernel's
+output differs from the modules'.
 """
 
 from __future__ import annotations
