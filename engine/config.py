@@ -34,10 +34,16 @@ class ModelConfig:
     local_files_only: bool = False
     threads: int = 0  # torch CPU threads; 0 = torch's default
     attn_implementation: str = "sdpa"
+    # NF4 on CUDA: steps of up to this many tokens may use the fused NF4 kernel (planned
+    # per projection at load: used where it beats dequantize + product); 0 = never
+    nf4_kernel_rows: int = 128
 
     def __post_init__(self) -> None:
         if self.threads < 0:
             raise ConfigError(f"model.threads must be >= 0, not {self.threads}")
+        if self.nf4_kernel_rows < 0:
+            raise ConfigError(f"model.nf4_kernel_rows must be >= 0 (0 turns the fused NF4 kernel off), "
+                              f"not {self.nf4_kernel_rows}")
 
 
 @dataclasses.dataclass

@@ -487,6 +487,7 @@ def _default_loader(config: EngineConfig) -> Any:
         score_batch=config.search.score_batch,
         cache_slots=config.search.cache_slots,
         max_batch=config.search.cache_slots,
+        nf4_kernel_rows=config.model.nf4_kernel_rows,
     )
     scorer.warmup()  # CUDA graphs of single-game steps now, not at the first moves (a no-op on a CPU)
     return scorer

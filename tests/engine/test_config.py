@@ -46,6 +46,7 @@ def test_unknown_key_names_the_dotted_key_and_allowed_ones(tmp_path) -> None:
         ("search.retries=-1", "search.retries must be >= 0"),
         ("resign.threshold=2", "resign.threshold must be in"),
         ("model.device=tpu", "model.device"),
+        ("model.nf4_kernel_rows=-8", "model.nf4_kernel_rows must be >= 0"),
         ("nosection.x=1", "unknown config key nosection"),
         ("search", "not of the form key=value"),
     ],
