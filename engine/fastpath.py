@@ -510,11 +510,12 @@ class FastPath:
         T = ids.shape[0]
         H, KV, G, D = self.n_heads, self.n_kv, self.group, self.head_dim
         mask = self._mask(start, loc, S)
-        cos = self._cos[pos][:, None, :]
-        sin = self._sin[pos][:, None, :]
-        h = self.core.embed_tokens(ids[None])
         fused = self._fused
-        sin_signed = self._sin_signed[pos][:, None, :]  # (for the fused projections' rotation)
+        cos = self._cos[pos][:, None, :]
+        # the modules' rotation takes sin, the fused projections' the signed sin
+        sin: Any = self._sin[pos][:, None, :] if fused is None else None
+        sin_signed: Any = self._sin_signed[pos][:, None, :] if fused is not None else None
+        h = self.core.embed_tokens(ids[None])
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
             if fused is None:
@@ -693,15 +694,7 @@ class FastPath:
             return g
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            run()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            g.out = run()
-        g.graph = graph
+        g.graph, g.out = capture_cuda_graph(run, pool=self._pool)
         self._graphs[key] = g
         self.stats.graphs_captured += 1
         return g
@@ -748,6 +741,22 @@ class FastPath:
                     return count
                 count += 1
         return count
+
+
+def capture_cuda_graph(fn: Any, *, pool: Any = None) -> tuple[Any, Any]:
+    """``fn`` captured as a CUDA graph (after one run on a side stream, as torch asks),
+    and what the captured call returned (its output tensors, refilled by each replay)."""
+    import torch
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        out = fn()
+    return graph, out
 
 
 def _swap_halves(x: Any) -> Any:

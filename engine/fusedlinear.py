@@ -335,33 +335,25 @@ def use_nf4_kernel(
     def timed(fn: Any) -> float:
         """ms per call of ``fn``, replayed as a CUDA graph as the fast path runs it (so
         the launch costs of a few small kernels do not count); eager if capture fails."""
+        from engine.fastpath import capture_cuda_graph
+
         fn()
         torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        graph = None
+        run = fn
         try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                fn()
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                fn()
-            graph.replay()
-            start.record()
-            for _ in range(3):
-                graph.replay()
-            end.record()
-            end.synchronize()
-            del graph
-            return float(start.elapsed_time(end)) / 3
+            graph, _ = capture_cuda_graph(fn)
+            run = graph.replay
+            run()
         except RuntimeError:
             torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(3):
-            fn()
+            run()
         end.record()
         end.synchronize()
+        del graph
         return float(start.elapsed_time(end)) / 3
 
     gen = torch.Generator(device="cpu").manual_seed(1)

@@ -85,9 +85,7 @@ class ContextEncoder:
         return backend
 
     def _ids(self, text: str, add_special_tokens: bool) -> list[int]:
-        if self._backend is not None:
-            return list(self._backend.encode_batch_fast([text], add_special_tokens=add_special_tokens)[0].ids)
-        return list(self.tokenizer(text, add_special_tokens=add_special_tokens).input_ids)
+        return self._encode_many([text], add_special_tokens=add_special_tokens)[0]
 
     def encode(self, text: str, *, add_special_tokens: bool) -> list[int]:
         key = (text, add_special_tokens)
