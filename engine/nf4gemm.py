@@ -134,6 +134,9 @@ def _kernel() -> Any:
     import triton
     import triton.language as tl
 
+    # the lookup's operands: four floats out, the packed bytes, the eight register words
+    ASM_CONSTRAINTS: tl.constexpr = tl.constexpr("=r,=r,=r,=r,r" + ",r,r,r,r" * 8)
+
     @triton.jit
     def nf4_matmul_t(
         x_ptr, w_ptr, absmax_ptr, code_ptr, words_ptr, y_ptr, xa_ptr, lb_ptr,
@@ -197,36 +200,25 @@ def _kernel() -> Any:
             packed = tl.load(w_ptrs, mask=n_mask[:, None], other=0)
             scale = tl.load(s_ptrs, mask=n_mask, other=0.0)[:, None]
             if PRMT_LUT:
-                v_even = tl.inline_asm_elementwise(
-                    ASM_EVEN, "=r,=r,=r,=r,r" + ",r,r,r,r" * 8, [packed, r0, r1, r2, r3, r4, r5, r6, r7],
-                    dtype=tl.float32, is_pure=True, pack=4)
-                v_odd = tl.inline_asm_elementwise(
-                    ASM_ODD, "=r,=r,=r,=r,r" + ",r,r,r,r" * 8, [packed, r0, r1, r2, r3, r4, r5, r6, r7],
-                    dtype=tl.float32, is_pure=True, pack=4)
+                operands = [packed, r0, r1, r2, r3, r4, r5, r6, r7]
+                v_even = tl.inline_asm_elementwise(ASM_EVEN, ASM_CONSTRAINTS, operands, dtype=tl.float32,
+                                                   is_pure=True, pack=4)
+                v_odd = tl.inline_asm_elementwise(ASM_ODD, ASM_CONSTRAINTS, operands, dtype=tl.float32,
+                                                  is_pure=True, pack=4)
             else:
-                # a tree of selects over the table (exact for any 16-value table)
-                n_even = packed >> 4
-                n_odd = packed & 15
-                e0 = (n_even & 1) != 0
-                e1 = (n_even & 2) != 0
-                e2 = (n_even & 4) != 0
-                e3 = (n_even & 8) != 0
-                o0 = (n_odd & 1) != 0
-                o1 = (n_odd & 2) != 0
-                o2 = (n_odd & 4) != 0
-                o3 = (n_odd & 8) != 0
-                v_even = tl.where(
-                    e3,
-                    tl.where(e2, tl.where(e1, tl.where(e0, c15, c14), tl.where(e0, c13, c12)),
-                             tl.where(e1, tl.where(e0, c11, c10), tl.where(e0, c9, c8))),
-                    tl.where(e2, tl.where(e1, tl.where(e0, c7, c6), tl.where(e0, c5, c4)),
-                             tl.where(e1, tl.where(e0, c3, c2), tl.where(e0, c1, c0))))
-                v_odd = tl.where(
-                    o3,
-                    tl.where(o2, tl.where(o1, tl.where(o0, c15, c14), tl.where(o0, c13, c12)),
-                             tl.where(o1, tl.where(o0, c11, c10), tl.where(o0, c9, c8))),
-                    tl.where(o2, tl.where(o1, tl.where(o0, c7, c6), tl.where(o0, c5, c4)),
-                             tl.where(o1, tl.where(o0, c3, c2), tl.where(o0, c1, c0))))
+                # a tree of selects over the table (exact for any 16-value table), on both
+                # nibbles of each byte at once
+                nib = tl.join(packed >> 4, packed & 15)
+                b0 = (nib & 1) != 0
+                b1 = (nib & 2) != 0
+                b2 = (nib & 4) != 0
+                b3 = (nib & 8) != 0
+                v_even, v_odd = tl.split(tl.where(
+                    b3,
+                    tl.where(b2, tl.where(b1, tl.where(b0, c15, c14), tl.where(b0, c13, c12)),
+                             tl.where(b1, tl.where(b0, c11, c10), tl.where(b0, c9, c8))),
+                    tl.where(b2, tl.where(b1, tl.where(b0, c7, c6), tl.where(b0, c5, c4)),
+                             tl.where(b1, tl.where(b0, c3, c2), tl.where(b0, c1, c0)))))
             # bitsandbytes' rounding: float32 value times float32 scale, then to the input dtype
             w_even = (v_even * scale).to(x_ptr.dtype.element_ty)
             w_odd = (v_odd * scale).to(x_ptr.dtype.element_ty)
