@@ -81,15 +81,21 @@ def test_en_passant_and_castling_movetext() -> None:
     assert text.endswith("1. e4 Nf6 2. e5 d5 3. exd6 e6 4. Nf3 Be7 5. Bc4 O-O 6. O-O")
 
 
+def _random_board(rng: random.Random, plies: int) -> chess.Board:
+    """A game of up to ``plies`` uniformly random legal moves (shorter when it ends)."""
+    board = chess.Board()
+    for _ in range(plies):
+        moves = list(board.legal_moves)
+        if not moves:
+            break
+        board.push(rng.choice(moves))
+    return board
+
+
 def test_movetext_matches_python_chess_exporter_on_random_games() -> None:
     rng = random.Random(7)
     for _ in range(30):
-        board = chess.Board()
-        for _ in range(rng.randrange(1, 120)):
-            moves = list(board.legal_moves)
-            if not moves:
-                break
-            board.push(rng.choice(moves))
+        board = _random_board(rng, rng.randrange(1, 120))
         game = chess.pgn.Game.from_board(board)
         exported = game.accept(chess.pgn.StringExporter(headers=False, columns=None, comments=False))
         expected = exported.rsplit(" ", 1)[0]  # drop the result token
@@ -158,8 +164,6 @@ def test_custom_template_file_controls_tags(tmp_path) -> None:
 def test_legal_sans_equals_python_chess_san() -> None:
     """The player's SAN of all legal moves at once is python-chess's, on positions with
     ambiguous knights, rooks and queens, promotions, castling, en passant, checks and mates."""
-    import random
-
     from engine.prompt import legal_sans
 
     fens = [
@@ -173,13 +177,7 @@ def test_legal_sans_equals_python_chess_san() -> None:
     boards = [chess.Board(f) for f in fens]
     rng = random.Random(3)
     for _ in range(40):  # random games, sampled along the way
-        b = chess.Board()
-        for _ in range(rng.randrange(20, 160)):
-            legal = list(b.legal_moves)
-            if not legal:
-                break
-            b.push(rng.choice(legal))
-        boards.append(b)
+        boards.append(_random_board(rng, rng.randrange(20, 160)))
     seen = 0
     for board in boards:
         legal = list(board.legal_moves)
