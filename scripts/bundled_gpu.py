@@ -35,7 +35,9 @@ tarballs or of folders holding games-*.parquet chunks; default .gpu2/selfplay-*.
 TRAIN_CONFIG (configs/train/scratch-medium.yaml), TRAIN_OVERRIDES (more key=value words),
 MODEL_TAG (v3: the returned folder is bundled-TAG, the tarball model-TAG.tgz), FINAL_PICK
 (unset: the trainer's final model, else the newest checkpoint; ``eval_loss``: the checkpoint
-with the lowest logged validation loss).
+with the lowest logged validation loss; ``score:OPPONENT``: the checkpoint with the highest
+match score against OPPONENT, one of EVAL_OPPONENTS, e.g. ``score:bundled`` with
+``EVAL_OPPONENTS=bundled``: each checkpoint plays the model the repository ships now).
 
 The device calls, in order (made by the lead with the ``run`` tool; any kind with one GPU)
 ----------------------------------------------------------------------------------------
@@ -232,6 +234,9 @@ OPPONENTS: dict[str, list[str]] = {
     "random": [f"cmd={PY} tests/arena/engines/random_engine.py", "name=random"],
     "sf1350": ["stockfish:1350", "name=sf1350"],
     "skill0": ["stockfish", "option.Skill Level=0", "depth=1", "name=sf-skill0-d1"],
+    # the model the repository ships now (the one a new run must beat), on the CPU like the checkpoint
+    "bundled": ["mistral:engine/data/bundled-model", "name=bundled", "model.threads=1", "model.device=cpu",
+                "time.move_overhead_ms=30"],
 }
 
 
@@ -252,6 +257,7 @@ OPPONENT_TEXT = {
     "random": "a uniformly random legal mover (tests/arena/engines/random_engine.py)",
     "sf1350": "Stockfish UCI_LimitStrength UCI_Elo 1350 (the lowest it accepts)",
     "skill0": "Stockfish full strength settings but Skill Level 0, depth 1",
+    "bundled": "the bundled model shipped in the repository when the call was made (engine/data/bundled-model)",
 }
 
 
@@ -487,6 +493,29 @@ def lowest_eval_loss(run_dir: Path, ckpts: dict[int, Path]) -> int | None:
     return min(losses, key=lambda k: losses[k]) if losses else None
 
 
+def best_score(results: list[dict[str, Any]], opponent: str, ckpts: dict[int, Path]) -> int | None:
+    """The checkpoint step with the highest match score against ``opponent`` (ties: the later
+    step, which trained longer); None when no kept checkpoint finished a match against it."""
+    scores = {
+        int(r["step"]): float(r["score"])
+        for r in results
+        if r.get("opponent") == opponent and r.get("step") in ckpts and r.get("score") is not None and r.get("games")
+    }
+    return max(scores, key=lambda k: (scores[k], k)) if scores else None
+
+
+def final_pick() -> tuple[str, str | None]:
+    """FINAL_PICK, checked: ("", None), ("eval_loss", None) or ("score", OPPONENT)."""
+    pick = os.environ.get("FINAL_PICK") or ""
+    if pick in ("", "eval_loss"):
+        return pick, None
+    kind, _, opp = pick.partition(":")
+    if kind == "score" and opp in eval_opponents():
+        return "score", opp
+    sys.exit(f"FINAL_PICK: {pick!r} is not 'eval_loss' or 'score:OPPONENT' with OPPONENT in EVAL_OPPONENTS "
+             f"({','.join(eval_opponents())})")
+
+
 def export_final(run_dir: Path, ckpt: Path, final: Path) -> None:
     """A checkpoint as the engine-loadable final folder, with the run's config and log."""
     from training.modeling import export_checkpoint
@@ -503,6 +532,7 @@ def phase_train() -> int:
     pack_reserve = 25.0  # export + tar + split + plot
     steps = env_int("TRAIN_STEPS", 1800)
     save_steps = env_int("SAVE_STEPS", 300)
+    pick_kind, pick_opp = final_pick()  # checked before any work
     work = work_dir()
     # Only Stockfish opponents need the 21 MB binary: without them .gpu2 can leave it behind.
     sf = stockfish() if needs_stockfish(eval_opponents()) else ""
@@ -564,10 +594,20 @@ def phase_train() -> int:
     final = work / f"bundled-{tag}"
     shutil.rmtree(final, ignore_errors=True)
     ckpts = ev.checkpoints()
-    pick = lowest_eval_loss(run_dir, ckpts) if os.environ.get("FINAL_PICK") == "eval_loss" else None
+    pick = None
+    if pick_kind == "eval_loss":
+        pick = lowest_eval_loss(run_dir, ckpts)
+        why = "the lowest validation loss (FINAL_PICK=eval_loss)"
+    elif pick_kind == "score":
+        # the evaluator must finish its matches before the pick
+        ev.join(timeout=max(1.0, deadline - pack_reserve - time.monotonic()))
+        pick = best_score(ev.results, str(pick_opp), ckpts)
+        why = f"the highest score against {pick_opp} (FINAL_PICK=score:{pick_opp})"
+        if pick is None:
+            say(f"final model: no checkpoint finished a match against {pick_opp}; falling back to the newest")
     if pick is not None:
         export_final(run_dir, ckpts[pick], final)
-        say(f"final model: checkpoint step {pick}, the lowest validation loss (FINAL_PICK=eval_loss)")
+        say(f"final model: checkpoint step {pick}, {why}")
     elif (run_dir / "model.safetensors").is_file():
         final.mkdir()
         for p in run_dir.iterdir():

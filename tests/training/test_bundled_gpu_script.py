@@ -1,5 +1,6 @@
 """Pieces of scripts/bundled_gpu.py (the GPU-machine driver of the bundled model) that run
-without a GPU: which checkpoint ships with ``FINAL_PICK=eval_loss``, and the opponents list."""
+without a GPU: which checkpoint ships with ``FINAL_PICK=eval_loss`` or ``score:OPPONENT``, and the
+opponents list."""
 
 from __future__ import annotations
 
@@ -52,3 +53,31 @@ def test_eval_opponents_are_checked(driver: ModuleType, monkeypatch: pytest.Monk
     monkeypatch.setenv("EVAL_OPPONENTS", "random,stockfish-9000")
     with pytest.raises(SystemExit, match="stockfish-9000"):
         driver.eval_opponents()
+
+
+def test_final_pick_by_score_against_an_opponent(driver: ModuleType, tmp_path: Path) -> None:
+    ckpts = {s: tmp_path / f"step-{s:07d}" for s in (250, 500, 750, 1000)}
+    results = [
+        {"step": 250, "opponent": "bundled", "games": 40, "score": 0.45},
+        {"step": 500, "opponent": "bundled", "games": 40, "score": 0.6},
+        {"step": 500, "opponent": "random", "games": 40, "score": 0.95},
+        {"step": 750, "opponent": "bundled", "games": 40, "score": 0.6},  # tie: the later step wins
+        {"step": 1000, "opponent": "random", "games": 40, "score": 1.0},  # not a match against bundled
+        {"step": 1250, "opponent": "bundled", "games": 40, "score": 0.9},  # no checkpoint kept
+        {"step": 1000, "opponent": "bundled", "games": 0, "score": None},  # a match that never ran
+    ]
+    assert driver.best_score(results, "bundled", ckpts) == 750
+    assert driver.best_score(results, "random", ckpts) == 1000
+    assert driver.best_score(results, "sf1350", ckpts) is None
+
+
+def test_final_pick_setting_is_checked(driver: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVAL_OPPONENTS", "bundled,random")
+    for value, want in (("", ("", None)), ("eval_loss", ("eval_loss", None)), ("score:bundled", ("score", "bundled"))):
+        monkeypatch.setenv("FINAL_PICK", value)
+        assert driver.final_pick() == want
+    for bad in ("score:sf1350", "score", "best", "score:"):  # sf1350 is not among the opponents played
+        monkeypatch.setenv("FINAL_PICK", bad)
+        with pytest.raises(SystemExit, match="FINAL_PICK"):
+            driver.final_pick()
+    assert not driver.needs_stockfish(driver.eval_opponents())  # the bundled model needs no Stockfish
