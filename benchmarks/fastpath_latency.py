@@ -21,6 +21,10 @@ JSON as soon as it is done:
     captures the single-game and batched step shapes first, then a short untimed run
     warms the threads; the JSON says how many graphs were captured in the timed run
     (none is the aim), the games each forward carried and the ratios to one game.
+    Batches are pipelined (the scorer's default with enough cache slots: the next
+    batch is launched while the device runs the last one).
+``nf4_concurrent_unpipelined``
+    The same with one batch at a time (``LMScorer(pipeline=False)``), side by side.
 ``nf4_single_no_kernel``, ``nf4_single_unfused``
     The same timed game without the fused NF4 kernel (engine/nf4gemm.py, which the
     other sections use where a set-up timing finds it faster than dequantize +
@@ -283,14 +287,42 @@ def free(scorer: Any) -> None:
         torch.cuda.empty_cache()
 
 
-def concurrent_section(bench: Bench, loaded: Any, single_median: float, single_moves_per_s: float) -> dict[str, Any]:
+def timed_launches(scorer: Any, sizes: list[int]) -> tuple[list[float], list[float]]:
+    """Pipelined batches: wrap the batcher's launch and finish calls (leader thread) to
+    record their times and the games each batch carried."""
+    b = scorer._batcher
+    launch, finish = b._launch, b._finish
+    launches: list[float] = []
+    finishes: list[float] = []
+
+    def timed_launch(jobs: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return launch(jobs)
+        finally:
+            launches.append((time.perf_counter() - t) * 1000)
+            sizes.append(len(jobs))
+
+    def timed_finish(handle: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return finish(handle)
+        finally:
+            finishes.append((time.perf_counter() - t) * 1000)
+
+    b._launch, b._finish = timed_launch, timed_finish
+    return launches, finishes
+
+
+def concurrent_section(bench: Bench, loaded: Any, single_median: float, single_moves_per_s: float,
+                       *, pipeline: bool = True) -> dict[str, Any]:
     from engine.scoring import LMScorer
 
     args = bench.args
     n = args.games
     graphs = True if args.cpu_graph_layout else None
     scorer = LMScorer(loaded.model, loaded.tokenizer, loaded.device, cache_slots=2 * n + 2, max_batch=n,
-                      gather_ms=args.gather_ms, cuda_graphs=graphs)
+                      gather_ms=args.gather_ms, cuda_graphs=graphs, pipeline=pipeline)
 
     def run_all(plies: int) -> tuple[float, list[float]]:
         per: list[list[float]] = [[] for _ in range(n)]
@@ -328,9 +360,15 @@ def concurrent_section(bench: Bench, loaded: Any, single_median: float, single_m
     warm_wall, _ = run_all(warm_plies)  # untimed: threads, tokenizer and caches warm
     scorer.reset_cache()
     captured_1 = fp.stats.graphs_captured if fp is not None else 0
-    b0 = (scorer._batcher.batches, scorer._batcher.items)
+    b0 = (scorer._batcher.batches, scorer._batcher.items, scorer._batcher.overlapped)
     sizes: list[int] = []
-    step_times = timed_steps(scorer, sizes)
+    launches: list[float] = []
+    finishes: list[float] = []
+    if scorer.pipelined:
+        launches, finishes = timed_launches(scorer, sizes)
+        step_times: list[float] = []
+    else:
+        step_times = timed_steps(scorer, sizes)
     wall, times = run_all(args.plies)
     sys.setswitchinterval(switch_interval)
     captured_2 = fp.stats.graphs_captured if fp is not None else 0
@@ -338,6 +376,7 @@ def concurrent_section(bench: Bench, loaded: Any, single_median: float, single_m
     items = scorer._batcher.items - b0[1]
     out: dict[str, Any] = {
         "games": n,
+        "pipelined": scorer.pipelined,
         "gather_ms": args.gather_ms,
         "switch_interval_ms": args.switch_interval_ms,
         "warmup_graphs": warmup_graphs,
@@ -352,8 +391,11 @@ def concurrent_section(bench: Bench, loaded: Any, single_median: float, single_m
         "moves_per_s": round(len(times) / wall, 1),
         "per_move": summary(times),
         "mean_games_per_forward": round(items / max(batches, 1), 2),
-        "forward_ms": summary(step_times),
-        "forward_busy_share": round(sum(step_times) / 1000 / wall, 3),
+        **({"launch_ms": summary(launches), "finish_ms": summary(finishes),
+            "leader_busy_share": round((sum(launches) + sum(finishes)) / 1000 / wall, 3),
+            "batches_launched_beside_a_running_one": scorer._batcher.overlapped - b0[2]}
+           if scorer.pipelined else
+           {"forward_ms": summary(step_times), "forward_busy_share": round(sum(step_times) / 1000 / wall, 3)}),
         "single_game_moves_per_s": round(single_moves_per_s, 1),
         "throughput_vs_single": round(len(times) / wall / single_moves_per_s, 2),
         "latency_vs_single": round(statistics.median(times) / single_median, 2),
@@ -366,7 +408,7 @@ def concurrent_section(bench: Bench, loaded: Any, single_median: float, single_m
         import torch
 
         out["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
-    print("concurrent", out, flush=True)
+    print("concurrent" if pipeline else "concurrent_unpipelined", out, flush=True)
     free(scorer)
     return out
 
@@ -435,6 +477,10 @@ def main() -> int:
     if bench.elapsed() < args.budget_s * 0.6 and args.games > 1:
         moves_per_s = single["moves"] / (sum(single["per_move_ms_by_ply"]) / 1000)
         bench.res["nf4_concurrent"] = concurrent_section(bench, loaded, single["per_move"]["median_ms"], moves_per_s)
+        bench.save()
+        # the same games with one batch at a time (before pipelining), side by side
+        bench.res["nf4_concurrent_unpipelined"] = concurrent_section(
+            bench, loaded, single["per_move"]["median_ms"], moves_per_s, pipeline=False)
         bench.save()
     else:
         bench.res["nf4_concurrent"] = "skipped: time budget"

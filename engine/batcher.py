@@ -12,6 +12,18 @@ After a batch of several requests the leader waits up to ``gather_s`` for as man
 requests as the last batch had, so that games whose threads were a moment late
 (pushing a move, building a prompt) are not split into a batch of one and a
 batch of the rest.
+
+**Pipelined** (``launch``/``finish``/``ready`` given instead of only ``run``): a batch
+is *launched* (its device work queued) and *finished* later (its results read). While
+one batch runs on the device, the leader waits for the other games' requests and,
+once as many are queued as that group had last time, launches them before finishing
+the running batch, so the device has the next batch queued while the host hands out
+results and the games' threads build their next prompts. At most two batches are in
+flight. The number of games in circulation (queued or running, the most seen over the
+last batches) tells how many requests the running batch leaves to wait for; a batch
+launched beside a running one takes at most half of them, so two groups of about equal
+size form and take turns. A leader whose own request is answered leaves even with a batch in flight:
+one of that batch's waiting callers leads next.
 """
 
 from __future__ import annotations
@@ -20,7 +32,7 @@ import collections
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -53,10 +65,23 @@ class Batcher(Generic[J, R]):
         max_items: int,
         gather_s: float = 0.0,
         cancelled: Callable[[], BaseException] = lambda: RuntimeError("cancelled"),
+        launch: Callable[[list[J]], Any] | None = None,
+        finish: Callable[[Any], Sequence[R | BaseException]] | None = None,
+        ready: Callable[[Any], bool] | None = None,
+        poll_s: float = 0.0005,
     ) -> None:
         if max_items < 1:
             raise ValueError(f"max_items must be >= 1, not {max_items}")
+        if (launch is None) != (finish is None) or (launch is None) != (ready is None):
+            raise ValueError("launch, finish and ready go together")
         self._run = run
+        self._launch = launch
+        self._finish = finish
+        self._ready = ready
+        self.poll_s = poll_s
+        self._inflight: collections.deque[tuple[list[_Entry[J, R]], Any]] = collections.deque()
+        self._circulating: collections.deque[int] = collections.deque(maxlen=16)
+        self.overlapped = 0  # batches launched while another was running
         self.max_items = max_items
         self.gather_s = gather_s
         self._cancelled = cancelled
@@ -78,7 +103,10 @@ class Batcher(Generic[J, R]):
             if not entry.done:
                 self._leading = True
         if not entry.done:
-            self._lead(entry)
+            if self._launch is not None:
+                self._lead_pipelined(entry)
+            else:
+                self._lead(entry)
         if entry.error is not None:
             raise entry.error
         return entry.result  # type: ignore[return-value]
@@ -95,22 +123,80 @@ class Batcher(Generic[J, R]):
                         raise RuntimeError(f"batch of {len(batch)} answered with {len(results)} results")
                 except BaseException as exc:  # the caller of each entry sees it
                     results = [exc] * len(batch)
-                with self._cv:
-                    for e, r in zip(batch, results, strict=True):
-                        if isinstance(r, BaseException):
-                            e.error = r
-                        else:
-                            e.result = r
-                        e.done = True
-                    self._cv.notify_all()
+                self._deliver(batch, results)
         finally:
             with self._cv:
                 self._leading = False
                 self._cv.notify_all()
 
-    def _take(self) -> list[_Entry[J, R]]:
+    def _lead_pipelined(self, own: _Entry[J, R]) -> None:
+        assert self._launch is not None and self._finish is not None and self._ready is not None
+        launch, finish, ready = self._launch, self._finish, self._ready
+        inflight = self._inflight
+        try:
+            while not own.done:
+                if len(inflight) < 2:
+                    running = inflight[0][1] if inflight else None
+                    batch = self._take(running=running)
+                    if batch:
+                        if running is not None:
+                            self.overlapped += 1
+                        try:
+                            handle = launch([e.item for e in batch])
+                        except BaseException as exc:
+                            self._deliver(batch, [exc] * len(batch))
+                            continue
+                        inflight.append((batch, handle))
+                        if running is None:
+                            continue  # the device was idle: look for the next batch while this one runs
+                if not inflight:
+                    break  # nothing queued, nothing running
+                batch, handle = inflight.popleft()
+                try:
+                    results = finish(handle)
+                    if len(results) != len(batch):
+                        raise RuntimeError(f"batch of {len(batch)} answered with {len(results)} results")
+                except BaseException as exc:
+                    results = [exc] * len(batch)
+                self._deliver(batch, results)
+        finally:
+            with self._cv:
+                self._leading = False
+                self._cv.notify_all()
+
+    def _deliver(self, batch: list[_Entry[J, R]], results: Sequence[R | BaseException]) -> None:
         with self._cv:
-            if self.gather_s > 0 and self._last_batch > 1:
+            for e, r in zip(batch, results, strict=True):
+                if isinstance(r, BaseException):
+                    e.error = r
+                else:
+                    e.result = r
+                e.done = True
+            self._cv.notify_all()
+
+    def _take(self, running: Any = None) -> list[_Entry[J, R]]:
+        """The next batch.
+
+        With a batch ``running`` on the device: once the games in circulation that are
+        not running have asked, the queued requests; but at most half the games in
+        circulation, so that two groups of about equal size form and take turns on the
+        device (one group's host work hides behind the other's forward). Nothing when
+        the running batch is done first: it is then finished, and the queue gathered as
+        usual.
+        """
+        with self._cv:
+            inflight = sum(len(b) for b, _ in self._inflight)
+            self._circulating.append(len(self._queue) + inflight)
+            limit = self.max_items
+            if running is not None:
+                assert self._ready is not None
+                n = max(self._circulating)
+                limit = max(1, min(n - inflight, -(-n // 2), self.max_items))
+                while len(self._queue) < limit:
+                    if self._ready(running):
+                        return []
+                    self._cv.wait(self.poll_s)
+            elif self.gather_s > 0 and self._last_batch > 1:
                 deadline = time.monotonic() + self.gather_s
                 while len(self._queue) < min(self._last_batch, self.max_items):
                     left = deadline - time.monotonic()
@@ -118,7 +204,7 @@ class Batcher(Generic[J, R]):
                         break
                     self._cv.wait(left)
             batch: list[_Entry[J, R]] = []
-            while self._queue and len(batch) < self.max_items:
+            while self._queue and len(batch) < limit:
                 e = self._queue.popleft()
                 if e.cancel is not None and e.cancel.is_set():
                     e.error = self._cancelled()

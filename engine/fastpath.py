@@ -123,6 +123,33 @@ class _Row:
         return self.n_new + self.job.fed_candidates
 
 
+@dataclasses.dataclass
+class _Step:
+    """One forward in flight: its rows and where its result lands."""
+
+    rows: list[_Row]
+    idxs: list[int]  # the jobs' indices in their batch
+    edge_ranges: list[tuple[int, int]]
+    n_edges: int
+    out: Any  # the scored edges: a CPU tensor, or a pinned buffer an async copy fills
+    event: Any  # a CUDA event recorded after that copy, or None when ``out`` is ready
+
+    def ready(self) -> bool:
+        return self.event is None or bool(self.event.query())
+
+
+@dataclasses.dataclass
+class Launched:
+    """A batch of jobs handed to the device: results so far, and the step still running."""
+
+    results: list[list[float] | BaseException]
+    step: _Step | None
+
+    def ready(self) -> bool:
+        """Whether :meth:`FastPath.finish` would return without waiting for the device."""
+        return self.step is None or self.step.ready()
+
+
 class _Graph:
     """A captured forward for one bucket shape, with its static inputs and output.
 
@@ -130,6 +157,12 @@ class _Graph:
     bytes after the indices), so a step's inputs go to the device in one copy: each
     torch call of the thread running a step gives up the GIL, and taking it back
     while many games' threads run Python can take milliseconds.
+
+    The host side is double-buffered (two staging buffers for the inputs, two pinned
+    buffers the result is copied back into, alternately), so a step of this shape can
+    be launched while the previous one still runs: a staging buffer is refilled only
+    once the copy that read it has run, and a result buffer is read before it is
+    written again (a batch launches at most one step ahead of the one it finishes).
     """
 
     def __init__(self, n_ints: int, loc_shape: tuple[int, int, int], device: Any, *, pinned: bool) -> None:
@@ -138,14 +171,24 @@ class _Graph:
         n_loc = loc_shape[0] * loc_shape[1] * loc_shape[2]
         words = n_ints + -(-n_loc // 8)
         self.buf = torch.zeros(words, dtype=torch.int64, device=device)
-        self.stage = torch.zeros(words, dtype=torch.int64)
-        if pinned:
-            self.stage = self.stage.pin_memory()
         self.ints = self.buf[:n_ints]
         self.loc = self.buf[n_ints:].view(torch.bool)[:n_loc].view(loc_shape)
-        host = self.stage.numpy()
-        self.stage_ints: np.ndarray = host[:n_ints]
-        self.stage_loc: np.ndarray = host[n_ints:].view(np.bool_)[:n_loc].reshape(loc_shape)
+        self.stages: list[Any] = []
+        self.stage_ints: list[np.ndarray] = []
+        self.stage_loc: list[np.ndarray] = []
+        for _ in range(2):
+            stage = torch.zeros(words, dtype=torch.int64)
+            if pinned:
+                stage = stage.pin_memory()
+            host = stage.numpy()
+            self.stages.append(stage)
+            self.stage_ints.append(host[:n_ints])
+            self.stage_loc.append(host[n_ints:].view(np.bool_)[:n_loc].reshape(loc_shape))
+        self.pinned = pinned
+        self.copied: list[Any] = [None, None]  # CUDA events: the input copy from each staging buffer ran
+        self.results: list[Any] = []  # pinned result buffers, made after the capture
+        self.done: list[Any] = []  # CUDA events: the result copy into each buffer ran
+        self.turn = 0
         self.graph: Any = None
         self.out: Any = None
         self.run: Any = None
@@ -232,6 +275,7 @@ class FastPath:
             )
             self._make_rope_table()
         self._graphs: dict[tuple[int, int, int, int], _Graph] = {}
+        self._inflight_slots: set[int] = set()
         self._graph_generation = self.store.generation
         self._pool: Any = None
         self._fused: list[dict[str, Any]] | None = None
@@ -318,25 +362,35 @@ class FastPath:
     # -- scoring ------------------------------------------------------------------------
     def score_jobs(self, jobs: Sequence[Job]) -> list[list[float] | BaseException]:
         """Candidate log-probabilities per job (or the exception that job ended with)."""
+        return self.finish(self.launch_jobs(jobs))
+
+    def launch_jobs(self, jobs: Sequence[Job]) -> Launched:
+        """Start scoring ``jobs``: their last step is left running on the device (a
+        CUDA graph replay and an asynchronous copy of its result), so the caller can
+        prepare the next batch meanwhile; :meth:`finish` reads the results. A step
+        needed before the last one (more jobs than free slots or step tokens) is
+        finished here. While a launched step is not finished its cache slots are
+        not given to another prompt; device work runs in launch order on one stream,
+        so a later step sees the caches that earlier ones write."""
         import torch
 
         from engine.scoring import Cancelled
 
-        results: list[list[float] | BaseException] = [[] for _ in jobs]
+        launched = Launched([[] for _ in jobs], None)
         pending = list(range(len(jobs)))
         with torch.inference_mode():
             while pending:
                 rows: list[_Row] = []
                 idxs: list[int] = []
-                taken: set[int] = set()
+                taken: set[int] = set(self._inflight_slots)
                 tokens = 0
                 rest: list[int] = []
                 for i in pending:
                     job = jobs[i]
                     if job.cancel is not None and job.cancel.is_set():
-                        results[i] = Cancelled()
+                        launched.results[i] = Cancelled()
                         continue
-                    if len(rows) >= self.slots.n_slots:
+                    if len(taken) >= self.slots.n_slots:
                         rest.append(i)
                         continue
                     prefix = np.asarray(job.prefix, dtype=np.int64)
@@ -351,22 +405,41 @@ class FastPath:
                     tokens += row.length
                 pending = rest
                 if not rows:
+                    if pending:
+                        exc = RuntimeError(f"no free cache slot: {len(self._inflight_slots)} of "
+                                           f"{self.slots.n_slots} serve steps still running")
+                        for i in pending:
+                            launched.results[i] = exc
+                        pending = []
                     continue
                 try:
-                    per_row = self._step(rows)
+                    step = self._launch_step(rows, idxs)
                 except BaseException as exc:
                     for row in rows:
                         self.slots.forget(row.plan.slot)
                     for i in idxs:
-                        results[i] = exc
+                        launched.results[i] = exc
                     continue
-                for i, row, logps in zip(idxs, rows, per_row, strict=True):
-                    results[i] = logps
-                    self.slots.commit(row.plan.slot, np.asarray(row.job.prefix, dtype=np.int64))
-        return results
+                if pending:  # not the last step: finished now
+                    self._finish_step(step, launched.results)
+                else:
+                    launched.step = step
+        return launched
 
-    def _step(self, rows: list[_Row]) -> list[list[float]]:
+    def finish(self, launched: Launched) -> list[list[float] | BaseException]:
+        """Wait for a launched batch's last step and return every job's result."""
+        import torch
+
+        if launched.step is not None:
+            step, launched.step = launched.step, None
+            with torch.inference_mode():
+                self._finish_step(step, launched.results)
+        return launched.results
+
+    def _launch_step(self, rows: list[_Row], idxs: list[int]) -> _Step:
         needed = max(len(r.job.prefix) + r.job.fed_candidates for r in rows)
+        if needed > self.store.capacity and self._inflight_slots:
+            self._sync()  # growing the cache replaces its tensors: let running steps end first
         self._ensure_capacity(needed)
         for r in rows:
             if r.plan.copy_from is not None:
@@ -375,27 +448,50 @@ class FastPath:
         T = inp["T"]
         E = len(inp["esrc"])
         key = self.graph_key(T, E, inp["Lp"], needed, len(rows)) if self.use_graphs and self.graph_error is None else None
-        use_graph = key is not None
+        out: Any = None
+        event: Any = None
         if key is not None:
             try:
-                out = self._run_graph(key, inp)
+                out, event = self._run_graph(key, inp)
             except Exception as exc:  # capture trouble: stay correct, lose the speed
                 self.graph_error = f"{type(exc).__name__}: {exc}"
                 logger.warning("fast path: CUDA graphs disabled ({}); running eagerly", self.graph_error)
                 self._graphs.clear()
-                use_graph = False
-        if not use_graph:
+                out = None
+        if out is None:
             out = self._run_eager(inp, needed)
-        edge = out[:E].tolist()
+        step = _Step(rows, idxs, inp["edge_ranges"], E, out, event)
+        self._inflight_slots.update(r.plan.slot for r in rows)
+        return step
+
+    def _finish_step(self, step: _Step, results: list[list[float] | BaseException]) -> None:
+        slots = [r.plan.slot for r in step.rows]
+        try:
+            if step.event is not None:
+                step.event.synchronize()
+            edge = step.out[: step.n_edges].tolist()
+        except BaseException as exc:
+            for slot in slots:
+                self.slots.forget(slot)
+            for i in step.idxs:
+                results[i] = exc
+            return
+        finally:
+            self._inflight_slots.difference_update(slots)
         self.stats.steps += 1
-        self.stats.jobs += len(rows)
-        per_row: list[list[float]] = []
-        for r, (e0, e1) in zip(rows, inp["edge_ranges"], strict=True):
-            per_row.append(r.job.tree.candidate_logprobs(edge[e0:e1]))
+        self.stats.jobs += len(step.rows)
+        for i, r, (e0, e1) in zip(step.idxs, step.rows, step.edge_ranges, strict=True):
+            results[i] = r.job.tree.candidate_logprobs(edge[e0:e1])
+            self.slots.commit(r.plan.slot, np.asarray(r.job.prefix, dtype=np.int64))
             self.stats.prefix_tokens_fed += r.n_new
             self.stats.prefix_tokens_reused += r.plan.reuse
             self.stats.candidate_tokens_fed += r.job.fed_candidates
-        return per_row
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
 
     def graph_key(self, T: int, E: int, Lp: int, needed: int, n_rows: int) -> tuple[int, int, int, int] | None:
         """The bucket shape (tokens, row length, key length, rows) a step of ``n_rows``
@@ -625,7 +721,12 @@ class FastPath:
             o += n
         return out
 
-    def _run_graph(self, key: tuple[int, int, int, int], inp: dict[str, Any]) -> Any:
+    def _run_graph(self, key: tuple[int, int, int, int], inp: dict[str, Any]) -> tuple[Any, Any]:
+        """Replay the graph of ``key`` on ``inp``: (result, event). On a GPU the result is
+        a pinned buffer that an asynchronous copy fills and ``event`` marks its end; the
+        emulated graphs of a CPU return the result itself and no event."""
+        import torch
+
         if self._graph_generation != self.store.generation:
             self._graphs.clear()
             self._pool = None
@@ -635,8 +736,12 @@ class FastPath:
             g = self._capture(key)
         t_b, lp_b, _, r_b = key
         lay = self._layout(t_b, r_b)
-        ints = g.stage_ints
-        loc = g.stage_loc
+        b = g.turn
+        g.turn ^= 1
+        if g.copied[b] is not None:
+            g.copied[b].synchronize()  # the copy that read this staging buffer last time has run
+        ints = g.stage_ints[b]
+        loc = g.stage_loc[b]
         self._fill_padding(ints, loc, lay, lp_b, r_b)
         T = inp["T"]
         ints[lay["ids"]][:T] = inp["ids"]
@@ -655,13 +760,21 @@ class FastPath:
             n = lmat.shape[0]
             loc[i, :n, :n] = lmat
             loc[i, n:, 0] = True
-        g.buf.copy_(g.stage, non_blocking=True)
+        g.buf.copy_(g.stages[b], non_blocking=True)
+        self.stats.graph_replays += 1
         if g.graph is None:  # emulated on a CPU
             g.out = g.run()
-        else:
-            g.graph.replay()
-        self.stats.graph_replays += 1
-        return g.out.cpu()
+            return g.out.cpu(), None
+        if g.copied[b] is None:
+            g.copied[b] = torch.cuda.Event()
+        g.copied[b].record()
+        g.graph.replay()
+        if not g.results:
+            g.results = [torch.empty(g.out.shape, dtype=g.out.dtype).pin_memory() for _ in range(2)]
+            g.done = [torch.cuda.Event() for _ in range(2)]
+        g.results[b].copy_(g.out, non_blocking=True)
+        g.done[b].record()
+        return g.results[b], g.done[b]
 
     def _fill_padding(self, ints: np.ndarray, loc: np.ndarray, lay: dict[str, slice], lp_b: int, r_b: int) -> None:
         """Inputs of an empty step: every write goes to the scratch row, every read is harmless."""
@@ -677,8 +790,8 @@ class FastPath:
         t_b, lp_b, s_b, r_b = key
         lay = self._layout(t_b, r_b)
         g = _Graph(lay["start"].stop, (r_b, lp_b, lp_b), self.device, pinned=not self._emulate_graphs)
-        self._fill_padding(g.stage_ints, g.stage_loc, lay, lp_b, r_b)
-        g.buf.copy_(g.stage)
+        self._fill_padding(g.stage_ints[0], g.stage_loc[0], lay, lp_b, r_b)
+        g.buf.copy_(g.stages[0])
         v = {name: g.ints[sl] for name, sl in lay.items()}
 
         def run() -> Any:

@@ -66,7 +66,9 @@ class LMScorer:
     dequantize-and-multiply kernel (:mod:`engine.nf4gemm`, CUDA + Triton) where a
     timing at set-up finds it faster than dequantize + product (128 by default; the
     first set-up compiles the kernel's tiles, which Triton then keeps in its cache);
-    0 never.
+    0 never. ``pipeline``: concurrent games' batches are launched while the previous
+    batch still runs on the device (:class:`engine.batcher.Batcher`, pipelined), when
+    ``cache_slots`` holds two batches of ``max_batch`` games.
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class LMScorer:
         fuse_linears: bool = True,
         nf4_chunk_mb: float = 0.0,
         nf4_kernel_rows: int = 128,
+        pipeline: bool = True,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -110,9 +113,14 @@ class LMScorer:
                     raise
                 self.fast_reason = str(exc)
                 logger.info("fast path off: {}", exc)
+        max_items = max(1, min(max_batch, cache_slots))
+        # Pipelined batches (the next one launched while the device runs the last) need
+        # cache slots for both: on when the slots allow two full batches.
+        self.pipelined = bool(pipeline and self.fast_path is not None and cache_slots >= 2 * max_items)
         self._batcher: Batcher[Any, list[float]] = Batcher(
-            self._run_jobs, max_items=max(1, min(max_batch, cache_slots)), gather_s=gather_ms / 1000.0,
-            cancelled=Cancelled,
+            self._run_jobs, max_items=max_items, gather_s=gather_ms / 1000.0, cancelled=Cancelled,
+            **({"launch": self._launch_jobs, "finish": self._finish_jobs, "ready": _launched_ready}
+               if self.pipelined else {}),
         )
 
     def encode(self, text: str, *, add_special_tokens: bool) -> list[int]:
@@ -150,6 +158,20 @@ class LMScorer:
             if fp is None:
                 raise RuntimeError(f"fast path switched off: {self.fast_reason}")
             return fp.score_jobs(jobs)
+
+    def _launch_jobs(self, jobs: list[Any]) -> Any:
+        with self.lock:
+            fp = self.fast_path
+            if fp is None:
+                raise RuntimeError(f"fast path switched off: {self.fast_reason}")
+            return fp, fp.launch_jobs(jobs)
+
+    def _finish_jobs(self, handle: Any) -> list[Any]:
+        fp, launched = handle
+        if not launched.ready():
+            launched.step.event.synchronize()  # without the lock: the device works, the host waits
+        with self.lock:
+            return fp.finish(launched)
 
     def score(self, prompt: Prompt, continuations: Sequence[str], cancel: threading.Event | None = None) -> Scores:
         if not continuations:
@@ -309,6 +331,10 @@ def cache_kwarg(model: Any) -> str:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     params = inspect.signature(base.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
+
+
+def _launched_ready(handle: Any) -> bool:
+    return bool(handle[1].ready())
 
 
 def output_cache(out: Any) -> Any:

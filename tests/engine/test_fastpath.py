@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -493,6 +494,129 @@ def test_batcher_passes_each_caller_its_own_result_or_error() -> None:
         t.join(timeout=10)
     assert out == {1: 10, 2: 20, 3: 30, -4: "bad -4", 5: 50, 6: 60}
     assert max(seen) <= 4 and sum(seen) == 6
+
+
+class _FakeDevice:
+    """A device for the pipelined batcher: a launched batch is done ``seconds`` later."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most_running = 0
+        self.launches = 0
+
+    def launch(self, items: list[int]) -> tuple[list[int], float]:
+        if 999 in items:
+            raise RuntimeError("launch failed")
+        with self.lock:
+            self.running += 1
+            self.launches += 1
+            self.most_running = max(self.most_running, self.running)
+        return items, time.monotonic() + self.seconds
+
+    def ready(self, handle: tuple[list[int], float]) -> bool:
+        return time.monotonic() >= handle[1]
+
+    def finish(self, handle: tuple[list[int], float]) -> list[int | BaseException]:
+        items, done = handle
+        time.sleep(max(0.0, done - time.monotonic()))
+        with self.lock:
+            self.running -= 1
+        return [ValueError(f"bad {i}") if i < 0 else i * 10 for i in items]
+
+
+def test_pipelined_batcher_launches_the_next_batch_while_one_runs() -> None:
+    """Eight games' threads, each asking for a move after the last one's answer and
+    working 5-15 ms between moves (a batch takes 30 ms): every caller gets its own
+    result or error, never more than two batches run at once, and batches are
+    launched while another one runs."""
+    from engine.batcher import Batcher
+
+    dev = _FakeDevice(0.03)
+    b: Batcher[int, int] = Batcher(
+        lambda items: [], max_items=8, gather_s=0.002, launch=dev.launch, finish=dev.finish, ready=dev.ready
+    )
+    out: dict[int, object] = {}
+
+    def game(g: int) -> None:
+        rng = random.Random(g)
+        for ply in range(12):
+            item = -(g * 100 + ply) if (g, ply) == (3, 5) else g * 100 + ply
+            try:
+                out[item] = b.submit(item)
+            except ValueError as exc:
+                out[item] = str(exc)
+            time.sleep(rng.uniform(0.005, 0.015))  # the game's own work between moves
+
+    threads = [threading.Thread(target=game, args=(g,)) for g in range(1, 9)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    want = {g * 100 + p: g * 1000 + p * 10 for g in range(1, 9) for p in range(12)}
+    del want[305]
+    want[-305] = "bad -305"
+    assert out == want
+    assert dev.running == 0 and dev.most_running == 2
+    assert b.overlapped > 0 and b.items == 96 and b.batches == dev.launches
+    assert b.batches < 96  # games shared batches
+
+
+def test_pipelined_batcher_reports_a_failed_launch_to_its_batch_only() -> None:
+    from engine.batcher import Batcher
+
+    dev = _FakeDevice(0.01)
+    b: Batcher[int, int] = Batcher(lambda items: [], max_items=4, launch=dev.launch, finish=dev.finish, ready=dev.ready)
+    with pytest.raises(RuntimeError, match="launch failed"):
+        b.submit(999)
+    assert b.submit(7) == 70  # the batcher goes on
+    with pytest.raises(ValueError, match="go together"):
+        Batcher(lambda items: [], max_items=1, launch=dev.launch)
+
+
+def test_fast_path_launches_a_batch_while_another_is_unfinished(tiny_model_dir: Path) -> None:
+    """A second batch launched before the first is finished gets other cache slots;
+    finishing them in either order gives each game its own scores, and with every
+    slot serving an unfinished step a third batch is refused, not mixed in."""
+    from engine.fastpath import Job
+    from engine.tokentree import shared_prefix_len
+
+    s = _load(tiny_model_dir, cache_slots=6)
+    fp = s.fast_path
+    player = Player(EngineConfig(), s)
+    jobs, want = [], []
+    for i in range(7):
+        b = random_game(60 + i, 4 + 5 * i)
+        prompt, conts = candidates(player, b, b.turn)
+        full = s.encoder.encode_candidates(prompt.text, conts, add_special_tokens=True)
+        n = shared_prefix_len(full)
+        jobs.append(Job(full[0][:n], CandidateTree.build([f[n:] for f in full])))
+        want.append(s.score_plain(prompt, conts).logprobs)
+    first = fp.launch_jobs(jobs[:3])
+    second = fp.launch_jobs(jobs[3:6])
+    assert first.step is not None and second.step is not None
+    slots_1 = {r.plan.slot for r in first.step.rows}
+    slots_2 = {r.plan.slot for r in second.step.rows}
+    assert len(slots_1) == len(slots_2) == 3 and not slots_1 & slots_2
+    third = fp.launch_jobs(jobs[6:])
+    assert isinstance(third.results[0], RuntimeError) and "no free cache slot" in str(third.results[0])
+    got = fp.finish(second) + fp.finish(first)
+    assert not fp._inflight_slots
+    for g, w in zip(got, want[3:6] + want[:3], strict=True):
+        assert isinstance(g, list)
+        assert_same(g, w)
+    got = fp.score_jobs(jobs[6:])  # slots are free again
+    assert isinstance(got[0], list)
+    assert_same(got[0], want[6])
+
+
+def test_scorer_pipelines_only_when_the_cache_holds_two_batches(tiny_model_dir: Path) -> None:
+    assert _load(tiny_model_dir, cache_slots=10, max_batch=4).pipelined
+    assert not _load(tiny_model_dir, cache_slots=4, max_batch=4).pipelined
+    assert not _load(tiny_model_dir, cache_slots=10, max_batch=4, pipeline=False).pipelined
+    assert not _load(tiny_model_dir, cache_slots=10, max_batch=4, fast=False).pipelined
 
 
 def test_fast_path_failure_falls_back_to_the_plain_path(tiny_model_dir: Path) -> None:
