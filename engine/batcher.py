@@ -131,7 +131,7 @@ class Batcher(Generic[J, R]):
 
     def _lead_pipelined(self, own: _Entry[J, R]) -> None:
         assert self._launch is not None and self._finish is not None and self._ready is not None
-        launch, finish, ready = self._launch, self._finish, self._ready
+        launch, finish = self._launch, self._finish
         inflight = self._inflight
         try:
             while not own.done:

@@ -119,8 +119,9 @@ class LMScorer:
         self.pipelined = bool(pipeline and self.fast_path is not None and cache_slots >= 2 * max_items)
         self._batcher: Batcher[Any, list[float]] = Batcher(
             self._run_jobs, max_items=max_items, gather_s=gather_ms / 1000.0, cancelled=Cancelled,
-            **({"launch": self._launch_jobs, "finish": self._finish_jobs, "ready": _launched_ready}
-               if self.pipelined else {}),
+            launch=self._launch_jobs if self.pipelined else None,
+            finish=self._finish_jobs if self.pipelined else None,
+            ready=_launched_ready if self.pipelined else None,
         )
 
     def encode(self, text: str, *, add_special_tokens: bool) -> list[int]:

@@ -103,3 +103,80 @@ def test_concurrent_games_on_cuda_match_one_at_a_time(tiny_model_dir: Path) -> N
     for key, (prompt, conts) in asked.items():
         plain = s.score_plain(prompt, conts).logprobs  # type: ignore[arg-type]
         assert max(abs(a - b) for a, b in zip(got[key], plain, strict=True)) <= BF16_TOL
+
+
+def test_pipelined_games_on_cuda_match_one_at_a_time(tiny_model_dir: Path) -> None:
+    """Eight games whose threads work between moves, over a pipelined scorer: batches
+    are launched while another runs on the GPU, and every score still equals the plain
+    scorer's."""
+    import time
+
+    from engine.model import load_model
+    from engine.player import Player
+    from engine.scoring import LMScorer
+
+    loaded = load_model(ModelConfig(path=str(tiny_model_dir), device="cuda", dtype="bfloat16"))
+    s = LMScorer(loaded.model, loaded.tokenizer, loaded.device, cache_slots=18, max_batch=8, gather_ms=2)
+    assert s.pipelined
+    s.warmup(max_tokens=256, max_games=8)
+    got: dict[tuple[int, int], list[float]] = {}
+    asked: dict[tuple[int, int], tuple[object, list[str]]] = {}
+
+    def play(g: int) -> None:
+        player = Player(EngineConfig(), s)
+        rng = random.Random(g)
+        board = chess.Board()
+        for ply in range(10):
+            prompt = player.prompt_for(board, engine_color=chess.WHITE)
+            conts = [prompt.completion(board.san(m)) for m in board.legal_moves]
+            got[(g, ply)] = s.score(prompt, conts).logprobs
+            asked[(g, ply)] = (prompt, conts)
+            board.push(rng.choice(list(board.legal_moves)))
+            time.sleep(rng.uniform(0.001, 0.004))
+
+    threads = [threading.Thread(target=play, args=(g,)) for g in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert len(got) == 80
+    assert s._batcher.overlapped > 0  # some batches were launched beside a running one
+    for key, (prompt, conts) in asked.items():
+        plain = s.score_plain(prompt, conts).logprobs  # type: ignore[arg-type]
+        assert max(abs(a - b) for a, b in zip(got[key], plain, strict=True)) <= BF16_TOL
+
+
+def test_second_batch_launched_before_the_first_is_finished_on_cuda(tiny_model_dir: Path) -> None:
+    """Two batches on the GPU at once (graph replays and result copies queued, not
+    waited for), finished in reverse order: each game gets its own scores."""
+    from engine.fastpath import Job
+    from engine.model import load_model
+    from engine.player import Player
+    from engine.scoring import LMScorer
+    from engine.tokentree import CandidateTree, shared_prefix_len
+
+    loaded = load_model(ModelConfig(path=str(tiny_model_dir), device="cuda", dtype="bfloat16"))
+    s = LMScorer(loaded.model, loaded.tokenizer, loaded.device, cache_slots=8)
+    fp = s.fast_path
+    player = Player(EngineConfig(), s)
+    rng = random.Random(9)
+    jobs, plain = [], []
+    for i in range(6):
+        board = chess.Board()
+        for _ in range(3 + 4 * i):
+            board.push(rng.choice(list(board.legal_moves)))
+        prompt = player.prompt_for(board, engine_color=board.turn)
+        conts = [prompt.completion(board.san(m)) for m in board.legal_moves]
+        full = s.encoder.encode_candidates(prompt.text, conts, add_special_tokens=True)
+        n = shared_prefix_len(full)
+        jobs.append(Job(full[0][:n], CandidateTree.build([f[n:] for f in full])))
+        plain.append(s.score_plain(prompt, conts).logprobs)
+    fp.score_jobs(jobs[:3])  # capture the shape first
+    fp.score_jobs(jobs[3:])
+    first = fp.launch_jobs(jobs[:3])
+    second = fp.launch_jobs(jobs[3:])
+    assert first.step is not None and first.step.event is not None  # on the device, not waited for
+    got = fp.finish(second) + fp.finish(first)
+    for g, w in zip(got, plain[3:] + plain[:3], strict=True):
+        assert isinstance(g, list)
+        assert max(abs(a - b) for a, b in zip(g, w, strict=True)) <= BF16_TOL
