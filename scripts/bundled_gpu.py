@@ -13,6 +13,9 @@ Phases
     Stockfish self-play on 15 workers for SECONDS (600 nodes +-25% a game, 4-8 random
     plies, 20% of games from the arena's book lines; game i is fixed by (SEED, i)), then
     ``$OUT/selfplay-SEED.tgz``. About 50 games/s on the 16-core host: 480 s ~ 24,000 games.
+``plot STRENGTH_JSON OUT_PNG``
+    Redraws the plot of a returned ``strength_vs_steps.json`` (MODEL_TAG names the model
+    when the JSON does not).
 ``train``
     Unpacks every ``.gpu2/selfplay-*.tgz`` (set A, ``selfplay-35k.tgz``, and those the
     selfplay calls returned), builds the data set on all cores, trains
@@ -404,7 +407,8 @@ def write_strength(ev: Evaluator, run_dir: Path, train_games: int, out_json: Pat
         e = evals.get(r["step"], {})
         r.update(eval_loss=e.get("eval_loss"), legal_rate=e.get("legal_rate"), exact_move=e.get("exact_move_accuracy"))
     doc = {
-        "what": "each training checkpoint of the v3 run against fixed opponents, arena match",
+        "what": f"each training checkpoint of the {model_tag()} run against fixed opponents, arena match",
+        "model_tag": model_tag(),
         "time_control": ev.tc, "games_per_match": ev.games,
         "opponents": {o: OPPONENT_TEXT[o] for o in ev.opponents},
         "score": "wins + draws/2 over games, with a 95% normal-approximation interval; "
@@ -426,6 +430,16 @@ def write_strength(ev: Evaluator, run_dir: Path, train_games: int, out_json: Pat
             f"{'' if r['legal_rate'] is None else round(r['legal_rate'], 3)} |"
         )
     table.write_text("\n".join(lines) + "\n")
+    plot_strength(doc, out_png)
+
+
+def model_tag() -> str:
+    return os.environ.get("MODEL_TAG") or "v3"
+
+
+def plot_strength(doc: dict[str, Any], out_png: Path) -> None:
+    """The score of each checkpoint against each opponent (``strength_vs_steps.json``'s
+    document), with its interval, against the step and the games seen."""
     try:
         import matplotlib
 
@@ -434,8 +448,9 @@ def write_strength(ev: Evaluator, run_dir: Path, train_games: int, out_json: Pat
     except ImportError:
         say("no matplotlib: no PNG (the numbers are in the JSON)")
         return
+    rows = doc["results"]
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for opp in ev.opponents:
+    for opp in doc["opponents"]:
         pts = [r for r in rows if r["opponent"] == opp and r["games"]]
         if not pts:
             continue
@@ -444,7 +459,7 @@ def write_strength(ev: Evaluator, run_dir: Path, train_games: int, out_json: Pat
         err = [[y - r["score_lower"] for y, r in zip(ys, pts, strict=True)], [r["score_upper"] - y for y, r in zip(ys, pts, strict=True)]]
         ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=f"vs {OPPONENT_TEXT[opp].split(' (')[0]}")
     ax.set_xlabel("training step")
-    ax.set_ylabel(f"score ({ev.games} games a point, {ev.tc}, 95% interval)")
+    ax.set_ylabel(f"score ({doc['games_per_match']} games a point, {doc['time_control']}, 95% interval)")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -454,7 +469,7 @@ def write_strength(ev: Evaluator, run_dir: Path, train_games: int, out_json: Pat
         top.set_xticks(sorted(seen))
         top.set_xticklabels([f"{seen[s] / 1000:.0f}k" if seen[s] >= 1000 else str(seen[s]) for s in sorted(seen)], fontsize=7)
         top.set_xlabel("games seen")
-    ax.set_title("bundled model v3: strength over training", fontsize=10)
+    ax.set_title(f"bundled model {doc.get('model_tag') or 'v3'}: strength over training", fontsize=10)
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
@@ -590,7 +605,7 @@ def phase_train() -> int:
     ev.training_done.set()
 
     # The final model: the trainer's own output when it finished, else the newest checkpoint.
-    tag = os.environ.get("MODEL_TAG") or "v3"
+    tag = model_tag()
     final = work / f"bundled-{tag}"
     shutil.rmtree(final, ignore_errors=True)
     ckpts = ev.checkpoints()
@@ -671,6 +686,11 @@ def main(argv: list[str]) -> int:
         return phase_selfplay(int(argv[1]), float(argv[2]))
     if argv == ["train"]:
         return phase_train()
+    if len(argv) == 3 and argv[0] == "plot":  # redraw a returned strength_vs_steps.json
+        doc = json.loads(Path(argv[1]).read_text())
+        doc.setdefault("model_tag", os.environ.get("MODEL_TAG"))
+        plot_strength(doc, Path(argv[2]))
+        return 0
     print(__doc__)
     return 2
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Reproduce the bundled model v4 (engine/data/bundled-model) with the project's own pipeline:
+# Reproduce the bundled model v5 (engine/data/bundled-model) with the project's own pipeline:
 # Stockfish self-play -> whole-game data set -> an 18.8M-parameter Mistral-architecture model
 # from scratch (configs/train/scratch-medium.yaml) = v3, then v3 trained further on set D
-# (seed 20) = v4. Seeds are fixed. V4=0 stops after v3.
+# (seed 20) = v4, then v4 trained further on sets E (its first 32,000 games), F, G and H
+# (seeds 30, 40, 50, 51) = v5. Seeds are fixed. V4=0 stops after v3, V5=0 after v4.
 #   bash scripts/make_bundled_model.sh [WORK_DIR]
 # Rerunning continues where it stopped: self-play plays only missing games, training resumes
 # from its newest checkpoint.
@@ -52,23 +53,52 @@ echo "v3: $W/run/bundled"
 # the step-3,000 checkpoint, the lowest validation loss. Set D comes from the repository's
 # history when it is there (datasets/README.md), else it is played again (the games of index
 # < 130,691, which includes the 48 the original time-limited run had not finished).
+# history_set NAME SEED GAMES: the set NAME from the repository's history into $W/NAME, else
+# played again (the games of index < GAMES: a time-limited run may have skipped a few of them).
+history_set() {
+    local d="$W/$1"
+    [ -d "$d" ] && return 0
+    local c
+    c=$(git log --diff-filter=A --format=%H -- "datasets/$1/manifest.json" | head -1)
+    if [ -n "$c" ]; then
+        mkdir -p "$W/history" && git archive "$c" "datasets/$1" | tar -x -C "$W/history"
+        mv "$W/history/datasets/$1" "$d"
+    else
+        $MC dataset selfplay --config configs/dataset/selfplay.yaml --out "$d" --games "$3" seed="$2" nodes=600 \
+            nodes_jitter=0.25 random_plies_min=4 random_plies_max=8 book_fraction=0.2 chunk_games=500
+    fi
+}
 if [ "${V4:-1}" = 1 ]; then
     D="$W/selfplay-20"
-    if [ ! -d "$D" ]; then
-        c=$(git log --diff-filter=A --format=%H -- 'datasets/selfplay-20/manifest.json' | head -1)
-        if [ -n "$c" ]; then
-            mkdir -p "$W/history" && git archive "$c" datasets/selfplay-20 | tar -x -C "$W/history"
-            mv "$W/history/datasets/selfplay-20" "$D"
-        else
-            $MC dataset selfplay --config configs/dataset/selfplay.yaml --out "$D" --games 130691 seed=20 nodes=600 \
-                nodes_jitter=0.25 random_plies_min=4 random_plies_max=8 book_fraction=0.2 chunk_games=500
-        fi
-    fi
+    history_set selfplay-20 20 130691
     $MC dataset build --config configs/dataset/scratch-games.yaml --source "$D" --out "$W/scratch-games-d"
     $MC train --config configs/train/scratch-medium.yaml data.path="$W/scratch-games-d" train.output_dir="$W/run-v4" \
         model.init=pretrained model.path="$W/run/bundled" model.tokenizer= train.learning_rate=3e-4 \
         train.warmup_steps=100 train.max_steps=4000 train.save_steps=500 eval.eval_steps=500 train.save_total_limit=0
     export_step "$W/run-v4" 3000
     echo "v4: $W/run-v4/bundled"
+fi
+
+# v5: v4 trained on 134,152 new games (set E's games of index < 32,000, and sets F, G, H), lr 1.5e-4
+# cosine over 1,500 steps; v5 ships the step-1,000 checkpoint: in the GPU call every checkpoint
+# played 40 games against v4 and step 1,000 scored best (FINAL_PICK=score:bundled; the model card).
+if [ "${V4:-1}" = 1 ] && [ "${V5:-1}" = 1 ]; then
+    history_set selfplay-30 30 62517
+    history_set selfplay-40 40 36031
+    history_set selfplay-50 50 34050
+    history_set selfplay-51 51 32536
+    E32="$W/selfplay-30-first32k"
+    mkdir -p "$E32"
+    for f in "$W"/selfplay-30/games-*.parquet; do
+        first=$(basename "$f" | cut -d- -f2)
+        if [ "$((10#$first))" -lt 32000 ]; then cp -n "$f" "$E32/"; fi
+    done
+    $MC dataset build --config configs/dataset/scratch-games.yaml --source "$E32" --source "$W/selfplay-40" \
+        --source "$W/selfplay-50" --source "$W/selfplay-51" --out "$W/scratch-games-v5"
+    $MC train --config configs/train/scratch-medium.yaml data.path="$W/scratch-games-v5" train.output_dir="$W/run-v5" \
+        model.init=pretrained model.path="$W/run-v4/bundled" model.tokenizer= train.learning_rate=1.5e-4 \
+        train.warmup_steps=50 train.max_steps=1500 train.save_steps=250 eval.eval_steps=250 train.save_total_limit=0
+    export_step "$W/run-v5" 1000
+    echo "v5: $W/run-v5/bundled"
 fi
 echo "(copy config.json, generation_config.json, model.safetensors, tokenizer*.json into engine/data/bundled-model)"

@@ -81,3 +81,18 @@ def test_final_pick_setting_is_checked(driver: ModuleType, monkeypatch: pytest.M
         with pytest.raises(SystemExit, match="FINAL_PICK"):
             driver.final_pick()
     assert not driver.needs_stockfish(driver.eval_opponents())  # the bundled model needs no Stockfish
+
+
+def test_strength_plot_is_redrawn_from_its_json(driver: ModuleType, tmp_path: Path) -> None:
+    doc = {
+        "model_tag": "v9", "time_control": "3+0.05", "games_per_match": 40,
+        "opponents": {"bundled": driver.OPPONENT_TEXT["bundled"]},
+        "results": [
+            {"step": s, "opponent": "bundled", "games": 40, "score": sc, "score_lower": sc - 0.1,
+             "score_upper": sc + 0.1, "games_seen": 1000 * s}
+            for s, sc in ((250, 0.5), (500, 0.6))
+        ],
+    }  # fmt: skip
+    (tmp_path / "s.json").write_text(json.dumps(doc))
+    assert driver.main(["plot", str(tmp_path / "s.json"), str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
