@@ -21,7 +21,7 @@ Training builds its examples with this module (:class:`PromptBuilder`,
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -75,9 +75,11 @@ def legal_sans(board: chess.Board, moves: Sequence[chess.Move]) -> list[str]:
     without python-chess's per-move search for ambiguous moves: the pieces of the same
     kind that reach the same square are read from ``moves`` themselves (so ``moves``
     must be all the legal moves, as the player passes them). The check and mate suffix
-    is python-chess's own (push, look, pop)."""
+    is python-chess's own (push, look, pop), asked only of the moves that can give check
+    at all (:func:`_may_give_check`: a few in a typical position)."""
     if board.chess960 or type(board) is not chess.Board:
         return [board.san(m) for m in moves]
+    may_check = _may_give_check(board)
     reach: dict[tuple[int, int], int] = {}
     kinds = [board.piece_type_at(m.from_square) for m in moves]
     for m, kind in zip(moves, kinds, strict=True):
@@ -115,14 +117,61 @@ def legal_sans(board: chess.Board, moves: Sequence[chess.Move]) -> list[str]:
             san += chess.SQUARE_NAMES[m.to_square]
             if m.promotion:
                 san += "=" + chess.piece_symbol(m.promotion).upper()
-        board.push(m)
-        try:
-            if board.is_check():
-                san += "#" if board.is_checkmate() else "+"
-        finally:
-            board.pop()
+        if may_check(m, kind):
+            board.push(m)
+            try:
+                if board.is_check():
+                    san += "#" if board.is_checkmate() else "+"
+            finally:
+                board.pop()
         out.append(san)
     return out
+
+
+def _may_give_check(board: chess.Board) -> Callable[[chess.Move, int], bool]:
+    """A test that is true for every move of the side to move that gives check (and for
+    some that do not): the moved piece attacks the enemy king from its new square, or it
+    leaves a line between the king and one of its own sliders, or the move is a
+    castling, an en passant capture or a promotion. Only those moves are pushed."""
+    king = board.king(not board.turn)
+    if king is None or board.is_attacked_by(board.turn, king):  # no king, or already in check (not a legal position)
+        return lambda m, kind: True
+    ours = board.occupied_co[board.turn]
+    orth = (board.rooks | board.queens) & ours
+    diag = (board.bishops | board.queens) & ours
+    king_rank, king_file = chess.square_rank(king), chess.square_file(king)
+    occupied = board.occupied
+    knight_checks = chess.BB_KNIGHT_ATTACKS[king]
+    pawn_checks = chess.BB_PAWN_ATTACKS[not board.turn][king]  # squares from which our pawn attacks the king
+
+    def same_line(a: int) -> tuple[bool, bool]:
+        """(orthogonal, diagonal) alignment of square ``a`` with the king."""
+        if a == king or not chess.BB_RAYS[a][king]:
+            return False, False
+        orthogonal = chess.square_rank(a) == king_rank or chess.square_file(a) == king_file
+        return orthogonal, not orthogonal
+
+    def test(m: chess.Move, kind: int) -> bool:
+        if m.promotion or kind == chess.KING and board.is_castling(m) or board.is_en_passant(m):
+            return True
+        to, frm = m.to_square, m.from_square
+        # discovered: the square left lies between the king and one of our sliders
+        o, d = same_line(frm)
+        if (o and chess.BB_RAYS[frm][king] & orth) or (d and chess.BB_RAYS[frm][king] & diag):
+            return True
+        if kind == chess.KNIGHT:
+            return bool(knight_checks & chess.BB_SQUARES[to])
+        if kind == chess.PAWN:
+            return bool(pawn_checks & chess.BB_SQUARES[to])
+        if kind == chess.KING:
+            return False
+        o, d = same_line(to)
+        if not ((o and kind in (chess.ROOK, chess.QUEEN)) or (d and kind in (chess.BISHOP, chess.QUEEN))):
+            return False
+        after = (occupied & ~chess.BB_SQUARES[frm]) | chess.BB_SQUARES[to]
+        return not (chess.between(to, king) & after)
+
+    return test
 
 
 def board_sans(board: chess.Board) -> tuple[chess.Board, list[str]]:
