@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import signal
 import sys
 import threading
@@ -92,7 +93,8 @@ def _run(cfg: Any, client: Any, stop: threading.Event, *, max_games: int) -> int
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    bot.prepare(_default_loader)
+    # one model for all games: the scorer sized for them (cache slots, pipelined batches)
+    bot.prepare(functools.partial(_default_loader, games=cfg.challenge.concurrency))
     bot.run()
     return 0
 

@@ -474,19 +474,27 @@ def _castling_alias(board: chess.Board, move: chess.Move) -> chess.Move | None:
     return None
 
 
-def _default_loader(config: EngineConfig) -> Any:
+def _default_loader(config: EngineConfig, *, games: int = 1) -> Any:
+    """The model of ``config`` behind a scorer. ``games`` > 1 (the bot's concurrent games
+    over one model): at least ``2 * games + 2`` cache slots and batches of up to ``games``,
+    so the games keep their caches and their batches are pipelined."""
     from engine.model import load_model
     from engine.scoring import LMScorer
 
     loaded = load_model(config.model)
     logger.info("model ready: {}", loaded.source)
+    slots = config.search.cache_slots
+    max_batch = slots
+    if games > 1:
+        slots = max(slots, 2 * games + 2)
+        max_batch = games
     scorer = LMScorer(
         loaded.model,
         loaded.tokenizer,
         loaded.device,
         score_batch=config.search.score_batch,
-        cache_slots=config.search.cache_slots,
-        max_batch=config.search.cache_slots,
+        cache_slots=slots,
+        max_batch=max_batch,
         nf4_kernel_rows=config.model.nf4_kernel_rows,
     )
     scorer.warmup()  # CUDA graphs of single-game steps now, not at the first moves (a no-op on a CPU)
