@@ -53,6 +53,10 @@ class SlotTable:
             raise ValueError(f"cache slots must be >= 1, not {n_slots}")
         self.n_slots = n_slots
         self.ids: list[np.ndarray] = [np.zeros(0, dtype=np.int64) for _ in range(n_slots)]
+        # The same ids as one matrix (a row per slot, -1 past its length), so a prompt is
+        # matched against every slot in one comparison rather than one call per slot.
+        self._mat = np.full((n_slots, 256), -1, dtype=np.int64)
+        self._lens = np.zeros(n_slots, dtype=np.int64)
         self.last_used = [0] * n_slots
         self._tick = 0
         self.reused_tokens = 0  # statistics: tokens served from cache
@@ -64,7 +68,19 @@ class SlotTable:
 
     def forget(self, slot: int) -> None:
         self.ids[slot] = np.zeros(0, dtype=np.int64)
+        self._mat[slot] = -1
+        self._lens[slot] = 0
         self.last_used[slot] = 0
+
+    def matches(self, prefix: np.ndarray, slots: Sequence[int]) -> list[int]:
+        """``lcp(self.ids[s], prefix)`` for each of ``slots``, in one comparison."""
+        m = min(len(prefix), self._mat.shape[1])
+        if m == 0:
+            return [0] * len(slots)
+        idx = np.asarray(slots, dtype=np.int64)
+        eq = self._mat[idx, :m] == prefix[:m]  # false past a slot's length (-1 is no token id)
+        first = np.where(eq.all(axis=1), m, eq.argmin(axis=1))
+        return np.minimum(first, self._lens[idx]).tolist()
 
     def plan(self, prefix: np.ndarray, taken: Sequence[int] | set[int], *, keep_last: int = 1) -> SlotPlan:
         """Choose the slot for a prompt whose shared prefix is ``prefix``.
@@ -77,7 +93,7 @@ class SlotTable:
         if not free:
             raise RuntimeError("no free cache slot in this step")
         cap = max(0, len(prefix) - keep_last)
-        match = {s: lcp(self.ids[s], prefix) for s in free}
+        match = dict(zip(free, self.matches(prefix, free), strict=True))
         # Longest match; among equals the one that is a pure extension, then the most recent.
         best = max(free, key=lambda s: (match[s], match[s] == len(self.ids[s]), self.last_used[s]))
         self._tick += 1
@@ -96,7 +112,16 @@ class SlotTable:
         return SlotPlan(chosen, reuse, reuse_from)
 
     def commit(self, slot: int, prefix: np.ndarray) -> None:
+        n = len(prefix)
+        if n > self._mat.shape[1]:
+            width = -(-n // 256) * 256
+            grown = np.full((self.n_slots, width), -1, dtype=np.int64)
+            grown[:, : self._mat.shape[1]] = self._mat
+            self._mat = grown
         self.ids[slot] = prefix.copy()
+        self._mat[slot, :n] = prefix
+        self._mat[slot, n:] = -1
+        self._lens[slot] = n
 
 
 class KVStore:
