@@ -31,7 +31,13 @@ from loguru import logger
 
 from engine.batcher import Batcher
 from engine.prompt import Prompt
-from engine.tokentree import CandidateTree, ContextEncoder, common_prefix_len, shared_prefix_len
+from engine.tokentree import (
+    CandidateTree,
+    ContextEncoder,
+    common_prefix_len,
+    shared_prefix_len,
+    split_candidates,
+)
 
 
 class Cancelled(Exception):
@@ -183,25 +189,25 @@ class LMScorer:
         from engine.fastpath import Job
 
         with self._tok_lock:
-            full = self.encoder.encode_candidates(
+            head, tails = self.encoder.encode_candidates_split(
                 prompt.text, continuations, add_special_tokens=prompt.add_special_tokens
             )
-        prefix_len = shared_prefix_len(full)
-        suffixes = [f[prefix_len:] for f in full]
+        prefix, suffixes = split_candidates(head, tails)
+        prefix_len = len(prefix)
         evaluated = prefix_len + sum(len(s) for s in suffixes)
-        job = Job(full[0][:prefix_len], CandidateTree.build(suffixes), cancel)
+        job = Job(prefix, CandidateTree.build(suffixes), cancel)
         job.tree.ancestry  # noqa: B018 - computed here, in the game's thread, not by the batch's leader
         if cancel is not None and cancel.is_set():
             raise Cancelled()
         if not fp.fits(job):
-            return self._score_ids(full, prefix_len, cancel)
+            return self._score_ids([prefix + s for s in suffixes], prefix_len, cancel)
         try:
             logps = self._batcher.submit(job, cancel)
         except Cancelled:
             raise
         except Exception as exc:
             self._fast_failed(exc)
-            return self._score_ids(full, prefix_len, cancel)
+            return self._score_ids([prefix + s for s in suffixes], prefix_len, cancel)
         return Scores(logps, [len(s) for s in suffixes], evaluated)
 
     def _fast_failed(self, exc: Exception) -> None:

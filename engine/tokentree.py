@@ -53,6 +53,17 @@ def shared_prefix_len(full: Sequence[Sequence[int]]) -> int:
     return max(n, 1)
 
 
+def split_candidates(head: list[int], tails: Sequence[list[int]]) -> tuple[list[int], list[list[int]]]:
+    """(shared prefix, suffixes) of the sequences ``head + tails[i]``, split as
+    :func:`shared_prefix_len` splits them, computed on the tails alone."""
+    n = max(min(len(head) + common_prefix_len(tails), len(head) + min(len(t) for t in tails) - 1), 1)
+    k = n - len(head)
+    if k < 0:  # the split falls inside the head (short texts only)
+        full = [head + t for t in tails]
+        return full[0][:n], [f[n:] for f in full]
+    return head + tails[0][:k], [t[k:] for t in tails]
+
+
 class ContextEncoder:
     """Tokenizes prompts (remembering the last few) and candidates in context."""
 
@@ -123,6 +134,16 @@ class ContextEncoder:
 
     def encode_candidates(self, text: str, continuations: Sequence[str], *, add_special_tokens: bool) -> list[list[int]]:
         """Token ids of ``text + c`` for every continuation, as whole-text tokenization gives them."""
+        head, tails = self.encode_candidates_split(text, continuations, add_special_tokens=add_special_tokens)
+        return [head + t for t in tails]
+
+    def encode_candidates_split(
+        self, text: str, continuations: Sequence[str], *, add_special_tokens: bool
+    ) -> tuple[list[int], list[list[int]]]:
+        """:meth:`encode_candidates` as ``(head, tails)``: ``head + tails[i]`` are the ids
+        of ``text + continuations[i]``. ``head`` is the prompt's tokens before its checked
+        tail (empty when every text was tokenized whole), so a caller can split off the
+        shared prefix without copying the prompt's tokens once per candidate."""
         prompt_ids = self.encode(text, add_special_tokens=add_special_tokens)
         cut = text.rfind(" ", 0, max(0, len(text) - self.tail_chars))
         if cut > 0:
@@ -130,11 +151,9 @@ class ContextEncoder:
             tail_ids = self.encode(tail, add_special_tokens=False)
             k = len(prompt_ids) - len(tail_ids)
             if tail_ids and k > 0 and prompt_ids[k:] == tail_ids:
-                head = prompt_ids[:k]
-                tails = self._encode_many([tail + c for c in continuations], add_special_tokens=False)
-                return [head + t for t in tails]
+                return prompt_ids[:k], self._encode_many([tail + c for c in continuations], add_special_tokens=False)
         self.whole_fallbacks += 1
-        return self._encode_many([text + c for c in continuations], add_special_tokens=add_special_tokens)
+        return [], self._encode_many([text + c for c in continuations], add_special_tokens=add_special_tokens)
 
 
 @dataclasses.dataclass

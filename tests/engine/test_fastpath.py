@@ -707,3 +707,26 @@ def test_the_bots_loader_sizes_the_scorer_for_its_games(tiny_model_dir: Path) ->
     assert shared.fast_path.slots.n_slots == 18 and shared._batcher.max_items == 8 and shared.pipelined
     alone = _default_loader(cfg)
     assert alone.fast_path.slots.n_slots == cfg.search.cache_slots and not alone.pipelined
+
+
+def test_split_on_the_tails_equals_the_split_of_whole_sequences() -> None:
+    """The scorer splits prefix and suffixes on the candidates' tails alone (the prompt's
+    head is not copied per candidate): the same split as shared_prefix_len on the whole
+    sequences, including an empty head, one candidate and candidates that share all but
+    their last token."""
+    from engine.tokentree import shared_prefix_len, split_candidates
+
+    rng = random.Random(4)
+    cases = [([], [[5, 6], [5, 7]]), ([1, 2], [[3]]), ([1], [[2, 3], [2, 3, 4]]), ([], [[9]]), ([], [[9], [9, 1]])]
+    for _ in range(300):
+        head = [rng.randrange(5) for _ in range(rng.randrange(0, 6))]
+        stem = [rng.randrange(5) for _ in range(rng.randrange(0, 4))]
+        tails = [stem + [rng.randrange(5) for _ in range(rng.randrange(0 if stem or head else 1, 4))]
+                 for _ in range(rng.randrange(1, 6))]
+        if all(head + t for t in tails):
+            cases.append((head, tails))
+    for head, tails in cases:
+        full = [head + t for t in tails]
+        n = shared_prefix_len(full)
+        prefix, suffixes = split_candidates(head, tails)
+        assert prefix == full[0][:n] and suffixes == [f[n:] for f in full], (head, tails)
