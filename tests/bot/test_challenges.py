@@ -142,3 +142,31 @@ def test_concurrency_one_declines_a_second_challenge_during_a_game(harness, lich
     assert world.declines[b] == "later"
     h.wait_game_over(a)
     assert len(world.games) == 1
+
+
+def test_three_games_over_one_pipelined_scorer(lichess, tmp_path, tiny_model_dir) -> None:
+    """The bot's games over a scorer sized as the bot's loader sizes it (2N+2 slots,
+    batches of N: pipelined): three games at once all end normally, every move legal."""
+    from engine.config import ModelConfig
+    from engine.model import load_model
+    from engine.scoring import LMScorer
+    from tests.bot.conftest import Harness, bot_config
+
+    loaded = load_model(ModelConfig(path=str(tiny_model_dir), device="cpu"))
+    scorer = LMScorer(loaded.model, loaded.tokenizer, loaded.device, cache_slots=8, max_batch=3)
+    assert scorer.pipelined
+    world = lichess.world
+    for name in ("carol", "dave"):
+        world.add_user(name, name=name.title(), rating=1500, opponent=Opponent(resign_at_ply=12, delay=0.05))
+    world.users["alice"].opponent = Opponent(resign_at_ply=12, delay=0.05)
+    h = Harness(lichess, bot_config(lichess, tmp_path, **{"challenge.concurrency": 3}), scorer).start()
+    try:
+        h.wait_connected()
+        gids = [world.send_challenge(u, BOT_ID, color="black") for u in ("alice", "carol", "dave")]
+        h.wait(lambda: all(g in world.games for g in gids), 10, "three games")
+        assert all(h.wait_game_over(g, timeout=90).status == "resign" for g in gids)
+        assert h.bot.results["won"] == 3
+        assert scorer._batcher.items >= 3 * 6  # every move of the bot went through the shared scorer
+        assert_clean_traffic(world)
+    finally:
+        h.close()
