@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The GPU calls that make the bundled model (v3, v4; issue 8), one phase per device call.
+"""The GPU calls that make the bundled model (v3, v4, v5; issue 8), one phase per device call.
 
 Each phase is self-contained: the lent machine may be a fresh, bare one each call, a
 command must end within 540 s, and results come back only through ``$OUT`` (at most 8
