@@ -226,6 +226,7 @@ def single_section(bench: Bench, name: str, loaded: Any, *, plain: bool, **score
     if scorer.fast_path is not None:
         out["fused_projections"] = scorer.fast_path.fuse_note
         out["nf4_kernel"] = scorer.fast_path.nf4_kernel_note
+        scorer.fast_path.time_gpu = True  # stats.gpu_ms: the GPU's own time of each step
     t = time.perf_counter()
     captured = scorer.warmup(max_tokens=256)
     out["warmup_graphs"] = captured
@@ -269,6 +270,8 @@ def single_section(bench: Bench, name: str, loaded: Any, *, plain: bool, **score
         out["fast_stats"] = dict(vars(fp.stats))
         out["graph_error"] = fp.graph_error
         out["cuda_graphs"] = fp.use_graphs and fp.graph_error is None
+        if fp.stats.gpu_timed_steps:
+            out["gpu_ms_per_step"] = round(fp.stats.gpu_ms / fp.stats.gpu_timed_steps, 2)
     print(name, {k: v for k, v in out.items() if k not in ("per_move_ms_by_ply", "plain_checks")}, flush=True)
     free(scorer)
     return out
@@ -360,6 +363,9 @@ def concurrent_section(bench: Bench, loaded: Any, single_median: float, single_m
     warm_wall, _ = run_all(warm_plies)  # untimed: threads, tokenizer and caches warm
     scorer.reset_cache()
     captured_1 = fp.stats.graphs_captured if fp is not None else 0
+    if fp is not None:
+        fp.time_gpu = True
+        gpu0 = (fp.stats.gpu_ms, fp.stats.gpu_timed_steps)
     b0 = (scorer._batcher.batches, scorer._batcher.items, scorer._batcher.overlapped)
     sizes: list[int] = []
     launches: list[float] = []
@@ -404,6 +410,12 @@ def concurrent_section(bench: Bench, loaded: Any, single_median: float, single_m
         out["fast_stats"] = dict(vars(fp.stats))
         out["graph_error"] = fp.graph_error
         out["graph_shapes"] = fp.graph_shapes
+        gpu_ms, timed = fp.stats.gpu_ms - gpu0[0], fp.stats.gpu_timed_steps - gpu0[1]
+        if timed:
+            # the GPU's own time of the timed run's steps over its wall time: near 1 is
+            # device-bound, well below 1 is waiting for the host
+            out["gpu_busy_share"] = round(gpu_ms / 1000 / wall, 3)
+            out["gpu_ms_per_step"] = round(gpu_ms / timed, 2)
     if bench.cuda:
         import torch
 
@@ -427,6 +439,8 @@ def main() -> int:
                     help="Python's thread switch interval during the concurrent section (default 5 ms is Python's)")
     ap.add_argument("--budget-s", type=float, default=480.0, help="skip what is left past this (the job has 9 minutes)")
     ap.add_argument("--skip-bf16", action="store_true")
+    ap.add_argument("--skip-variants", action="store_true",
+                    help="skip the NF4 single-game variants (no kernel, unfused): a shorter run")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--cpu-graph-layout", action="store_true",
                     help="concurrent section on a CPU: run the CUDA-graph layout eagerly (counts shapes)")
@@ -488,7 +502,9 @@ def main() -> int:
     # projections as peft/bitsandbytes modules: which kernels pay, measured side by side.
     for name, kwargs in (("nf4_single_no_kernel", {"nf4_kernel_rows": 0}),
                          ("nf4_single_unfused", {"fuse_linears": False})):
-        if bench.elapsed() < args.budget_s * 0.7:
+        if args.skip_variants:
+            bench.res[name] = "skipped (--skip-variants)"
+        elif bench.elapsed() < args.budget_s * 0.7:
             bench.res[name] = single_section(bench, name, loaded, plain=False, **kwargs)
             bench.save()
         else:

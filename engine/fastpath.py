@@ -133,6 +133,7 @@ class _Step:
     n_edges: int
     out: Any  # the scored edges: a CPU tensor, or a pinned buffer an async copy fills
     event: Any  # a CUDA event recorded after that copy, or None when ``out`` is ready
+    timing: Any = None  # (start, end) CUDA timing events with FastPath.time_gpu
 
     def ready(self) -> bool:
         return self.event is None or bool(self.event.query())
@@ -204,6 +205,10 @@ class FastStats:
     prefix_tokens_fed: int = 0
     prefix_tokens_reused: int = 0
     candidate_tokens_fed: int = 0
+    # with FastPath.time_gpu: the GPU's own time of the graph steps (input copy, replay,
+    # result copy; CUDA events), for telling a device-bound run from a host-bound one
+    gpu_ms: float = 0.0
+    gpu_timed_steps: int = 0
 
 
 class FastPath:
@@ -276,6 +281,8 @@ class FastPath:
             self._make_rope_table()
         self._graphs: dict[tuple[int, int, int, int], _Graph] = {}
         self._inflight_slots: set[int] = set()
+        self.time_gpu = False  # benchmarks: stats.gpu_ms from timing events around each graph step
+        self._timing: Any = None
         self._graph_generation = self.store.generation
         self._pool: Any = None
         self._fused: list[dict[str, Any]] | None = None
@@ -452,6 +459,7 @@ class FastPath:
         event: Any = None
         if key is not None:
             try:
+                self._timing = None
                 out, event = self._run_graph(key, inp)
             except Exception as exc:  # capture trouble: stay correct, lose the speed
                 self.graph_error = f"{type(exc).__name__}: {exc}"
@@ -460,7 +468,7 @@ class FastPath:
                 out = None
         if out is None:
             out = self._run_eager(inp, needed)
-        step = _Step(rows, idxs, inp["edge_ranges"], E, out, event)
+        step = _Step(rows, idxs, inp["edge_ranges"], E, out, event, self._timing if event is not None else None)
         self._inflight_slots.update(r.plan.slot for r in rows)
         return step
 
@@ -478,6 +486,9 @@ class FastPath:
             return
         finally:
             self._inflight_slots.difference_update(slots)
+        if step.timing is not None:
+            self.stats.gpu_ms += float(step.timing[0].elapsed_time(step.timing[1]))
+            self.stats.gpu_timed_steps += 1
         self.stats.steps += 1
         self.stats.jobs += len(step.rows)
         for i, r, (e0, e1) in zip(step.idxs, step.rows, step.edge_ranges, strict=True):
@@ -760,6 +771,10 @@ class FastPath:
             n = lmat.shape[0]
             loc[i, :n, :n] = lmat
             loc[i, n:, 0] = True
+        start = None
+        if self.time_gpu and g.graph is not None:
+            start = torch.cuda.Event(enable_timing=True)
+            start.record()  # runs when the stream gets here: after the step before this one
         g.buf.copy_(g.stages[b], non_blocking=True)
         self.stats.graph_replays += 1
         if g.graph is None:  # emulated on a CPU
@@ -773,6 +788,10 @@ class FastPath:
             g.results = [torch.empty(g.out.shape, dtype=g.out.dtype).pin_memory() for _ in range(2)]
             g.done = [torch.cuda.Event() for _ in range(2)]
         g.results[b].copy_(g.out, non_blocking=True)
+        if start is not None:  # recorded before `done`, so it has run once `done` has
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self._timing = (start, end)
         g.done[b].record()
         return g.results[b], g.done[b]
 

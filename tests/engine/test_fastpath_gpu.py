@@ -180,3 +180,18 @@ def test_second_batch_launched_before_the_first_is_finished_on_cuda(tiny_model_d
     for g, w in zip(got, plain[3:] + plain[:3], strict=True):
         assert isinstance(g, list)
         assert max(abs(a - b) for a, b in zip(g, w, strict=True)) <= BF16_TOL
+
+
+def test_gpu_step_timing_counts_every_graph_step(tiny_model_dir: Path) -> None:
+    """FastPath.time_gpu (the benchmarks' GPU-busy figure): each graph step's own GPU
+    time is summed once it is finished, and the scores do not change."""
+    from engine.model import load_model
+    from engine.scoring import LMScorer
+
+    loaded = load_model(ModelConfig(path=str(tiny_model_dir), device="cuda", dtype="bfloat16"))
+    s = LMScorer(loaded.model, loaded.tokenizer, loaded.device)
+    fp = s.fast_path
+    fp.time_gpu = True
+    _compare(s, plies=6)
+    assert fp.stats.gpu_timed_steps == fp.stats.graph_replays > 0
+    assert 0 < fp.stats.gpu_ms / fp.stats.gpu_timed_steps < 1000
