@@ -260,7 +260,7 @@ INTERLEAVE = 2  # even and odd weights interleaved into one product, else two pr
 
 # (BLOCK_N, BLOCK_M, SPLIT_K, num_warps, num_stages, variant) tried at set-up. Splits of K
 # give the narrow projections (o, down: 4,096 outputs) enough programs for the GPU; the
-# H200 sweep (benchmarks/results/nf4_gemm_h200_v4.json) found the byte-permute variants
+# H200 sweep (benchmarks/results/nf4_gemm_h200_v4_explore.json) found the byte-permute variants
 # fastest, split inputs up to 32 rows and interleaved ones above.
 CONFIGS = (
     (128, 16, 2, 4, 3, PRMT_LUT), (64, 16, 4, 4, 3, PRMT_LUT), (64, 16, 8, 4, 3, PRMT_LUT),
