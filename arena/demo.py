@@ -72,7 +72,9 @@ def run_demo(
     print(f"White: mistral-chess ({folder})")
     print(f"Black: {sf.name} (UCI_Limitstrength, 100 ms per move)" + (f"; {sf.notes[0]}" if sf.notes else ""))
     print(f"At most {max_plies} plies, then the game is adjudicated a draw.\n", flush=True)
-    settings = PlaySettings(tc="60+1", max_plies=max_plies, concurrency=1)
+    # A showcase, not a rated game: on a busy machine a 100 ms move can come late, and the
+    # demo should show the game rather than a flag (rated matches keep the 50 ms margin).
+    settings = PlaySettings(tc="60+1", max_plies=max_plies, concurrency=1, time_margin_ms=1000)
     start = Opening(name="", fen=chess.STARTING_FEN, moves=())
     names = [engine.name, sf.name]
 
