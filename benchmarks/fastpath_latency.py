@@ -178,19 +178,26 @@ def plain_checks(bench: Bench, scorer: Any, model: Any, every: int, reps: int) -
     return hook, rows
 
 
+def timed(fn: Any, times: list[float], sizes: list[int] | None = None) -> Any:
+    """``fn`` wrapped to append each call's milliseconds to ``times`` (and the length of
+    its first argument, a batch, to ``sizes``)."""
+
+    def call(*a: Any, **k: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            times.append((time.perf_counter() - t) * 1000)
+            if sizes is not None:
+                sizes.append(len(a[0]))
+
+    return call
+
+
 def timed_scores(scorer: Any) -> list[float]:
     """Wrap ``scorer.score`` to record its own time (the rest of a move is the Player's)."""
     times: list[float] = []
-    inner = scorer.score
-
-    def score(*a: Any, **k: Any) -> Any:
-        t = time.perf_counter()
-        try:
-            return inner(*a, **k)
-        finally:
-            times.append((time.perf_counter() - t) * 1000)
-
-    scorer.score = score
+    scorer.score = timed(scorer.score, times)
     return times
 
 
@@ -199,17 +206,7 @@ def timed_steps(scorer: Any, sizes: list[int] | None = None) -> list[float]:
     building and result handling included) to record its time (and into ``sizes`` the
     games it carried)."""
     times: list[float] = []
-    inner = scorer._run_jobs
-
-    def run(jobs: Any) -> Any:
-        t = time.perf_counter()
-        try:
-            return inner(jobs)
-        finally:
-            times.append((time.perf_counter() - t) * 1000)
-            if sizes is not None:
-                sizes.append(len(jobs))
-
+    run = timed(scorer._run_jobs, times, sizes)
     scorer._run_jobs = run
     scorer._batcher._run = run
     return times
@@ -294,26 +291,9 @@ def timed_launches(scorer: Any, sizes: list[int]) -> tuple[list[float], list[flo
     """Pipelined batches: wrap the batcher's launch and finish calls (leader thread) to
     record their times and the games each batch carried."""
     b = scorer._batcher
-    launch, finish = b._launch, b._finish
     launches: list[float] = []
     finishes: list[float] = []
-
-    def timed_launch(jobs: Any) -> Any:
-        t = time.perf_counter()
-        try:
-            return launch(jobs)
-        finally:
-            launches.append((time.perf_counter() - t) * 1000)
-            sizes.append(len(jobs))
-
-    def timed_finish(handle: Any) -> Any:
-        t = time.perf_counter()
-        try:
-            return finish(handle)
-        finally:
-            finishes.append((time.perf_counter() - t) * 1000)
-
-    b._launch, b._finish = timed_launch, timed_finish
+    b._launch, b._finish = timed(b._launch, launches, sizes), timed(b._finish, finishes)
     return launches, finishes
 
 

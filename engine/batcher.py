@@ -16,14 +16,13 @@ batch of the rest.
 **Pipelined** (``launch``/``finish``/``ready`` given instead of only ``run``): a batch
 is *launched* (its device work queued) and *finished* later (its results read). While
 one batch runs on the device, the leader waits for the other games' requests and,
-once as many are queued as that group had last time, launches them before finishing
-the running batch, so the device has the next batch queued while the host hands out
+once they are queued, launches them before finishing the running batch, so the device has the next batch queued while the host hands out
 results and the games' threads build their next prompts. At most two batches are in
 flight. The number of games in circulation (queued or running, the most seen over the
 last batches) tells how many requests the running batch leaves to wait for; a batch
 launched beside a running one takes at most half of them, so two groups of about equal
-size form and take turns. A leader whose own request is answered leaves even with a batch in flight:
-one of that batch's waiting callers leads next.
+size form and take turns. A leader whose own request is answered leaves even with a
+batch in flight: one of that batch's waiting callers leads next.
 """
 
 from __future__ import annotations

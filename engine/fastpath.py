@@ -150,6 +150,11 @@ class Launched:
         """Whether :meth:`FastPath.finish` would return without waiting for the device."""
         return self.step is None or self.step.ready()
 
+    def wait(self) -> None:
+        """Block until the device has finished the step (needs no lock)."""
+        if self.step is not None and self.step.event is not None:
+            self.step.event.synchronize()
+
 
 class _Graph:
     """A captured forward for one bucket shape, with its static inputs and output.
@@ -185,7 +190,6 @@ class _Graph:
             self.stages.append(stage)
             self.stage_ints.append(host[:n_ints])
             self.stage_loc.append(host[n_ints:].view(np.bool_)[:n_loc].reshape(loc_shape))
-        self.pinned = pinned
         self.copied: list[Any] = [None, None]  # CUDA events: the input copy from each staging buffer ran
         self.results: list[Any] = []  # pinned result buffers, made after the capture
         self.done: list[Any] = []  # CUDA events: the result copy into each buffer ran
@@ -282,7 +286,6 @@ class FastPath:
         self._graphs: dict[tuple[int, int, int, int], _Graph] = {}
         self._inflight_slots: set[int] = set()
         self.time_gpu = False  # benchmarks: stats.gpu_ms from timing events around each graph step
-        self._timing: Any = None
         self._graph_generation = self.store.generation
         self._pool: Any = None
         self._fused: list[dict[str, Any]] | None = None
@@ -457,10 +460,10 @@ class FastPath:
         key = self.graph_key(T, E, inp["Lp"], needed, len(rows)) if self.use_graphs and self.graph_error is None else None
         out: Any = None
         event: Any = None
+        timing: Any = None
         if key is not None:
             try:
-                self._timing = None
-                out, event = self._run_graph(key, inp)
+                out, event, timing = self._run_graph(key, inp)
             except Exception as exc:  # capture trouble: stay correct, lose the speed
                 self.graph_error = f"{type(exc).__name__}: {exc}"
                 logger.warning("fast path: CUDA graphs disabled ({}); running eagerly", self.graph_error)
@@ -468,7 +471,7 @@ class FastPath:
                 out = None
         if out is None:
             out = self._run_eager(inp, needed)
-        step = _Step(rows, idxs, inp["edge_ranges"], E, out, event, self._timing if event is not None else None)
+        step = _Step(rows, idxs, inp["edge_ranges"], E, out, event, timing)
         self._inflight_slots.update(r.plan.slot for r in rows)
         return step
 
@@ -732,10 +735,11 @@ class FastPath:
             o += n
         return out
 
-    def _run_graph(self, key: tuple[int, int, int, int], inp: dict[str, Any]) -> tuple[Any, Any]:
-        """Replay the graph of ``key`` on ``inp``: (result, event). On a GPU the result is
-        a pinned buffer that an asynchronous copy fills and ``event`` marks its end; the
-        emulated graphs of a CPU return the result itself and no event."""
+    def _run_graph(self, key: tuple[int, int, int, int], inp: dict[str, Any]) -> tuple[Any, Any, Any]:
+        """Replay the graph of ``key`` on ``inp``: (result, event, timing). On a GPU the
+        result is a pinned buffer that an asynchronous copy fills and ``event`` marks its
+        end; ``timing`` is (start, end) timing events with ``time_gpu``, else None. The
+        emulated graphs of a CPU return the result itself and no events."""
         import torch
 
         if self._graph_generation != self.store.generation:
@@ -779,7 +783,7 @@ class FastPath:
         self.stats.graph_replays += 1
         if g.graph is None:  # emulated on a CPU
             g.out = g.run()
-            return g.out.cpu(), None
+            return g.out.cpu(), None, None
         if g.copied[b] is None:
             g.copied[b] = torch.cuda.Event()
         g.copied[b].record()
@@ -788,12 +792,13 @@ class FastPath:
             g.results = [torch.empty(g.out.shape, dtype=g.out.dtype).pin_memory() for _ in range(2)]
             g.done = [torch.cuda.Event() for _ in range(2)]
         g.results[b].copy_(g.out, non_blocking=True)
+        timing = None
         if start is not None:  # recorded before `done`, so it has run once `done` has
             end = torch.cuda.Event(enable_timing=True)
             end.record()
-            self._timing = (start, end)
+            timing = (start, end)
         g.done[b].record()
-        return g.results[b], g.done[b]
+        return g.results[b], g.done[b], timing
 
     def _fill_padding(self, ints: np.ndarray, loc: np.ndarray, lay: dict[str, slice], lp_b: int, r_b: int) -> None:
         """Inputs of an empty step: every write goes to the scratch row, every read is harmless."""

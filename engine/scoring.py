@@ -175,8 +175,7 @@ class LMScorer:
 
     def _finish_jobs(self, handle: Any) -> list[Any]:
         fp, launched = handle
-        if not launched.ready():
-            launched.step.event.synchronize()  # without the lock: the device works, the host waits
+        launched.wait()  # without the lock: the device works, the host waits
         with self.lock:
             return fp.finish(launched)
 

@@ -469,7 +469,7 @@ def plot_strength(doc: dict[str, Any], out_png: Path) -> None:
         top.set_xticks(sorted(seen))
         top.set_xticklabels([f"{seen[s] / 1000:.0f}k" if seen[s] >= 1000 else str(seen[s]) for s in sorted(seen)], fontsize=7)
         top.set_xlabel("games seen")
-    ax.set_title(f"bundled model {doc.get('model_tag') or 'v3'}: strength over training", fontsize=10)
+    ax.set_title(f"bundled model {doc.get('model_tag') or model_tag()}: strength over training", fontsize=10)
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
@@ -687,9 +687,7 @@ def main(argv: list[str]) -> int:
     if argv == ["train"]:
         return phase_train()
     if len(argv) == 3 and argv[0] == "plot":  # redraw a returned strength_vs_steps.json
-        doc = json.loads(Path(argv[1]).read_text())
-        doc.setdefault("model_tag", os.environ.get("MODEL_TAG"))
-        plot_strength(doc, Path(argv[2]))
+        plot_strength(json.loads(Path(argv[1]).read_text()), Path(argv[2]))
         return 0
     print(__doc__)
     return 2
