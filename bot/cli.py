@@ -83,7 +83,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
 def _run(cfg: Any, client: Any, stop: threading.Event, *, max_games: int) -> int:
     from bot.bot import Bot
-    from engine.uci import _default_loader
+    from engine.uci import load_scorer
 
     bot = Bot(cfg, client, stop=stop, max_games=max_games)
 
@@ -94,7 +94,7 @@ def _run(cfg: Any, client: Any, stop: threading.Event, *, max_games: int) -> int
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     # one model for all games: the scorer sized for them (cache slots, pipelined batches)
-    bot.prepare(functools.partial(_default_loader, games=cfg.challenge.concurrency))
+    bot.prepare(functools.partial(load_scorer, games=cfg.challenge.concurrency))
     bot.run()
     return 0
 

@@ -1,4 +1,4 @@
-"""Engine subcommands: ``uci``, ``make-tiny-model``."""
+"""Engine subcommands: ``uci``, ``serve``, ``make-tiny-model``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,16 @@ def register(sub: Any) -> None:
     uci.add_arguments(p)
     p.set_defaults(func=uci.run_uci)
 
+    s = sub.add_parser(
+        "serve",
+        help="serve one model to many engine processes over a Unix socket (engines set model.server=SOCKET)",
+    )
+    uci.add_arguments(s)
+    s.add_argument("--socket", required=True, help="Unix socket path to listen on")
+    s.add_argument("--games", type=int, default=16,
+                   help="concurrent games to size the KV caches and batches for (default 16)")
+    s.set_defaults(func=_serve)
+
     t = sub.add_parser(
         "make-tiny-model",
         help="write a small random-weight Mistral model with the real Mistral tokenizer (tests, demos)",
@@ -22,6 +32,38 @@ def register(sub: Any) -> None:
     t.add_argument("--layers", type=int, default=2)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=_make_tiny)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import signal
+
+    from engine import uci
+    from engine.errors import ConfigError
+    from engine.server import ScorerServer
+
+    if args.games < 1:
+        raise ConfigError(f"--games must be >= 1, not {args.games}")
+    config = uci.build_config(args.config, args.model, args.adapter, list(args.overrides or []))
+    if config.model.server:
+        raise ConfigError("model.server names a server to ask; `serve` loads a model itself (leave it empty)")
+    uci.configure_logging(config.log_level, config.log_file)
+    scorer = uci.load_scorer(config, games=args.games)
+    if args.games > 1:
+        scorer.warmup(max_games=args.games)  # the batched steps' CUDA graphs (a no-op on a CPU)
+    server = ScorerServer(scorer, args.socket, source=config.model.path or "the bundled model")
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    print(f"mistral-chess serve: listening on {args.socket} (engines: model.server={args.socket})", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+    return 0
 
 
 def _make_tiny(args: argparse.Namespace) -> int:

@@ -37,6 +37,10 @@ class ModelConfig:
     # NF4 on CUDA: steps of up to this many tokens may use the fused NF4 kernel (planned
     # per projection at load: used where it beats dequantize + product); 0 = never
     nf4_kernel_rows: int = 128
+    # Unix socket of a running model server (`mistral-chess serve`): the engine then
+    # loads no model and asks that server, which serves many engines' games at once;
+    # the keys above are the server's own then, except the tokenizer it reports
+    server: str = ""
 
     def __post_init__(self) -> None:
         if self.threads < 0:

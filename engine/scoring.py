@@ -182,32 +182,41 @@ class LMScorer:
     def score(self, prompt: Prompt, continuations: Sequence[str], cancel: threading.Event | None = None) -> Scores:
         if not continuations:
             return Scores([], [], 0)
+        if self.fast_path is None:
+            return self.score_plain(prompt, continuations, cancel)
+        with self._tok_lock:
+            prefix, suffixes, tree = candidate_job(self.encoder, prompt, continuations)
+        logps = self.score_tree(prefix, suffixes, tree, cancel)
+        return Scores(logps, [len(s) for s in suffixes], len(prefix) + sum(len(s) for s in suffixes))
+
+    def score_tree(
+        self,
+        prefix: list[int],
+        suffixes: list[list[int]],
+        tree: CandidateTree,
+        cancel: threading.Event | None = None,
+    ) -> list[float]:
+        """Log-probabilities of ``prefix + suffixes[i]``'s suffix tokens, as
+        :func:`candidate_job` splits a prompt's candidates (``tree`` is the suffixes'
+        trie): through the fast path's batches when it is on, else the plain scorer.
+        The model server (:mod:`engine.server`) calls this with jobs its clients built."""
         fp = self.fast_path
         if fp is None:
-            return self.score_plain(prompt, continuations, cancel)
+            return self._score_ids([prefix + s for s in suffixes], len(prefix), cancel).logprobs
         from engine.fastpath import Job
 
-        with self._tok_lock:
-            head, tails = self.encoder.encode_candidates_split(
-                prompt.text, continuations, add_special_tokens=prompt.add_special_tokens
-            )
-        prefix, suffixes = split_candidates(head, tails)
-        prefix_len = len(prefix)
-        evaluated = prefix_len + sum(len(s) for s in suffixes)
-        job = Job(prefix, CandidateTree.build(suffixes), cancel)
-        job.tree.ancestry  # noqa: B018 - computed here, in the game's thread, not by the batch's leader
+        job = Job(prefix, tree, cancel)
         if cancel is not None and cancel.is_set():
             raise Cancelled()
         if not fp.fits(job):
-            return self._score_ids([prefix + s for s in suffixes], prefix_len, cancel)
+            return self._score_ids([prefix + s for s in suffixes], len(prefix), cancel).logprobs
         try:
-            logps = self._batcher.submit(job, cancel)
+            return self._batcher.submit(job, cancel)
         except Cancelled:
             raise
         except Exception as exc:
             self._fast_failed(exc)
-            return self._score_ids([prefix + s for s in suffixes], prefix_len, cancel)
-        return Scores(logps, [len(s) for s in suffixes], evaluated)
+            return self._score_ids([prefix + s for s in suffixes], len(prefix), cancel).logprobs
 
     def _fast_failed(self, exc: Exception) -> None:
         self._fast_failures += 1
@@ -327,6 +336,23 @@ class LMScorer:
         if first and isinstance(first[0], str) and first[0].startswith("\u2581") and not text.startswith(" "):
             text = " " + text
         return text, len(ids) + len(new)
+
+
+def candidate_job(
+    encoder: ContextEncoder, prompt: Prompt, continuations: Sequence[str]
+) -> tuple[list[int], list[list[int]], CandidateTree]:
+    """A prompt's candidates as the fast path scores them: the shared prefix ids, each
+    candidate's suffix ids (``prefix + suffixes[i]`` are the ids of ``prompt.text +
+    continuations[i]`` tokenized whole) and the suffixes' trie with its attention mask
+    computed, so that the thread (or process) that calls this does that work, not the
+    leader of a batched forward."""
+    head, tails = encoder.encode_candidates_split(
+        prompt.text, continuations, add_special_tokens=prompt.add_special_tokens
+    )
+    prefix, suffixes = split_candidates(head, tails)
+    tree = CandidateTree.build(suffixes)
+    tree.ancestry  # noqa: B018 - cached on the tree
+    return prefix, suffixes, tree
 
 
 def cache_kwarg(model: Any) -> str:

@@ -119,7 +119,7 @@ class UciEngine:
         self.config = config
         self.out = out if out is not None else sys.stdout
         self._out_lock = threading.Lock()
-        self._loader = loader or _default_loader
+        self._loader = loader or load_scorer
         self._load_thread: threading.Thread | None = None
         self._load_error: str | None = None
         self._scorer: Any = None
@@ -475,13 +475,19 @@ def _castling_alias(board: chess.Board, move: chess.Move) -> chess.Move | None:
     return None
 
 
-def _default_loader(config: EngineConfig, *, games: int = 1) -> Any:
+def load_scorer(config: EngineConfig, *, games: int = 1) -> Any:
     """The model of ``config`` behind a scorer. ``games`` > 1 (the bot's concurrent games
     over one model): at least ``2 * games + 2`` cache slots and batches of up to ``games``,
     so the games keep their caches and their batches are pipelined."""
     from engine.model import load_model
     from engine.scoring import LMScorer
 
+    if config.model.server:
+        from engine.server import RemoteScorer
+
+        remote = RemoteScorer(config.model.server)
+        logger.info("model server {}: {}", config.model.server, remote.source)
+        return remote
     # A move tokenizes ~35 short texts: in the calling thread that is about twice as fast
     # as through the tokenizers library's thread pool, whose threads compete with torch's
     # (and, in the bot, with the other games' threads). A value the user set is kept.

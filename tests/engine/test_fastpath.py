@@ -699,13 +699,13 @@ def test_batched_step_shapes_are_few() -> None:
 def test_the_bots_loader_sizes_the_scorer_for_its_games(tiny_model_dir: Path) -> None:
     """The bot's games share one scorer: with 8 games it keeps at least 18 cache slots
     and pipelines batches of up to 8; one engine keeps the configured slots."""
-    from engine.uci import _default_loader
+    from engine.uci import load_scorer
 
     cfg = EngineConfig()
     cfg.model.path = str(tiny_model_dir)
-    shared = _default_loader(cfg, games=8)
+    shared = load_scorer(cfg, games=8)
     assert shared.fast_path.slots.n_slots == 18 and shared._batcher.max_items == 8 and shared.pipelined
-    alone = _default_loader(cfg)
+    alone = load_scorer(cfg)
     assert alone.fast_path.slots.n_slots == cfg.search.cache_slots and not alone.pipelined
 
 

@@ -83,10 +83,10 @@ def test_loss_falls_and_outputs_are_written(lora_run: Path, tiny_model_dir: Path
 
 def play(engine_cfg_overrides: list[str]) -> list[str]:
     from engine.player import Player
-    from engine.uci import _default_loader
+    from engine.uci import load_scorer
 
     cfg = load_engine_config(None, engine_cfg_overrides)
-    player = Player(cfg, _default_loader(cfg))
+    player = Player(cfg, load_scorer(cfg))
     moves = []
     for fen in POSITIONS:
         board = chess.Board(fen)
