@@ -197,9 +197,8 @@ def test_a_different_tokenizer_is_refused(tiny_scorer: LMScorer, sock: str) -> N
             ids = tiny_scorer.tokenizer(texts, add_special_tokens=add_special_tokens).input_ids
             return type("Out", (), {"input_ids": [[i + 1 for i in x] for x in ids]})()
 
-    with ScorerServer(tiny_scorer, sock).start():
-        with pytest.raises(ServerError, match="other ids"):
-            RemoteScorer(sock, tokenizer=Shifted())
+    with ScorerServer(tiny_scorer, sock).start(), pytest.raises(ServerError, match="other ids"):
+        RemoteScorer(sock, tokenizer=Shifted())
 
 
 def test_uci_engine_with_model_server(tiny_model_dir: Path, tiny_scorer: LMScorer, sock: str, python_exe: str) -> None:
