@@ -15,6 +15,12 @@ JSON as soon as it is done:
     ``model.generate`` of 6 tokens (shared/PERFORMANCE.md's baseline) and the old
     engine scorer (``LMScorer.score_plain``); the fast path's log-probabilities are
     compared with the plain scorer's there (max abs difference, same best move).
+``nf4_concurrent_processes``
+    ``--games`` games at once, each in its own process (a ``RemoteScorer`` that
+    tokenizes and builds its candidate trie itself) over one model server
+    (``engine.server.ScorerServer`` on the scorer below, in this process): the way
+    ``mistral-chess serve`` serves a tournament's engine processes. Measured as
+    ``nf4_concurrent``; each client plays a warm run before the timed one.
 ``nf4_concurrent``
     ``--games`` games at once, one thread per game, over one scorer: moves/s and
     per-move latency against the single game. ``LMScorer.warmup(max_games=N)``
@@ -297,8 +303,73 @@ def timed_launches(scorer: Any, sizes: list[int]) -> tuple[list[float], list[flo
     return launches, finishes
 
 
+def client_games(sock: str, warm_plies: int, plies: int, warmed: Any, start: Any, results: Any) -> None:
+    """One game in its own process, over the model server at ``sock`` (engine.server):
+    a warm run, then (once every client is warm and ``start`` is set) the timed one."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from engine.server import RemoteScorer
+
+        remote = RemoteScorer(sock, timeout_s=120)
+        play_game(remote, warm_plies)
+        warmed.wait()
+        start.wait()
+        times, _ = play_game(remote, plies)
+        results.put(("ok", times))
+    except BaseException as exc:  # noqa: BLE001 - reported by the parent
+        import traceback
+
+        results.put(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+        try:
+            warmed.abort()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def run_processes(scorer: Any, n: int, warm_plies: int, plies: int, between: Any) -> tuple[float, float, list[float]]:
+    """``n`` client processes (spawned: the parent holds CUDA) over a model server on
+    ``scorer``; ``between()`` runs once all are warm, before the timed run starts.
+    Returns (warm run s, timed wall s, every move's ms)."""
+    import multiprocessing
+
+    from engine.server import ScorerServer
+
+    ctx = multiprocessing.get_context("spawn")
+    sock = f"/tmp/fastpath-bench-{os.getpid()}.sock"
+    warmed, start, results = ctx.Barrier(n + 1), ctx.Event(), ctx.Queue()
+    with ScorerServer(scorer, sock).start():
+        t = time.perf_counter()
+        procs = [ctx.Process(target=client_games, args=(sock, warm_plies, plies, warmed, start, results))
+                 for _ in range(n)]
+        for p in procs:
+            p.start()
+        try:
+            warmed.wait(timeout=600)
+        except threading.BrokenBarrierError:
+            pass
+        warm_s = time.perf_counter() - t
+        if warmed.broken:
+            errors = [r[1] for r in (results.get(timeout=5) for _ in range(results.qsize())) if r[0] == "error"]
+            for p in procs:
+                p.terminate()
+            raise RuntimeError(f"a client failed: {errors[:1]}")
+        between()
+        t = time.perf_counter()
+        start.set()
+        times: list[float] = []
+        for _ in range(n):
+            kind, value = results.get(timeout=900)
+            if kind == "error":
+                raise RuntimeError(f"a client failed: {value}")
+            times.extend(value)
+        wall = time.perf_counter() - t
+        for p in procs:
+            p.join(timeout=60)
+    return warm_s, wall, times
+
+
 def concurrent_section(bench: Bench, loaded: Any, single_median: float, single_moves_per_s: float,
-                       *, pipeline: bool = True) -> dict[str, Any]:
+                       *, pipeline: bool = True, processes: bool = False) -> dict[str, Any]:
     from engine.scoring import LMScorer
 
     args = bench.args
@@ -340,28 +411,40 @@ def concurrent_section(bench: Bench, loaded: Any, single_median: float, single_m
     switch_interval = sys.getswitchinterval()
     sys.setswitchinterval(args.switch_interval_ms / 1000.0)
     warm_plies = min(args.plies, 16)
-    warm_wall, _ = run_all(warm_plies)  # untimed: threads, tokenizer and caches warm
-    scorer.reset_cache()
-    captured_1 = fp.stats.graphs_captured if fp is not None else 0
-    if fp is not None:
-        fp.time_gpu = True
-        gpu0 = (fp.stats.gpu_ms, fp.stats.gpu_timed_steps)
-    b0 = (scorer._batcher.batches, scorer._batcher.items, scorer._batcher.overlapped)
     sizes: list[int] = []
     launches: list[float] = []
     finishes: list[float] = []
-    if scorer.pipelined:
-        launches, finishes = timed_launches(scorer, sizes)
-        step_times: list[float] = []
+    step_times: list[float] = []
+    marks: dict[str, Any] = {}
+
+    def before_timed() -> None:
+        nonlocal launches, finishes, step_times
+        scorer.reset_cache()
+        marks["captured_1"] = fp.stats.graphs_captured if fp is not None else 0
+        if fp is not None:
+            fp.time_gpu = True
+            marks["gpu0"] = (fp.stats.gpu_ms, fp.stats.gpu_timed_steps)
+        marks["b0"] = (scorer._batcher.batches, scorer._batcher.items, scorer._batcher.overlapped)
+        if scorer.pipelined:
+            launches, finishes = timed_launches(scorer, sizes)
+        else:
+            step_times = timed_steps(scorer, sizes)
+
+    if processes:
+        warm_wall, wall, times = run_processes(scorer, n, warm_plies, args.plies, before_timed)
     else:
-        step_times = timed_steps(scorer, sizes)
-    wall, times = run_all(args.plies)
+        warm_wall, _ = run_all(warm_plies)  # untimed: threads, tokenizer and caches warm
+        before_timed()
+        wall, times = run_all(args.plies)
     sys.setswitchinterval(switch_interval)
+    captured_1 = marks["captured_1"]
+    b0 = marks["b0"]
     captured_2 = fp.stats.graphs_captured if fp is not None else 0
     batches = scorer._batcher.batches - b0[0]
     items = scorer._batcher.items - b0[1]
     out: dict[str, Any] = {
         "games": n,
+        "games_in": "processes over a model server (engine.server)" if processes else "threads of one process",
         "pipelined": scorer.pipelined,
         "gather_ms": args.gather_ms,
         "switch_interval_ms": args.switch_interval_ms,
@@ -390,6 +473,7 @@ def concurrent_section(bench: Bench, loaded: Any, single_median: float, single_m
         out["fast_stats"] = dict(vars(fp.stats))
         out["graph_error"] = fp.graph_error
         out["graph_shapes"] = fp.graph_shapes
+        gpu0 = marks["gpu0"]
         gpu_ms, timed = fp.stats.gpu_ms - gpu0[0], fp.stats.gpu_timed_steps - gpu0[1]
         if timed:
             # the GPU's own time of the timed run's steps over its wall time: near 1 is
@@ -400,7 +484,7 @@ def concurrent_section(bench: Bench, loaded: Any, single_median: float, single_m
         import torch
 
         out["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
-    print("concurrent" if pipeline else "concurrent_unpipelined", out, flush=True)
+    print("concurrent" + ("_processes" if processes else "") + ("" if pipeline else "_unpipelined"), out, flush=True)
     free(scorer)
     return out
 
@@ -470,6 +554,10 @@ def main() -> int:
 
     if bench.elapsed() < args.budget_s * 0.6 and args.games > 1:
         moves_per_s = single["moves"] / (sum(single["per_move_ms_by_ply"]) / 1000)
+        # each game in its own process over a model server (engine.server), then in threads
+        bench.res["nf4_concurrent_processes"] = concurrent_section(
+            bench, loaded, single["per_move"]["median_ms"], moves_per_s, processes=True)
+        bench.save()
         bench.res["nf4_concurrent"] = concurrent_section(bench, loaded, single["per_move"]["median_ms"], moves_per_s)
         bench.save()
         # the same games with one batch at a time (before pipelining), side by side
@@ -514,10 +602,11 @@ def main() -> int:
         sec = bench.res.get(name)
         if isinstance(sec, dict):
             verdict[f"{name}_median_ms"] = sec["per_move"]["median_ms"]
-    c = bench.res.get("nf4_concurrent")
-    if isinstance(c, dict):
-        verdict["concurrent_throughput_vs_single"] = c["throughput_vs_single"]
-        verdict["concurrent_latency_vs_single"] = c["latency_vs_single"]
+    for name, key in (("nf4_concurrent_processes", "concurrent_processes"), ("nf4_concurrent", "concurrent_threads")):
+        c = bench.res.get(name)
+        if isinstance(c, dict):
+            verdict[f"{key}_throughput_vs_single"] = c["throughput_vs_single"]
+            verdict[f"{key}_latency_vs_single"] = c["latency_vs_single"]
     b = bench.res.get("bf16_single")
     if isinstance(b, dict):
         verdict["bf16_median_ms"] = b["per_move"]["median_ms"]
