@@ -38,6 +38,8 @@ JSON as soon as it is done:
     the peft/bitsandbytes modules.
 ``bf16_single``
     The same game with the bf16 base and the adapter merged into it.
+``bf16_concurrent_processes`` (``--bf16-concurrent``)
+    ``nf4_concurrent_processes`` on the bf16 model, against ``bf16_single``.
 
     python benchmarks/fastpath_latency.py --tokenizer .gpu2/tokenizer --out $OUT/fastpath_latency.json
 
@@ -505,6 +507,10 @@ def main() -> int:
     ap.add_argument("--skip-bf16", action="store_true")
     ap.add_argument("--skip-variants", action="store_true",
                     help="skip the NF4 single-game variants (no kernel, unfused): a shorter run")
+    ap.add_argument("--concurrent", default="processes,threads,unpipelined",
+                    help="the NF4 concurrent sections to run, of processes,threads,unpipelined (empty: none)")
+    ap.add_argument("--bf16-concurrent", action="store_true",
+                    help="also 16 games in processes over a model server on the bf16 model (bf16_concurrent_processes)")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--cpu-graph-layout", action="store_true",
                     help="concurrent section on a CPU: run the CUDA-graph layout eagerly (counts shapes)")
@@ -552,20 +558,23 @@ def main() -> int:
     bench.res["nf4_single"] = single
     bench.save()
 
-    if bench.elapsed() < args.budget_s * 0.6 and args.games > 1:
-        moves_per_s = single["moves"] / (sum(single["per_move_ms_by_ply"]) / 1000)
-        # each game in its own process over a model server (engine.server), then in threads
-        bench.res["nf4_concurrent_processes"] = concurrent_section(
-            bench, loaded, single["per_move"]["median_ms"], moves_per_s, processes=True)
+    kinds = [k for k in args.concurrent.split(",") if k]
+    unknown = set(kinds) - {"processes", "threads", "unpipelined"}
+    if unknown:
+        raise SystemExit(f"--concurrent: unknown section(s) {sorted(unknown)}")
+    sections = {"processes": ("nf4_concurrent_processes", {"processes": True}),
+                "threads": ("nf4_concurrent", {}),
+                "unpipelined": ("nf4_concurrent_unpipelined", {"pipeline": False})}
+    moves_per_s = single["moves"] / (sum(single["per_move_ms_by_ply"]) / 1000)
+    for kind in kinds:
+        name, kwargs = sections[kind]
+        if bench.elapsed() < args.budget_s * 0.6 and args.games > 1:
+            # each game in its own process over a model server (engine.server), in threads,
+            # and in threads with one batch at a time (before pipelining), side by side
+            bench.res[name] = concurrent_section(bench, loaded, single["per_move"]["median_ms"], moves_per_s, **kwargs)
+        else:
+            bench.res[name] = "skipped: time budget"
         bench.save()
-        bench.res["nf4_concurrent"] = concurrent_section(bench, loaded, single["per_move"]["median_ms"], moves_per_s)
-        bench.save()
-        # the same games with one batch at a time (before pipelining), side by side
-        bench.res["nf4_concurrent_unpipelined"] = concurrent_section(
-            bench, loaded, single["per_move"]["median_ms"], moves_per_s, pipeline=False)
-        bench.save()
-    else:
-        bench.res["nf4_concurrent"] = "skipped: time budget"
     # The same game without the fused NF4 kernel (dequantize + product) and with the
     # projections as peft/bitsandbytes modules: which kernels pay, measured side by side.
     for name, kwargs in (("nf4_single_no_kernel", {"nf4_kernel_rows": 0}),
@@ -590,6 +599,12 @@ def main() -> int:
         loaded.model = loaded.model.merge_and_unload()  # bf16: merging the adapter is exact up to rounding
         bench.res["bf16_load_and_merge_s"] = round(time.perf_counter() - t, 1)
         bench.res["bf16_single"] = single_section(bench, "bf16_single", loaded, plain=True)
+        bench.save()
+        b = bench.res["bf16_single"]
+        if args.bf16_concurrent and args.games > 1 and bench.elapsed() < args.budget_s:
+            bench.res["bf16_concurrent_processes"] = concurrent_section(
+                bench, loaded, b["per_move"]["median_ms"], b["moves"] / (sum(b["per_move_ms_by_ply"]) / 1000),
+                processes=True)
     bench.save()
     s = bench.res["nf4_single"]
     verdict = {
@@ -611,6 +626,10 @@ def main() -> int:
     if isinstance(b, dict):
         verdict["bf16_median_ms"] = b["per_move"]["median_ms"]
         verdict["bf16_speedup_vs_plain_generate"] = b.get("speedup_vs_plain_generate")
+    c = bench.res.get("bf16_concurrent_processes")
+    if isinstance(c, dict):
+        verdict["bf16_concurrent_processes_throughput_vs_single"] = c["throughput_vs_single"]
+        verdict["bf16_concurrent_processes_latency_vs_single"] = c["latency_vs_single"]
     bench.res["summary"] = verdict
     bench.save()
     print(json.dumps(verdict, indent=1))

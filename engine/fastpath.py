@@ -44,10 +44,12 @@ STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 _BUCKETS = (16, 32, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512, 640, 768, 1024, 1280, 1536, 2048)
 _S_STEP = 256  # key-length buckets: multiples of this
 # Steps of several games use coarser shapes, so that few graphs cover them all and
-# warmup(max_games=N) can capture every one up front: tokens in multiples of 128
-# (256 past 1024), one game's row padded to a power of two of at least 128 tokens
-# (a move's row is its few new prompt tokens and its candidate trie: 30 to 100).
-_MULTI_BUCKETS = (128, 256, 384, 512, 640, 768, 896, 1024, 1280, 1536, 1792, 2048)
+# warmup(max_games=N) can capture every one up front: tokens in multiples of 64 up to
+# 512 (a batch of 4-8 moves is 150-350 tokens: multiples of 128 padded the H200 run's
+# steps of 5-6 games, 184 tokens on average, by 28%), of 128 up to 1024, then of 256;
+# one game's row padded to a power of two of at least 128 tokens (a move's row is its
+# few new prompt tokens and its candidate trie: 30 to 100).
+_MULTI_BUCKETS = (128, 192, 256, 320, 384, 448, 512, 640, 768, 896, 1024, 1280, 1536, 1792, 2048)
 _MULTI_ROW_MIN = 128
 
 

@@ -692,8 +692,8 @@ def test_batched_step_shapes_are_few() -> None:
     to 2048 tokens, at one key length, need at most a few dozen graphs."""
     from engine.fastpath import multi_bucket
 
-    assert [multi_bucket(n) for n in (1, 128, 129, 700, 1025, 2048)] == [128, 128, 256, 768, 1280, 2048]
-    assert len({multi_bucket(n) for n in range(1, 2049)}) == 12
+    assert [multi_bucket(n) for n in (1, 128, 129, 193, 700, 1025, 2048)] == [128, 128, 192, 256, 768, 1280, 2048]
+    assert len({multi_bucket(n) for n in range(1, 2049)}) == 15
 
 
 def test_the_bots_loader_sizes_the_scorer_for_its_games(tiny_model_dir: Path) -> None:
