@@ -113,9 +113,14 @@ def profile_size(n: int, loaded: Any, args: argparse.Namespace, cuda: bool) -> t
             torch.cuda.synchronize()
     wall = (time.perf_counter() - t) * 1000 / args.reps
     fed = (fp.stats.prefix_tokens_fed + fp.stats.candidate_tokens_fed - fed0) / args.reps
+    from torch.autograd import DeviceType
+
     kernels: dict[str, float] = {}
     for ev in prof.key_averages():
         if cuda:
+            # the kernels alone: an operator (aten::mm) also reports its kernels' time
+            if ev.device_type != DeviceType.CUDA:
+                continue
             us = float(getattr(ev, "self_device_time_total", 0.0) or getattr(ev, "self_cuda_time_total", 0.0))
         else:  # a CPU check run: the operators' own CPU time
             us = float(ev.self_cpu_time_total) if ev.key.startswith("aten::") else 0.0
