@@ -76,6 +76,7 @@ def _float(text: str) -> float:
 OPTIONS: tuple[UciOption, ...] = (
     UciOption("ModelPath", "string", "model.path", reload=True),
     UciOption("AdapterPath", "string", "model.adapter", reload=True),
+    UciOption("ModelServer", "string", "model.server", reload=True),
     UciOption("Device", "combo", "model.device", vars=("auto", "cpu", "cuda"), reload=True),
     UciOption("Quantization", "combo", "model.quantization", vars=("auto", "none", "nf4"), reload=True),
     UciOption("DType", "combo", "model.dtype", vars=("auto", "float32", "bfloat16", "float16"), reload=True),

@@ -202,7 +202,8 @@ def test_a_different_tokenizer_is_refused(tiny_scorer: LMScorer, sock: str) -> N
 
 
 def test_uci_engine_with_model_server(tiny_model_dir: Path, tiny_scorer: LMScorer, sock: str, python_exe: str) -> None:
-    """`mistral-chess uci model.server=SOCKET` plays through a server started with `serve`."""
+    """`mistral-chess uci` with the ModelServer option (model.server) plays through a server
+    started with `serve`, the move its own loaded model would play."""
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     serve = subprocess.Popen(
         [python_exe, "-m", "engine.cli", "serve", "--socket", sock, "--games", "2", "--model", str(tiny_model_dir),
@@ -213,11 +214,11 @@ def test_uci_engine_with_model_server(tiny_model_dir: Path, tiny_scorer: LMScore
         assert serve.stdout is not None
         line = serve.stdout.readline()
         assert "listening on" in line, (line, serve.stderr.read() if serve.poll() is not None else "")
-        def bestmove(*args: str) -> str:
+        def bestmove(*args: str, setup: str = "") -> str:
             proc = subprocess.Popen([python_exe, "-m", "engine.cli", "uci", *args, "log_level=WARNING"],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
             assert proc.stdin is not None and proc.stdout is not None
-            proc.stdin.write("uci\nisready\nposition startpos moves e2e4 e7e5\ngo movetime 5000\n")
+            proc.stdin.write(f"uci\n{setup}isready\nposition startpos moves e2e4 e7e5\ngo movetime 5000\n")
             proc.stdin.flush()
             lines = []
             for line in proc.stdout:
@@ -232,7 +233,7 @@ def test_uci_engine_with_model_server(tiny_model_dir: Path, tiny_scorer: LMScore
             assert "fallback" not in out, out
             return lines[-1].split()[1]
 
-        served = bestmove(f"model.server={sock}")
+        served = bestmove(setup=f"setoption name ModelServer value {sock}\n")  # as a GUI sets it
         assert chess.Move.from_uci(served) in board_after(["e2e4", "e7e5"]).legal_moves
         # the move the same engine chooses with the model loaded in its own process
         assert served == bestmove("--model", str(tiny_model_dir), "model.device=cpu")
