@@ -210,16 +210,20 @@ class RemoteScorer:
     by a :class:`ScorerServer`. Tokenization is done here, with the server's tokenizer
     (loaded from the path the server reports, and checked against the server's ids).
 
-    One request at a time per client; a client serves one engine (one game). A
-    request cannot be withdrawn once sent: ``cancel`` is checked before sending, and
-    an answer that comes is used (one batched forward is tens of milliseconds).
+    Safe to share between threads (the bot's games): each request takes a connection
+    of its own from a pool, so concurrent requests reach the server together and share
+    its forwards; tokenization is serialized (tokenizers are not thread-safe). A request
+    cannot be withdrawn once sent: ``cancel`` is checked before sending, and an answer
+    that comes is used (one batched forward is tens of milliseconds).
     """
 
     def __init__(self, socket_path: str | os.PathLike[str], *, tokenizer: Any = None, timeout_s: float = 10.0) -> None:
         self.path = str(socket_path)
         self.timeout_s = timeout_s
-        self._lock = threading.Lock()
-        self._conn: Connection | None = None
+        self._lock = threading.Lock()  # the pool and the counters
+        self._tok_lock = threading.Lock()
+        self._idle: list[Connection] = []
+        self._open = 0
         self.reconnects = 0
         info = self._call(("info",))
         if info.get("protocol") != PROTOCOL:
@@ -241,35 +245,63 @@ class RemoteScorer:
     # -- connection -------------------------------------------------------------------
     def _connect(self) -> Connection:
         try:
-            return Client(self.path, family="AF_UNIX", authkey=_authkey())
+            conn = Client(self.path, family="AF_UNIX", authkey=_authkey())
         except (OSError, EOFError) as exc:
             raise ServerError(f"no model server at {self.path}: {exc} (start one with "
                               f"`mistral-chess serve --socket {self.path}`)") from exc
         except Exception as exc:  # multiprocessing.AuthenticationError
             raise ServerError(f"the model server at {self.path} refused this client: {exc} "
                               f"(is {KEY_ENV} the same on both sides?)") from exc
+        with self._lock:
+            self._open += 1
+        return conn
+
+    def _take(self) -> Connection:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return self._connect()
+
+    def _drop(self, conn: Connection) -> None:
+        with self._lock:
+            self._open -= 1
+        try:
+            conn.close()
+        except OSError:
+            pass
+
+    @property
+    def connections(self) -> int:
+        """Connections open to the server now (one per request in flight, at most)."""
+        return self._open
 
     def _call(self, msg: tuple[Any, ...]) -> Any:
-        with self._lock:
-            for attempt in (0, 1):
-                if self._conn is None:
-                    self._conn = self._connect()
-                    if attempt:
-                        self.reconnects += 1
-                try:
-                    self._conn.send(msg)
-                    if not self._conn.poll(self.timeout_s):
-                        self._drop()
-                        raise ServerError(f"the model server at {self.path} did not answer {msg[0]!r} "
-                                          f"within {self.timeout_s:g} s")
-                    reply = self._conn.recv()
-                    break
-                except (EOFError, OSError, BrokenPipeError) as exc:
-                    self._drop()
-                    if attempt:
-                        raise ServerError(f"the model server at {self.path} dropped the connection: "
-                                          f"{type(exc).__name__}: {exc}") from exc
-                    logger.warning("model server connection lost ({}); connecting again", type(exc).__name__)
+        for attempt in (0, 1):
+            conn = self._take()
+            if attempt:
+                with self._lock:
+                    self.reconnects += 1
+            try:
+                conn.send(msg)
+                if not conn.poll(self.timeout_s):
+                    self._drop(conn)
+                    raise ServerError(f"the model server at {self.path} did not answer {msg[0]!r} "
+                                      f"within {self.timeout_s:g} s")
+                reply = conn.recv()
+            except (EOFError, OSError) as exc:
+                self._drop(conn)
+                with self._lock:  # the server went away: every idle connection is dead too
+                    stale, self._idle = self._idle, []
+                for c in stale:
+                    self._drop(c)
+                if attempt:
+                    raise ServerError(f"the model server at {self.path} dropped the connection: "
+                                      f"{type(exc).__name__}: {exc}") from exc
+                logger.warning("model server connection lost ({}); connecting again", type(exc).__name__)
+                continue
+            with self._lock:
+                self._idle.append(conn)
+            break
         if reply[0] == "ok":  # an answer that came is used, even if its caller was cancelled meanwhile
             return reply[1]
         _, kind, text = reply
@@ -277,21 +309,16 @@ class RemoteScorer:
             raise Cancelled()
         raise ServerError(f"the model server failed {msg[0]!r}: {kind}: {text}")
 
-    def _drop(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except OSError:
-                pass
-            self._conn = None
-
     def close(self) -> None:
         with self._lock:
-            self._drop()
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            self._drop(conn)
 
     # -- the scorer interface -----------------------------------------------------------
     def encode(self, text: str, *, add_special_tokens: bool) -> list[int]:
-        return self.encoder.encode(text, add_special_tokens=add_special_tokens)
+        with self._tok_lock:
+            return self.encoder.encode(text, add_special_tokens=add_special_tokens)
 
     def count_tokens(self, prompt: Prompt) -> int:
         return len(self.encode(prompt.text, add_special_tokens=prompt.add_special_tokens))
@@ -299,7 +326,8 @@ class RemoteScorer:
     def score(self, prompt: Prompt, continuations: Sequence[str], cancel: Any = None) -> Scores:
         if not continuations:
             return Scores([], [], 0)
-        prefix, suffixes, tree = candidate_job(self.encoder, prompt, continuations)
+        with self._tok_lock:
+            prefix, suffixes, tree = candidate_job(self.encoder, prompt, continuations)
         if cancel is not None and cancel.is_set():
             raise Cancelled()
         logps = self._call(("score", prefix, suffixes, tree))

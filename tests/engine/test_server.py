@@ -132,6 +132,43 @@ def test_concurrent_clients_share_batches(tiny_model_dir: Path, sock: str) -> No
             board.push(mv)
 
 
+def test_one_remote_scorer_shared_by_threads_batches_them(tiny_model_dir: Path, sock: str) -> None:
+    """The bot's games are threads over one scorer: through a server they still share forwards."""
+    from engine.config import ModelConfig
+    from engine.model import load_model
+
+    loaded = load_model(ModelConfig(path=str(tiny_model_dir), device="cpu"))
+    scorer = LMScorer(loaded.model, loaded.tokenizer, loaded.device, cache_slots=12, max_batch=5, gather_ms=20)
+    games = 5
+    errors: list[BaseException] = []
+    with ScorerServer(scorer, sock).start():
+        shared = RemoteScorer(sock, tokenizer=loaded.tokenizer)
+        barrier = threading.Barrier(games)
+
+        def play(i: int) -> None:
+            try:
+                player = Player(EngineConfig(), shared)
+                board = board_after(OPENING[: i % 4])
+                for _ in range(4):
+                    barrier.wait(timeout=60)  # the games ask at the same time
+                    d = player.choose(board, engine_color=board.turn)
+                    assert d.source == "model", d
+                    board.push(d.move)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=play, args=(i,)) for i in range(games)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        assert shared.connections >= 2, "the threads' requests went one at a time"
+        shared.close()
+        assert shared.connections == 0
+    assert scorer._batcher.largest > 1
+
+
 def test_no_server_is_a_clear_error(sock: str) -> None:
     with pytest.raises(ServerError, match="no model server at .*mistral-chess serve"):
         RemoteScorer(sock)
