@@ -31,6 +31,10 @@ JSON as soon as it is done:
     batch is launched while the device runs the last one).
 ``nf4_concurrent_unpipelined``
     The same with one batch at a time (``LMScorer(pipeline=False)``), side by side.
+``nf4_concurrent_processes_unpipelined`` (``--concurrent processes_unpipelined``)
+    Processes over a server whose scorer runs one batch at a time and waits up to
+    ``--gather-ms`` for all the games (``LMScorer(gather_games=N)``): every game in one
+    step, one dequantization of the NF4 weights for all of them.
 ``nf4_single_no_kernel``, ``nf4_single_unfused``
     The same timed game without the fused NF4 kernel (engine/nf4gemm.py, which the
     other sections use where a set-up timing finds it faster than dequantize +
@@ -371,14 +375,15 @@ def run_processes(scorer: Any, n: int, warm_plies: int, plies: int, between: Any
 
 
 def concurrent_section(bench: Bench, loaded: Any, single_median: float, single_moves_per_s: float,
-                       *, pipeline: bool = True, processes: bool = False) -> dict[str, Any]:
+                       *, pipeline: bool = True, processes: bool = False, gather_all: bool = False) -> dict[str, Any]:
     from engine.scoring import LMScorer
 
     args = bench.args
     n = args.games
     graphs = True if args.cpu_graph_layout else None
     scorer = LMScorer(loaded.model, loaded.tokenizer, loaded.device, cache_slots=2 * n + 2, max_batch=n,
-                      gather_ms=args.gather_ms, cuda_graphs=graphs, pipeline=pipeline)
+                      gather_ms=args.gather_ms, cuda_graphs=graphs, pipeline=pipeline,
+                      gather_games=n if gather_all else 0)
 
     def run_all(plies: int) -> tuple[float, list[float]]:
         per: list[list[float]] = [[] for _ in range(n)]
@@ -449,6 +454,7 @@ def concurrent_section(bench: Bench, loaded: Any, single_median: float, single_m
         "games_in": "processes over a model server (engine.server)" if processes else "threads of one process",
         "pipelined": scorer.pipelined,
         "gather_ms": args.gather_ms,
+        "gather_games": scorer._batcher.gather_items,
         "switch_interval_ms": args.switch_interval_ms,
         "warmup_graphs": warmup_graphs,
         "warmup_s": round(warmup_s, 1),
@@ -508,7 +514,8 @@ def main() -> int:
     ap.add_argument("--skip-variants", action="store_true",
                     help="skip the NF4 single-game variants (no kernel, unfused): a shorter run")
     ap.add_argument("--concurrent", default="processes,threads,unpipelined",
-                    help="the NF4 concurrent sections to run, of processes,threads,unpipelined (empty: none)")
+                    help="the NF4 concurrent sections to run, of processes,threads,unpipelined,processes_unpipelined "
+                         "(empty: none)")
     ap.add_argument("--bf16-concurrent", action="store_true",
                     help="also 16 games in processes over a model server on the bf16 model (bf16_concurrent_processes)")
     ap.add_argument("--tiny", action="store_true")
@@ -559,12 +566,14 @@ def main() -> int:
     bench.save()
 
     kinds = [k for k in args.concurrent.split(",") if k]
-    unknown = set(kinds) - {"processes", "threads", "unpipelined"}
+    unknown = set(kinds) - {"processes", "threads", "unpipelined", "processes_unpipelined"}
     if unknown:
         raise SystemExit(f"--concurrent: unknown section(s) {sorted(unknown)}")
     sections = {"processes": ("nf4_concurrent_processes", {"processes": True}),
                 "threads": ("nf4_concurrent", {}),
-                "unpipelined": ("nf4_concurrent_unpipelined", {"pipeline": False})}
+                "unpipelined": ("nf4_concurrent_unpipelined", {"pipeline": False}),
+                "processes_unpipelined": ("nf4_concurrent_processes_unpipelined",
+                                          {"processes": True, "pipeline": False, "gather_all": True})}
     moves_per_s = single["moves"] / (sum(single["per_move_ms_by_ply"]) / 1000)
     for kind in kinds:
         name, kwargs = sections[kind]
@@ -617,7 +626,8 @@ def main() -> int:
         sec = bench.res.get(name)
         if isinstance(sec, dict):
             verdict[f"{name}_median_ms"] = sec["per_move"]["median_ms"]
-    for name, key in (("nf4_concurrent_processes", "concurrent_processes"), ("nf4_concurrent", "concurrent_threads")):
+    for name, key in (("nf4_concurrent_processes", "concurrent_processes"), ("nf4_concurrent", "concurrent_threads"),
+                      ("nf4_concurrent_processes_unpipelined", "concurrent_processes_unpipelined")):
         c = bench.res.get(name)
         if isinstance(c, dict):
             verdict[f"{key}_throughput_vs_single"] = c["throughput_vs_single"]

@@ -9,9 +9,12 @@ batch, hands each caller its result, and leaves once its own request is answered
 go together in the next one.
 
 After a batch of several requests the leader waits up to ``gather_s`` for as many
-requests as the last batch had, so that games whose threads were a moment late
-(pushing a move, building a prompt) are not split into a batch of one and a
-batch of the rest.
+requests as the last batch had (or, with ``gather_items``, for that many), so that
+games whose threads were a moment late (pushing a move, building a prompt) are not
+split into a batch of one and a batch of the rest. ``gather_items`` set to the number
+of games makes every game ride in one batch when they are all back within
+``gather_s``: on a device where each batch has a large fixed cost (an NF4 model's
+weights are dequantized once a forward) one batch of all the games beats two halves.
 
 **Pipelined** (``launch``/``finish``/``ready`` given instead of only ``run``): a batch
 is *launched* (its device work queued) and *finished* later (its results read). While
@@ -68,6 +71,7 @@ class Batcher(Generic[J, R]):
         finish: Callable[[Any], Sequence[R | BaseException]] | None = None,
         ready: Callable[[Any], bool] | None = None,
         poll_s: float = 0.0005,
+        gather_items: int = 0,
     ) -> None:
         if max_items < 1:
             raise ValueError(f"max_items must be >= 1, not {max_items}")
@@ -83,6 +87,9 @@ class Batcher(Generic[J, R]):
         self.overlapped = 0  # batches launched while another was running
         self.max_items = max_items
         self.gather_s = gather_s
+        if gather_items < 0:
+            raise ValueError(f"gather_items must be >= 0, not {gather_items}")
+        self.gather_items = gather_items
         self._cancelled = cancelled
         self._cv = threading.Condition()
         self._queue: collections.deque[_Entry[J, R]] = collections.deque()
@@ -195,9 +202,10 @@ class Batcher(Generic[J, R]):
                     if self._ready(running):
                         return []
                     self._cv.wait(self.poll_s)
-            elif self.gather_s > 0 and self._last_batch > 1:
+            elif self.gather_s > 0 and (self._last_batch > 1 or self.gather_items > 1):
                 deadline = time.monotonic() + self.gather_s
-                while len(self._queue) < min(self._last_batch, self.max_items):
+                want = min(self.gather_items or self._last_batch, self.max_items)
+                while len(self._queue) < want:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break

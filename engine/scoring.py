@@ -74,7 +74,9 @@ class LMScorer:
     first set-up compiles the kernel's tiles, which Triton then keeps in its cache);
     0 never. ``pipeline``: concurrent games' batches are launched while the previous
     batch still runs on the device (:class:`engine.batcher.Batcher`, pipelined), when
-    ``cache_slots`` holds two batches of ``max_batch`` games.
+    ``cache_slots`` holds two batches of ``max_batch`` games. ``gather_games``: one
+    batch at a time waits up to ``gather_ms`` for that many games' calls (0: as many as
+    the last batch had).
     """
 
     def __init__(
@@ -94,6 +96,7 @@ class LMScorer:
         nf4_chunk_mb: float = 0.0,
         nf4_kernel_rows: int = 128,
         pipeline: bool = True,
+        gather_games: int = 0,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -128,6 +131,7 @@ class LMScorer:
             launch=self._launch_jobs if self.pipelined else None,
             finish=self._finish_jobs if self.pipelined else None,
             ready=_launched_ready if self.pipelined else None,
+            gather_items=gather_games,
         )
 
     def encode(self, text: str, *, add_special_tokens: bool) -> list[int]:

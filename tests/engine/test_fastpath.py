@@ -496,6 +496,37 @@ def test_batcher_passes_each_caller_its_own_result_or_error() -> None:
     assert max(seen) <= 4 and sum(seen) == 6
 
 
+def test_batcher_gather_items_waits_for_every_game() -> None:
+    """With gather_items = the number of games, stragglers a few ms late still ride in
+    the leader's batch (without it the first caller goes alone)."""
+    from engine.batcher import Batcher
+
+    def batches(gather_items: int) -> list[int]:
+        seen: list[int] = []
+
+        def run(items: list[int]) -> list[int]:
+            seen.append(len(items))
+            return items
+
+        b: Batcher[int, int] = Batcher(run, max_items=8, gather_s=2.0, gather_items=gather_items)
+
+        def call(i: int) -> None:
+            time.sleep(0.02 * i)  # arrivals 20 ms apart
+            assert b.submit(i) == i
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=10)
+        return seen
+
+    assert batches(4) == [4]
+    assert batches(0)[0] == 1
+    with pytest.raises(ValueError, match="gather_items"):
+        Batcher(lambda items: items, max_items=2, gather_items=-1)
+
+
 class _FakeDevice:
     """A device for the pipelined batcher: a launched batch is done ``seconds`` later."""
 
