@@ -13,8 +13,9 @@ requests as the last batch had (or, with ``gather_items``, for that many), so th
 games whose threads were a moment late (pushing a move, building a prompt) are not
 split into a batch of one and a batch of the rest. ``gather_items`` set to the number
 of games makes every game ride in one batch when they are all back within
-``gather_s``: on a device where each batch has a large fixed cost (an NF4 model's
-weights are dequantized once a forward) one batch of all the games beats two halves.
+``gather_s`` (meant for devices where each batch has a large fixed cost, such as an
+NF4 model's dequantization; measured on the H200 it lost to the pipelined batcher:
+docs/fastpath.md).
 
 **Pipelined** (``launch``/``finish``/``ready`` given instead of only ``run``): a batch
 is *launched* (its device work queued) and *finished* later (its results read). While

@@ -36,6 +36,7 @@ def register(sub: Any) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     import signal
+    import sys
 
     from engine import uci
     from engine.errors import ConfigError
@@ -56,6 +57,10 @@ def _serve(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    # Each torch call of the batch leader gives up the interpreter lock; with Python's
+    # default 5 ms switch interval taking it back from the connections' threads can cost
+    # that much each time (docs/fastpath.md). The benchmarks ran the server at 0.5 ms.
+    sys.setswitchinterval(0.0005)
     print(f"mistral-chess serve: listening on {args.socket} (engines: model.server={args.socket})", flush=True)
     try:
         server.serve_forever()

@@ -483,16 +483,16 @@ def load_scorer(config: EngineConfig, *, games: int = 1) -> Any:
     from engine.model import load_model
     from engine.scoring import LMScorer
 
+    # A move tokenizes ~35 short texts: in the calling thread that is about twice as fast
+    # as through the tokenizers library's thread pool, whose threads compete with torch's
+    # (and, in the bot, with the other games' threads). A value the user set is kept.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if config.model.server:
         from engine.server import RemoteScorer
 
         remote = RemoteScorer(config.model.server)
         logger.info("model server {}: {}", config.model.server, remote.source)
         return remote
-    # A move tokenizes ~35 short texts: in the calling thread that is about twice as fast
-    # as through the tokenizers library's thread pool, whose threads compete with torch's
-    # (and, in the bot, with the other games' threads). A value the user set is kept.
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     loaded = load_model(config.model)
     logger.info("model ready: {}", loaded.source)
     slots = config.search.cache_slots
