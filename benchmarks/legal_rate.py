@@ -35,8 +35,9 @@ def main() -> int:
     args = ap.parse_args()
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
+    from engine.int8store import load_causal_lm
     from engine.prompt import PromptTemplate
     from training.data import load_eval_positions
     from training.evaluation import generation_metrics
@@ -62,7 +63,7 @@ def main() -> int:
             raise SystemExit(f"--model {spec!r}: give NAME=DIR")
         try:
             tok = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+            model = load_causal_lm(path, dtype=torch.float32)
         except Exception as exc:  # noqa: BLE001 - any loading failure is the user's path
             raise SystemExit(f"--model {spec!r}: cannot load a model and tokenizer from {path!r}: {exc}") from None
         if tok.pad_token_id is None:

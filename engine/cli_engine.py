@@ -1,4 +1,4 @@
-"""Engine subcommands: ``uci``, ``serve``, ``make-tiny-model``."""
+"""Engine subcommands: ``uci``, ``serve``, ``export-int8``, ``make-tiny-model``."""
 
 from __future__ import annotations
 
@@ -22,6 +22,14 @@ def register(sub: Any) -> None:
     s.add_argument("--games", type=int, default=16,
                    help="concurrent games to size the KV caches and batches for (default 16)")
     s.set_defaults(func=_serve)
+
+    e = sub.add_parser(
+        "export-int8",
+        help="copy a model folder with its weights stored as int8, one scale per row (half the size of bf16)",
+    )
+    e.add_argument("src", help="model folder with model.safetensors")
+    e.add_argument("dst", help="new folder (model.int8.safetensors and the other files)")
+    e.set_defaults(func=_export_int8)
 
     t = sub.add_parser(
         "make-tiny-model",
@@ -68,6 +76,18 @@ def _serve(args: argparse.Namespace) -> int:
         pass
     finally:
         server.close()
+    return 0
+
+
+def _export_int8(args: argparse.Namespace) -> int:
+    from engine.errors import ModelLoadError
+    from engine.int8store import export_int8
+
+    try:
+        out = export_int8(args.src, args.dst)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"export-int8: {exc}") from None
+    print(f"{out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 

@@ -106,7 +106,9 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     """Load tokenizer, model and adapter as ``cfg`` says; errors are ModelLoadError."""
     try:
         import torch
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
+
+        from engine.int8store import load_causal_lm
     except ImportError as exc:  # pragma: no cover - install problem
         raise ModelLoadError(f"torch/transformers are not installed: {exc}") from None
 
@@ -163,7 +165,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     logger.info("loading model {} (device={}, dtype={}, quantization={})", path, device, dtype_name, quant)
     model: Any
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = load_causal_lm(path, **kwargs)  # model.safetensors, or int8 weights (engine.int8store)
     except Exception as exc:
         raise ModelLoadError(f"cannot load the model {path!r}: {exc}") from None
     if quant != "nf4":

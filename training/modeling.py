@@ -268,7 +268,9 @@ def load_base_model(cfg: TrainConfig, hf_config: Any, device: str) -> Any:
     elif not cfg.lora.enabled:
         kwargs["dtype"] = torch.float32  # full fine-tuning keeps fp32 master weights
     try:
-        return AutoModelForCausalLM.from_pretrained(m.path, **kwargs)
+        from engine.int8store import load_causal_lm
+
+        return load_causal_lm(m.path, **kwargs)  # model.safetensors, or int8 weights (engine.int8store)
     except Exception as exc:
         raise TrainingError(f"cannot load the model {m.path!r}: {exc}") from None
 

@@ -1,0 +1,125 @@
+"""8-bit weight storage for small models shipped inside a size limit.
+
+A model folder may hold ``model.int8.safetensors`` instead of ``model.safetensors``:
+every 2-D weight (the projections and the embedding) is stored as int8 with one
+float32 scale per row (symmetric, round to nearest: ``w ~ q * scale``,
+``scale = max|row| / 127``); everything else (norms) keeps its dtype. Loading
+dequantizes to the compute dtype, so the model runs as before at half the disk size
+of bfloat16 weights: the bundled model's 40 MB limit holds a model of about twice
+the parameters.
+
+Plain ``transformers.from_pretrained`` does not read this file (it looks for
+``model.safetensors`` and says so); :func:`load_causal_lm` reads either, and the
+engine's and the trainer's loaders go through it. ``mistral-chess export-int8 SRC
+DST`` writes such a folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+INT8_FILE = "model.int8.safetensors"
+FORMAT = "mistral-chess-int8-rowwise-v1"
+SCALE_SUFFIX = ".int8_scale"
+
+
+def is_int8_folder(path: str | Path) -> bool:
+    folder = Path(path)
+    return (folder / INT8_FILE).is_file() and not (folder / "model.safetensors").is_file()
+
+
+def quantize_state_dict(state: dict[str, Any]) -> dict[str, Any]:
+    """int8 rows and float32 scales for the 2-D floating tensors; the rest as they are."""
+    import torch
+
+    out: dict[str, Any] = {}
+    for name, t in state.items():
+        if t.dim() == 2 and t.is_floating_point():
+            w = t.detach().float().cpu()
+            scale = (w.abs().amax(dim=1, keepdim=True) / 127.0).clamp(min=torch.finfo(torch.float32).tiny)
+            out[name] = torch.round(w / scale).clamp(-127, 127).to(torch.int8).contiguous()
+            out[name + SCALE_SUFFIX] = scale.squeeze(1).contiguous()
+        else:
+            out[name] = t.detach().cpu().contiguous()
+    return out
+
+
+def dequantize_state_dict(stored: dict[str, Any], dtype: Any) -> dict[str, Any]:
+    """The tensors of :func:`quantize_state_dict` back as ``dtype`` weights."""
+    import torch
+
+    out: dict[str, Any] = {}
+    for name, t in stored.items():
+        if name.endswith(SCALE_SUFFIX):
+            continue
+        if t.dtype == torch.int8:
+            scale = stored.get(name + SCALE_SUFFIX)
+            if scale is None:
+                raise ValueError(f"{INT8_FILE}: int8 tensor {name!r} has no {name + SCALE_SUFFIX!r}")
+            out[name] = (t.float() * scale.float()[:, None]).to(dtype)
+        else:
+            out[name] = t.to(dtype) if t.is_floating_point() else t
+    return out
+
+
+def export_int8(src: str | Path, dst: str | Path) -> Path:
+    """Copy the model folder ``src`` (``model.safetensors``) to ``dst`` with its weights
+    stored as int8 (:data:`INT8_FILE`); other files are copied as they are."""
+    from safetensors.torch import load_file, save_file
+
+    src, dst = Path(src), Path(dst)
+    weights = src / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{src}: no model.safetensors (sharded or adapter-only folders are not supported)")
+    if dst.resolve() == src.resolve():
+        raise ValueError("export-int8 writes a new folder: give another destination")
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and f.name not in ("model.safetensors", INT8_FILE):
+            shutil.copy2(f, dst / f.name)
+    stale = dst / "model.safetensors"
+    if stale.exists():
+        stale.unlink()
+    save_file(quantize_state_dict(load_file(str(weights))), str(dst / INT8_FILE), metadata={"format": "pt",
+                                                                                              "mistral_chess": FORMAT})
+    return dst / INT8_FILE
+
+
+def load_causal_lm(path: str | Path, **kwargs: Any) -> Any:
+    """``AutoModelForCausalLM.from_pretrained(path, **kwargs)``, or for a folder with
+    :data:`INT8_FILE` the model built from its config with the dequantized weights
+    (``dtype`` and ``attn_implementation`` are honoured; quantization configs and
+    device maps are refused: the weights are already quantized)."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if not is_int8_folder(path):
+        return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    for key in ("quantization_config", "device_map"):
+        if kwargs.get(key) is not None:
+            raise ValueError(f"{path} holds int8 weights ({INT8_FILE}): {key} cannot be applied to it")
+    file = Path(path) / INT8_FILE
+    with safe_open(str(file), framework="pt") as f:
+        fmt = (f.metadata() or {}).get("mistral_chess")
+    if fmt != FORMAT:
+        raise ValueError(f"{file}: format {fmt!r}, expected {FORMAT!r}")
+    dtype = kwargs.get("dtype") or torch.float32
+    config = AutoConfig.from_pretrained(str(path), trust_remote_code=False,
+                                        local_files_only=kwargs.get("local_files_only", False))
+    build: dict[str, Any] = {"dtype": dtype}
+    if kwargs.get("attn_implementation"):
+        build["attn_implementation"] = kwargs["attn_implementation"]
+    model = AutoModelForCausalLM.from_config(config, **build)
+    state = dequantize_state_dict(load_file(str(file)), dtype)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    if unexpected or set(missing) - tied:
+        raise ValueError(f"{file}: weights do not match the config (missing {sorted(set(missing) - tied)[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]})")
+    model.tie_weights()
+    model.eval()
+    return model

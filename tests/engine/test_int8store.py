@@ -1,0 +1,114 @@
+"""int8 weight storage (engine.int8store): half the size, the same model within rounding."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.int8store import (
+    INT8_FILE,
+    dequantize_state_dict,
+    export_int8,
+    is_int8_folder,
+    quantize_state_dict,
+)
+
+
+def test_rowwise_rounding_error_is_within_half_a_step() -> None:
+    torch.manual_seed(0)
+    w = torch.randn(64, 96) * torch.linspace(0.01, 3.0, 64)[:, None]  # rows of very different scales
+    norm = torch.randn(96)
+    stored = quantize_state_dict({"proj.weight": w, "norm.weight": norm})
+    assert stored["proj.weight"].dtype == torch.int8
+    assert stored["proj.weight" + ".int8_scale"].shape == (64,)
+    assert torch.equal(stored["norm.weight"], norm), "1-D tensors are kept as they are"
+    back = dequantize_state_dict(stored, torch.float32)
+    assert set(back) == {"proj.weight", "norm.weight"}
+    step = w.abs().amax(dim=1, keepdim=True) / 127
+    assert ((back["proj.weight"] - w).abs() <= step / 2 + 1e-7).all()
+    assert torch.equal(back["proj.weight"].abs().amax(dim=1), w.abs().amax(dim=1)), "each row's largest weight is exact"
+
+
+def test_a_zero_row_stays_zero() -> None:
+    w = torch.zeros(3, 8)
+    w[1] = 1.0
+    back = dequantize_state_dict(quantize_state_dict({"w": w}), torch.float32)["w"]
+    assert torch.equal(back, w)
+
+
+def test_missing_scale_is_a_clear_error() -> None:
+    stored = quantize_state_dict({"w": torch.randn(4, 4)})
+    del stored["w.int8_scale"]
+    with pytest.raises(ValueError, match="w.int8_scale"):
+        dequantize_state_dict(stored, torch.float32)
+
+
+def test_exported_model_loads_and_scores_like_the_original(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from engine.config import ModelConfig
+    from engine.model import load_model
+
+    out = tmp_path / "int8"
+    export_int8(tiny_model_dir, out)
+    assert is_int8_folder(out) and not is_int8_folder(tiny_model_dir)
+    assert (out / "tokenizer.json").is_file() and (out / "config.json").is_file()
+    size8 = (out / INT8_FILE).stat().st_size
+    assert size8 < 0.3 * (tiny_model_dir / "model.safetensors").stat().st_size  # float32 -> int8
+
+    a = load_model(ModelConfig(path=str(tiny_model_dir), device="cpu"))
+    b = load_model(ModelConfig(path=str(out), device="cpu"))
+    ids = torch.tensor([a.tokenizer('[Event "?"]\n\n1. e4 e5 2. Nf3 Nc6 3. Bb5').input_ids])
+    with torch.no_grad():
+        la, lb = a.model(ids).logits, b.model(ids).logits
+    assert torch.allclose(la, lb, atol=0.05 * la.abs().max().item())
+    base = b.model
+    if base.config.tie_word_embeddings:
+        assert base.lm_head.weight.data_ptr() == base.model.embed_tokens.weight.data_ptr()
+
+
+def test_int8_folder_refuses_nf4_and_plain_transformers_says_what_is_missing(tiny_model_dir: Path,
+                                                                            tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from engine.int8store import load_causal_lm
+
+    out = tmp_path / "int8"
+    export_int8(tiny_model_dir, out)
+    with pytest.raises(ValueError, match="int8 weights"):
+        load_causal_lm(out, quantization_config=object())
+    with pytest.raises(OSError):
+        AutoModelForCausalLM.from_pretrained(str(out))  # no model.safetensors: not silently random
+
+
+def test_export_int8_cli_errors(tmp_path: Path, python_exe: str) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = subprocess.run([python_exe, "-m", "engine.cli", "export-int8", str(empty), str(tmp_path / "x")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "no model.safetensors" in out.stderr
+
+
+def test_training_starts_from_an_int8_folder(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """model.init=pretrained on an int8 folder: the trainer's loader reads it."""
+    from transformers import AutoConfig
+
+    from training.config import load_train_config
+    from training.modeling import load_base_model
+
+    out = tmp_path / "int8"
+    export_int8(tiny_model_dir, out)
+    cfg = load_train_config(None, [f"model.path={out}", "model.init=pretrained", "model.dtype=float32",
+                                   "quantization.load_in_4bit=false", "lora.enabled=false"])
+    model = load_base_model(cfg, AutoConfig.from_pretrained(str(out)), "cpu")
+    want = dequantize_state_dict(quantize_state_dict(
+        {"w": _weights(tiny_model_dir)["model.layers.0.mlp.up_proj.weight"]}), torch.float32)["w"]
+    assert torch.equal(model.model.layers[0].mlp.up_proj.weight.detach(), want)
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
