@@ -29,6 +29,8 @@ def register(sub: Any) -> None:
     )
     e.add_argument("src", help="model folder with model.safetensors")
     e.add_argument("dst", help="new folder (model.int8.safetensors and the other files)")
+    e.add_argument("--group", type=int, default=0,
+                   help="weights per scale along a row (e.g. 64); 0 (default): one scale per row")
     e.set_defaults(func=_export_int8)
 
     t = sub.add_parser(
@@ -84,7 +86,9 @@ def _export_int8(args: argparse.Namespace) -> int:
     from engine.int8store import export_int8
 
     try:
-        out = export_int8(args.src, args.dst)
+        if args.group < 0:
+            raise ValueError(f"--group must be >= 0, not {args.group}")
+        out = export_int8(args.src, args.dst, group=args.group)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"export-int8: {exc}") from None
     print(f"{out} ({out.stat().st_size / 1e6:.1f} MB)")

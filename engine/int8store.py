@@ -1,9 +1,10 @@
 """8-bit weight storage for small models shipped inside a size limit.
 
 A model folder may hold ``model.int8.safetensors`` instead of ``model.safetensors``:
-every 2-D weight (the projections and the embedding) is stored as int8 with one
-float32 scale per row (symmetric, round to nearest: ``w ~ q * scale``,
-``scale = max|row| / 127``); everything else (norms) keeps its dtype. Loading
+every 2-D weight (the projections and the embedding) is stored as int8 with float32
+scales, one per row or one per group of consecutive weights of a row (symmetric,
+round to nearest: ``w ~ q * scale``, ``scale = max|group| / 127``); everything else
+(norms) keeps its dtype. Loading
 dequantizes to the compute dtype, so the model runs as before at half the disk size
 of bfloat16 weights: the bundled model's 40 MB limit holds a model of about twice
 the parameters.
@@ -30,17 +31,24 @@ def is_int8_folder(path: str | Path) -> bool:
     return (folder / INT8_FILE).is_file() and not (folder / "model.safetensors").is_file()
 
 
-def quantize_state_dict(state: dict[str, Any]) -> dict[str, Any]:
-    """int8 rows and float32 scales for the 2-D floating tensors; the rest as they are."""
+def quantize_state_dict(state: dict[str, Any], *, group: int = 0) -> dict[str, Any]:
+    """int8 values and float32 scales for the 2-D floating tensors; the rest as they are.
+
+    ``group`` 0: one scale per row; > 0: one per ``group`` consecutive weights of a row
+    (rows whose length it does not divide get one scale per row)."""
     import torch
 
     out: dict[str, Any] = {}
     for name, t in state.items():
         if t.dim() == 2 and t.is_floating_point():
             w = t.detach().float().cpu()
-            scale = (w.abs().amax(dim=1, keepdim=True) / 127.0).clamp(min=torch.finfo(torch.float32).tiny)
-            out[name] = torch.round(w / scale).clamp(-127, 127).to(torch.int8).contiguous()
-            out[name + SCALE_SUFFIX] = scale.squeeze(1).contiguous()
+            rows, cols = w.shape
+            g = group if group > 0 and cols % group == 0 else cols
+            wg = w.view(rows, cols // g, g)
+            scale = (wg.abs().amax(dim=2, keepdim=True) / 127.0).clamp(min=torch.finfo(torch.float32).tiny)
+            out[name] = torch.round(wg / scale).clamp(-127, 127).to(torch.int8).view(rows, cols).contiguous()
+            scale = scale.squeeze(2)
+            out[name + SCALE_SUFFIX] = (scale.squeeze(1) if g == cols else scale).contiguous()
         else:
             out[name] = t.detach().cpu().contiguous()
     return out
@@ -58,15 +66,21 @@ def dequantize_state_dict(stored: dict[str, Any], dtype: Any) -> dict[str, Any]:
             scale = stored.get(name + SCALE_SUFFIX)
             if scale is None:
                 raise ValueError(f"{INT8_FILE}: int8 tensor {name!r} has no {name + SCALE_SUFFIX!r}")
-            out[name] = (t.float() * scale.float()[:, None]).to(dtype)
+            rows, cols = t.shape
+            per = scale.float().reshape(rows, -1)  # one scale per row, or per group of a row
+            if cols % per.shape[1]:
+                raise ValueError(f"{INT8_FILE}: {name!r} has {cols} columns, {per.shape[1]} scale groups a row")
+            g = cols // per.shape[1]
+            out[name] = (t.float().view(rows, -1, g) * per[:, :, None]).view(rows, cols).to(dtype)
         else:
             out[name] = t.to(dtype) if t.is_floating_point() else t
     return out
 
 
-def export_int8(src: str | Path, dst: str | Path) -> Path:
+def export_int8(src: str | Path, dst: str | Path, *, group: int = 0) -> Path:
     """Copy the model folder ``src`` (``model.safetensors``) to ``dst`` with its weights
-    stored as int8 (:data:`INT8_FILE`); other files are copied as they are."""
+    stored as int8 (:data:`INT8_FILE`, scales per row or per ``group`` weights); other
+    files are copied as they are."""
     from safetensors.torch import load_file, save_file
 
     src, dst = Path(src), Path(dst)
@@ -82,8 +96,8 @@ def export_int8(src: str | Path, dst: str | Path) -> Path:
     stale = dst / "model.safetensors"
     if stale.exists():
         stale.unlink()
-    save_file(quantize_state_dict(load_file(str(weights))), str(dst / INT8_FILE), metadata={"format": "pt",
-                                                                                              "mistral_chess": FORMAT})
+    save_file(quantize_state_dict(load_file(str(weights)), group=group), str(dst / INT8_FILE),
+              metadata={"format": "pt", "mistral_chess": FORMAT})
     return dst / INT8_FILE
 
 

@@ -32,6 +32,21 @@ def test_rowwise_rounding_error_is_within_half_a_step() -> None:
     assert torch.equal(back["proj.weight"].abs().amax(dim=1), w.abs().amax(dim=1)), "each row's largest weight is exact"
 
 
+def test_groupwise_scales_follow_each_group() -> None:
+    torch.manual_seed(1)
+    w = torch.randn(8, 256)
+    w[:, :64] *= 100.0  # one loud group per row: row-wise scales would flatten the others
+    row = dequantize_state_dict(quantize_state_dict({"w": w}), torch.float32)["w"]
+    stored = quantize_state_dict({"w": w, "odd": torch.randn(4, 100)}, group=64)
+    assert stored["w.int8_scale"].shape == (8, 4)
+    assert stored["odd.int8_scale"].shape == (4,), "a row length the group does not divide: one scale a row"
+    grp = dequantize_state_dict(stored, torch.float32)["w"]
+    quiet = (slice(None), slice(64, None))
+    assert (grp - w)[quiet].abs().max() < 0.05 * (row - w)[quiet].abs().max()
+    step = w.view(8, 4, 64).abs().amax(dim=2, keepdim=True) / 127
+    assert ((grp - w).view(8, 4, 64).abs() <= step / 2 + 1e-6).all()
+
+
 def test_a_zero_row_stays_zero() -> None:
     w = torch.zeros(3, 8)
     w[1] = 1.0
