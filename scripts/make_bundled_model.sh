@@ -101,4 +101,5 @@ if [ "${V4:-1}" = 1 ] && [ "${V5:-1}" = 1 ]; then
     export_step "$W/run-v5" 1000
     echo "v5: $W/run-v5/bundled"
 fi
-echo "(copy config.json, generation_config.json, model.safetensors, tokenizer*.json into engine/data/bundled-model)"
+echo "(ship it as int8: mistral-chess export-int8 RUN/bundled engine/data/bundled-model-new --group 64, then copy"
+echo " config.json, generation_config.json, model.int8.safetensors, tokenizer*.json into engine/data/bundled-model)"
