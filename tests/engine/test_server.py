@@ -48,6 +48,24 @@ def board_after(moves: list[str]) -> chess.Board:
     return board
 
 
+def run_threads(n: int, play: Any) -> list[BaseException]:
+    """``play(i)`` for i in range(n), each in its own thread; the exceptions they raised."""
+    errors: list[BaseException] = []
+
+    def guarded(i: int) -> None:
+        try:
+            play(i)
+        except BaseException as exc:  # noqa: BLE001 - returned to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
 def test_remote_scores_equal_local_scores(tiny_scorer: LMScorer, sock: str) -> None:
     with ScorerServer(tiny_scorer, sock).start():
         remote = RemoteScorer(sock)
@@ -98,27 +116,19 @@ def test_concurrent_clients_share_batches(tiny_model_dir: Path, sock: str) -> No
     scorer = LMScorer(loaded.model, loaded.tokenizer, loaded.device, cache_slots=18, max_batch=8, gather_ms=20)
     clients = 6
     moves: list[list[chess.Move]] = [[] for _ in range(clients)]
-    errors: list[BaseException] = []
     with ScorerServer(scorer, sock).start():
         remotes = [RemoteScorer(sock, tokenizer=loaded.tokenizer) for _ in range(clients)]
 
         def play(i: int) -> None:
-            try:
-                player = Player(EngineConfig(), remotes[i])
-                board = board_after(OPENING[: i % 4])
-                for _ in range(6):
-                    d = player.choose(board, engine_color=board.turn)
-                    assert d.source == "model", d
-                    moves[i].append(d.move)
-                    board.push(d.move)
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
+            player = Player(EngineConfig(), remotes[i])
+            board = board_after(OPENING[: i % 4])
+            for _ in range(6):
+                d = player.choose(board, engine_color=board.turn)
+                assert d.source == "model", d
+                moves[i].append(d.move)
+                board.push(d.move)
 
-        threads = [threading.Thread(target=play, args=(i,)) for i in range(clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        errors = run_threads(clients, play)
     assert not errors, errors
     assert all(len(m) == 6 for m in moves)
     assert scorer._batcher.largest > 1, "concurrent clients' requests never shared a forward"
@@ -140,28 +150,20 @@ def test_one_remote_scorer_shared_by_threads_batches_them(tiny_model_dir: Path, 
     loaded = load_model(ModelConfig(path=str(tiny_model_dir), device="cpu"))
     scorer = LMScorer(loaded.model, loaded.tokenizer, loaded.device, cache_slots=12, max_batch=5, gather_ms=20)
     games = 5
-    errors: list[BaseException] = []
     with ScorerServer(scorer, sock).start():
         shared = RemoteScorer(sock, tokenizer=loaded.tokenizer)
         barrier = threading.Barrier(games)
 
         def play(i: int) -> None:
-            try:
-                player = Player(EngineConfig(), shared)
-                board = board_after(OPENING[: i % 4])
-                for _ in range(4):
-                    barrier.wait(timeout=60)  # the games ask at the same time
-                    d = player.choose(board, engine_color=board.turn)
-                    assert d.source == "model", d
-                    board.push(d.move)
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
+            player = Player(EngineConfig(), shared)
+            board = board_after(OPENING[: i % 4])
+            for _ in range(4):
+                barrier.wait(timeout=60)  # the games ask at the same time
+                d = player.choose(board, engine_color=board.turn)
+                assert d.source == "model", d
+                board.push(d.move)
 
-        threads = [threading.Thread(target=play, args=(i,)) for i in range(games)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        errors = run_threads(games, play)
         assert not errors, errors
         assert shared.connections >= 2, "the threads' requests went one at a time"
         shared.close()
