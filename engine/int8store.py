@@ -104,14 +104,16 @@ def export_int8(src: str | Path, dst: str | Path, *, group: int = 0) -> Path:
 def load_causal_lm(path: str | Path, **kwargs: Any) -> Any:
     """``AutoModelForCausalLM.from_pretrained(path, **kwargs)``, or for a folder with
     :data:`INT8_FILE` the model built from its config with the dequantized weights
-    (``dtype`` and ``attn_implementation`` are honoured; quantization configs and
-    device maps are refused: the weights are already quantized)."""
+    (``dtype``, ``attn_implementation`` and an already loaded ``config``, used for the
+    int8 folder only, are honoured;
+    quantization configs and device maps are refused: the weights are already quantized)."""
     import torch
     from safetensors import safe_open
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    if not is_int8_folder(path):
+    config = kwargs.pop("config", None)
+    if not is_int8_folder(path):  # transformers reads the config itself, as it always has here
         return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     for key in ("quantization_config", "device_map"):
         if kwargs.get(key) is not None:
@@ -122,8 +124,8 @@ def load_causal_lm(path: str | Path, **kwargs: Any) -> Any:
     if fmt != FORMAT:
         raise ValueError(f"{file}: format {fmt!r}, expected {FORMAT!r}")
     dtype = kwargs.get("dtype") or torch.float32
-    config = AutoConfig.from_pretrained(str(path), trust_remote_code=False,
-                                        local_files_only=kwargs.get("local_files_only", False))
+    config = config or AutoConfig.from_pretrained(
+        str(path), trust_remote_code=False, local_files_only=kwargs.get("local_files_only", False))
     build: dict[str, Any] = {"dtype": dtype}
     if kwargs.get("attn_implementation"):
         build["attn_implementation"] = kwargs["attn_implementation"]

@@ -165,7 +165,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     logger.info("loading model {} (device={}, dtype={}, quantization={})", path, device, dtype_name, quant)
     model: Any
     try:
-        model = load_causal_lm(path, **kwargs)  # model.safetensors, or int8 weights (engine.int8store)
+        model = load_causal_lm(path, config=hf_config, **kwargs)  # model.safetensors, or int8 weights (engine.int8store)
     except Exception as exc:
         raise ModelLoadError(f"cannot load the model {path!r}: {exc}") from None
     if quant != "nf4":

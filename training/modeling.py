@@ -270,7 +270,7 @@ def load_base_model(cfg: TrainConfig, hf_config: Any, device: str) -> Any:
     try:
         from engine.int8store import load_causal_lm
 
-        return load_causal_lm(m.path, **kwargs)  # model.safetensors, or int8 weights (engine.int8store)
+        return load_causal_lm(m.path, config=hf_config, **kwargs)  # model.safetensors, or int8 weights (engine.int8store)
     except Exception as exc:
         raise TrainingError(f"cannot load the model {m.path!r}: {exc}") from None
 
