@@ -36,7 +36,10 @@ that the trainer's kernel-launching process keeps its core), EVAL_OPPONENTS
 GAMES (what to train on: globs under the repository, space-separated, of selfplay-*.tgz
 tarballs or of folders holding games-*.parquet chunks; default .gpu2/selfplay-*.tgz),
 TRAIN_CONFIG (configs/train/scratch-medium.yaml), TRAIN_OVERRIDES (more key=value words),
-MODEL_TAG (v3: the returned folder is bundled-TAG, the tarball model-TAG.tgz), FINAL_PICK
+MODEL_TAG (v3: the returned folder is bundled-TAG, the tarball model-TAG.tgz), FINAL_INT8_GROUP
+(unset: the final model's weights come back as the trainer saved them, bf16; N: as int8 with
+a scale per N weights, ``mistral-chess export-int8 --group N``: needed above ~20M parameters,
+whose bf16 weights would not fit the 8 returned files), FINAL_PICK
 (unset: the trainer's final model, else the newest checkpoint; ``eval_loss``: the checkpoint
 with the lowest logged validation loss; ``score:OPPONENT``: the checkpoint with the highest
 match score against OPPONENT, one of EVAL_OPPONENTS, e.g. ``score:bundled`` with
@@ -544,7 +547,7 @@ def export_final(run_dir: Path, ckpt: Path, final: Path) -> None:
 def phase_train() -> int:
     budget = float(os.environ.get("BUDGET_S") or 510)
     deadline = T0 + budget
-    pack_reserve = 25.0  # export + tar + split + plot
+    pack_reserve = 25.0 + (10.0 if os.environ.get("FINAL_INT8_GROUP") else 0.0)  # export (int8) + tar + split + plot
     steps = env_int("TRAIN_STEPS", 1800)
     save_steps = env_int("SAVE_STEPS", 300)
     pick_kind, pick_opp = final_pick()  # checked before any work
@@ -636,6 +639,17 @@ def phase_train() -> int:
     ev.join(timeout=max(1.0, deadline - pack_reserve - time.monotonic()))
     if ev.is_alive():
         say("eval: still running at the deadline; reporting what is finished")
+    int8_group = os.environ.get("FINAL_INT8_GROUP")
+    if int8_group and final.is_dir():
+        # A model over ~20M parameters comes back only as int8: 8 parts of 15 MiB at most.
+        from engine.int8store import export_int8
+
+        packed = work / f"bundled-{tag}-int8"
+        shutil.rmtree(packed, ignore_errors=True)
+        export_int8(final, packed, group=int(int8_group))
+        shutil.rmtree(final)
+        packed.rename(final)
+        say(f"final model: stored as int8, a scale per {int8_group} weights (FINAL_INT8_GROUP)")
 
     out = out_dir()
     write_strength(

@@ -1,5 +1,5 @@
 """Training subcommands of ``mistral-chess``: ``dataset selfplay``, ``dataset build``,
-``train`` and ``merge``. Heavy imports stay inside the handlers."""
+``train``, ``merge`` and ``grow-model``. Heavy imports stay inside the handlers."""
 
 from __future__ import annotations
 
@@ -66,6 +66,20 @@ def register(sub: Any) -> None:
     m.add_argument("--device", default="cpu", help="where to merge (cpu needs RAM for the whole model)")
     m.set_defaults(func=_merge)
 
+    g = sub.add_parser(
+        "grow-model",
+        help="copy a trained Mistral model with more layers that computes the same (depth up-scaling, to train further)",
+        description="Each old layer is repeated in place (interleaved); the repeats' o_proj and down_proj are zero, "
+        "so the grown model's logits equal the old model's until training moves them. Train it with "
+        "model.init=pretrained model.path=DST.",
+    )
+    g.add_argument("src", help="model folder (model.safetensors or model.int8.safetensors)")
+    g.add_argument("dst", help="new folder for the grown model (model.safetensors, config, tokenizer)")
+    g.add_argument("--layers", type=int, required=True, help="decoder layers of the grown model (at least the source's)")
+    g.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="dtype of the written weights (default float32)")
+    g.set_defaults(func=_grow)
+
 
 def _overrides(args: argparse.Namespace, mapping: dict[str, Any]) -> list[str]:
     extra = [f"{key}={value}" for key, value in mapping.items() if value is not None]
@@ -115,4 +129,15 @@ def _merge(args: argparse.Namespace) -> int:
     configure_logging()
     out = merge_adapter(args.adapter, args.out, base=args.base, dtype=args.dtype, device=args.device)
     print(out)
+    return 0
+
+
+def _grow(args: argparse.Namespace) -> int:
+    from training.grow import grow_depth, parameter_count
+
+    configure_logging()
+    before = parameter_count(args.src)
+    out = grow_depth(args.src, args.dst, args.layers, dtype=args.dtype)
+    after = parameter_count(out)
+    print(f"{out}: {args.layers} layers, {after:,} parameters (from {before:,}); computes what {args.src} does")
     return 0
