@@ -25,12 +25,13 @@ def register(sub: Any) -> None:
 
     e = sub.add_parser(
         "export-int8",
-        help="copy a model folder with its weights stored as int8, one scale per row (half the size of bf16)",
+        help="copy a model folder with its weights stored as int8, a scale per 64 weights of a row (about half the size of bf16)",
     )
     e.add_argument("src", help="model folder with model.safetensors")
     e.add_argument("dst", help="new folder (model.int8.safetensors and the other files)")
-    e.add_argument("--group", type=int, default=0,
-                   help="weights per scale along a row (e.g. 64); 0 (default): one scale per row")
+    e.add_argument("--group", type=int, default=64,
+                   help="weights per scale along a row (default 64, measured level with bf16 on the bundled model); "
+                   "0: one scale per row (smaller, measured 23 Elo weaker)")
     e.set_defaults(func=_export_int8)
 
     t = sub.add_parser(

@@ -127,3 +127,15 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(folder / "model.safetensors"))
+
+
+def test_export_int8_cli_defaults_to_a_scale_per_64_weights(tiny_model_dir: Path, tmp_path: Path,
+                                                             python_exe: str) -> None:
+    from safetensors.torch import load_file
+
+    out = subprocess.run([python_exe, "-m", "engine.cli", "export-int8", str(tiny_model_dir), str(tmp_path / "x")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    stored = load_file(str(tmp_path / "x" / "model.int8.safetensors"))
+    # the tiny model's down_proj rows are 128 long: two groups of 64 each
+    assert stored["model.layers.0.mlp.down_proj.weight.int8_scale"].shape == (64, 2)
