@@ -101,5 +101,22 @@ if [ "${V4:-1}" = 1 ] && [ "${V5:-1}" = 1 ]; then
     export_step "$W/run-v5" 1000
     echo "v5: $W/run-v5/bundled"
 fi
+# v7: v5 as shipped (int8, a scale per 64 weights) grown to 20 layers with `grow-model` (36.0M
+# parameters that compute what v5 does), trained on sets E (all of it), F, I and J (203,866 games,
+# seeds 30, 40, 60, 70), lr 3e-4 cosine over 1,500 steps with 100 warm-up steps; v7 ships the
+# step-1,000 checkpoint (the best of its checkpoints in 40 games each against v5, FINAL_PICK=score:bundled).
+if [ "${V4:-1}" = 1 ] && [ "${V5:-1}" = 1 ] && [ "${V7:-1}" = 1 ]; then
+    history_set selfplay-60 60 71029
+    history_set selfplay-70 70 35917
+    $MC export-int8 "$W/run-v5/bundled" "$W/v5-int8" --group 64
+    $MC grow-model "$W/v5-int8" "$W/v7-grown" --layers 20
+    $MC dataset build --config configs/dataset/scratch-games.yaml --source "$W/selfplay-30" --source "$W/selfplay-40" \
+        --source "$W/selfplay-60" --source "$W/selfplay-70" --out "$W/scratch-games-v7"
+    $MC train --config configs/train/scratch-medium.yaml data.path="$W/scratch-games-v7" train.output_dir="$W/run-v7" \
+        model.init=pretrained model.path="$W/v7-grown" model.tokenizer= train.learning_rate=3e-4 \
+        train.warmup_steps=100 train.max_steps=1500 train.save_steps=250 eval.eval_steps=250 train.save_total_limit=0
+    export_step "$W/run-v7" 1000
+    echo "v7: $W/run-v7/bundled"
+fi
 echo "(ship it as int8: mistral-chess export-int8 RUN/bundled engine/data/bundled-model-new --group 64, then copy"
 echo " config.json, generation_config.json, model.int8.safetensors, tokenizer*.json into engine/data/bundled-model)"
