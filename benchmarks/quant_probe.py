@@ -55,6 +55,39 @@ def fake_int4(w: Any, group: int, mode: str) -> Any:
     return best.view(rows, cols).to(w.dtype)
 
 
+def parse_variants(text: str, ap: argparse.ArgumentParser) -> list[tuple[str, int]]:
+    """``MODE:GROUP,...`` as (mode, group) pairs; a bad one stops before any model is loaded."""
+    out = []
+    for spec in filter(None, text.split(",")):
+        mode, _, group = spec.partition(":")
+        if mode not in ("absmax", "mse") or not group.isdigit() or int(group) < 1:
+            ap.error(
+                f"--variants: {spec!r} is not MODE:GROUP with MODE absmax or mse and GROUP a positive integer"
+            )
+        out.append((mode, int(group)))
+    return out
+
+
+def stored_label(path: str) -> str:
+    """How the model folder stores its weights, for the results' first row."""
+    from safetensors import safe_open
+
+    from engine.int8store import INT8_FILE, SCALE_SUFFIX, is_int8_folder
+
+    if not is_int8_folder(path):
+        return "as stored"
+    with safe_open(str(Path(path) / INT8_FILE), framework="pt") as f:
+        name = next(k for k in f.keys() if k.endswith(SCALE_SUFFIX))  # noqa: SIM118 - safe_open is not iterable
+        cols = f.get_slice(name[: -len(SCALE_SUFFIX)]).get_shape()[1]
+        shape = f.get_slice(name).get_shape()
+    groups = shape[1] if len(shape) == 2 else 1
+    return (
+        "as stored (int8, a scale per row)"
+        if groups == 1
+        else f"as stored (int8, a scale per {cols // groups})"
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="a built data set (validation + eval parquet)")
@@ -69,6 +102,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
+    variants = parse_variants(args.variants, ap)
 
     import pyarrow.parquet as pq
     import torch
@@ -114,15 +148,15 @@ def main() -> int:
         "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
         "variants": {},
     }  # fmt: skip
-    res["variants"]["as stored (int8, a scale per 64)"] = measure()
-    print("as stored", res["variants"]["as stored (int8, a scale per 64)"], flush=True)
-    for spec in filter(None, args.variants.split(",")):
-        mode, _, group = spec.partition(":")
-        state = {k: fake_int4(v, int(group), mode) if v.dim() == 2 and v.is_floating_point() else v
+    label = stored_label(args.model)
+    res["variants"][label] = r = measure()
+    print(label, r, flush=True)
+    for mode, group in variants:
+        state = {k: fake_int4(v, group, mode) if v.dim() == 2 and v.is_floating_point() else v
                  for k, v in original.items()}  # fmt: skip
         model.load_state_dict(state)
         res["variants"][f"int4 {mode}, a scale per {group}"] = r = measure()
-        print(spec, r, flush=True)
+        print(f"{mode}:{group}", r, flush=True)
     model.load_state_dict(original)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1) + "\n")

@@ -47,3 +47,20 @@ def test_mse_search_is_no_worse_than_its_unclipped_scale():
 def test_unknown_mode_is_refused():
     with pytest.raises(ValueError, match="unknown mode"):
         quant_probe.fake_int4(torch.randn(2, 32), 32, "nf4")
+
+
+@pytest.mark.parametrize("bad", ["nf4:32", "mse:0", "mse:x", "absmax"])
+def test_bad_variants_stop_before_any_model_is_loaded(bad, capsys):
+    import argparse
+
+    with pytest.raises(SystemExit):
+        quant_probe.parse_variants(f"mse:32,{bad}", argparse.ArgumentParser(prog="quant_probe"))
+    assert repr(bad) in capsys.readouterr().err
+
+
+def test_variants_parse_and_empty_means_none():
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    assert quant_probe.parse_variants("absmax:32,mse:128", ap) == [("absmax", 32), ("mse", 128)]
+    assert quant_probe.parse_variants("", ap) == []
