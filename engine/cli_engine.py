@@ -32,6 +32,10 @@ def register(sub: Any) -> None:
     e.add_argument("--group", type=int, default=64,
                    help="weights per scale along a row (default 64, measured level with bf16 on the bundled model); "
                    "0: one scale per row (smaller, measured 23 Elo weaker)")
+    e.add_argument("--int4", default="", metavar="MODULES",
+                   help="comma-separated module names (gate_proj,up_proj,down_proj) whose weights are stored in 4 bits; "
+                   "for a model trained for it (qat.int4_modules): plain rounding to 4 bits costs strength")
+    e.add_argument("--int4-group", type=int, default=32, help="weights per float16 scale of the 4-bit weights (default 32)")
     e.set_defaults(func=_export_int8)
 
     t = sub.add_parser(
@@ -89,7 +93,10 @@ def _export_int8(args: argparse.Namespace) -> int:
     try:
         if args.group < 0:
             raise ValueError(f"--group must be >= 0, not {args.group}")
-        out = export_int8(args.src, args.dst, group=args.group)
+        if args.int4_group < 2 or args.int4_group % 2:
+            raise ValueError(f"--int4-group must be an even number >= 2, not {args.int4_group}")
+        modules = [m.strip() for m in args.int4.split(",") if m.strip()]
+        out = export_int8(args.src, args.dst, group=args.group, int4_modules=modules, int4_group=args.int4_group)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"export-int8: {exc}") from None
     print(f"{out} ({out.stat().st_size / 1e6:.1f} MB)")

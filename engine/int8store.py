@@ -4,7 +4,11 @@ A model folder may hold ``model.int8.safetensors`` instead of ``model.safetensor
 every 2-D weight (the projections and the embedding) is stored as int8 with float32
 scales, one per row or one per group of consecutive weights of a row (symmetric,
 round to nearest: ``w ~ q * scale``, ``scale = max|group| / 127``); everything else
-(norms) keeps its dtype. Loading
+(norms) keeps its dtype. Named projections can be stored in 4 bits instead
+(``int4_modules``: two weights a byte, levels -7..7, a float16 scale per ``int4_group``
+weights of a row, ``scale = max|group| / 7``): a model trained for that rounding
+(quantization-aware training, ``training/qat.py``, which calls :func:`fake_int4` here, the
+same rounding) fits about 1.5 times the parameters in the same bytes. Loading
 dequantizes to the compute dtype, so the model runs as before at half the disk size
 of bfloat16 weights: the bundled model's 40 MB limit holds a model of about twice
 the parameters.
@@ -18,12 +22,46 @@ DST`` writes such a folder.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 INT8_FILE = "model.int8.safetensors"
 FORMAT = "mistral-chess-int8-rowwise-v1"
+FORMAT_INT4 = "mistral-chess-int8-int4-v2"  # written when some tensors are int4; int8-only files stay v1
+FORMATS = (FORMAT, FORMAT_INT4)
 SCALE_SUFFIX = ".int8_scale"
+INT4_SCALE_SUFFIX = ".int4_scale"
+
+
+def int4_scale(w: Any, group: int) -> Any:
+    """The float16-representable scale (as float32) of each ``group`` weights of a row of ``w``."""
+    import torch
+
+    rows, cols = w.shape
+    if group <= 0 or cols % group:
+        raise ValueError(f"int4 storage needs a group that divides the row: {tuple(w.shape)} by {group}")
+    amax = w.detach().float().view(rows, cols // group, group).abs().amax(dim=2, keepdim=True)
+    # float16 holds the stored scale; its smallest normal number keeps a zero group finite
+    return (amax / 7.0).clamp(min=2.0**-14).to(torch.float16).float()
+
+
+def fake_int4(w: Any, group: int) -> Any:
+    """``w`` rounded to what int4 storage keeps of it (same dtype and shape): the values a
+    model loaded from :data:`INT8_FILE` computes with. Quantization-aware training uses it."""
+    import torch
+
+    rows, cols = w.shape
+    scale = int4_scale(w, group)
+    q = torch.round(w.float().view(rows, cols // group, group) / scale).clamp(-7, 7)
+    return (q * scale).view(rows, cols).to(w.dtype)
+
+
+def is_int4_name(name: str, modules: Iterable[str]) -> bool:
+    """Whether the tensor ``name`` (``model.layers.3.mlp.up_proj.weight``) belongs to one of
+    ``modules`` (``up_proj``: the last part of a module's name)."""
+    parts = name.split(".")
+    return len(parts) >= 2 and parts[-1] == "weight" and parts[-2] in set(modules)
 
 
 def is_int8_folder(path: str | Path) -> bool:
@@ -31,16 +69,30 @@ def is_int8_folder(path: str | Path) -> bool:
     return (folder / INT8_FILE).is_file() and not (folder / "model.safetensors").is_file()
 
 
-def quantize_state_dict(state: dict[str, Any], *, group: int = 0) -> dict[str, Any]:
+def quantize_state_dict(
+    state: dict[str, Any], *, group: int = 0, int4_modules: Iterable[str] = (), int4_group: int = 32
+) -> dict[str, Any]:
     """int8 values and float32 scales for the 2-D floating tensors; the rest as they are.
 
     ``group`` 0: one scale per row; > 0: one per ``group`` consecutive weights of a row
-    (rows whose length it does not divide get one scale per row)."""
+    (rows whose length it does not divide get one scale per row). The weights of
+    ``int4_modules`` are stored in 4 bits instead: uint8 bytes holding two levels each
+    (the even column in the low half), a float16 scale per ``int4_group`` weights."""
     import torch
 
+    int4_modules = tuple(int4_modules)
     out: dict[str, Any] = {}
     for name, t in state.items():
-        if t.dim() == 2 and t.is_floating_point():
+        if int4_modules and t.dim() == 2 and t.is_floating_point() and is_int4_name(name, int4_modules):
+            rows, cols = t.shape
+            if cols % 2 or cols % int4_group:
+                raise ValueError(f"{name}: {cols} columns cannot be stored in 4 bits with a scale per {int4_group}")
+            scale = int4_scale(t, int4_group)
+            q = torch.round(t.detach().float().cpu().view(rows, -1, int4_group) / scale.cpu()).clamp(-7, 7)
+            u = (q.view(rows, cols) + 8).to(torch.uint8)  # 1..15
+            out[name] = (u[:, 0::2] | (u[:, 1::2] << 4)).contiguous()
+            out[name + INT4_SCALE_SUFFIX] = scale.squeeze(2).to(torch.float16).cpu().contiguous()
+        elif t.dim() == 2 and t.is_floating_point():
             w = t.detach().float().cpu()
             rows, cols = w.shape
             g = group if group > 0 and cols % group == 0 else cols
@@ -60,9 +112,21 @@ def dequantize_state_dict(stored: dict[str, Any], dtype: Any) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for name, t in stored.items():
-        if name.endswith(SCALE_SUFFIX):
+        if name.endswith((SCALE_SUFFIX, INT4_SCALE_SUFFIX)):
             continue
-        if t.dtype == torch.int8:
+        if t.dtype == torch.uint8:  # int4: two levels a byte
+            scale = stored.get(name + INT4_SCALE_SUFFIX)
+            if scale is None:
+                raise ValueError(f"{INT8_FILE}: int4 tensor {name!r} has no {name + INT4_SCALE_SUFFIX!r}")
+            rows, half = t.shape
+            cols = 2 * half
+            per = scale.float().reshape(rows, -1)
+            if cols % per.shape[1]:
+                raise ValueError(f"{INT8_FILE}: {name!r} has {cols} columns, {per.shape[1]} scale groups a row")
+            q = torch.stack(((t & 15).to(torch.int16), (t >> 4).to(torch.int16)), dim=2).view(rows, cols) - 8
+            g = cols // per.shape[1]
+            out[name] = (q.float().view(rows, -1, g) * per[:, :, None]).view(rows, cols).to(dtype)
+        elif t.dtype == torch.int8:
             scale = stored.get(name + SCALE_SUFFIX)
             if scale is None:
                 raise ValueError(f"{INT8_FILE}: int8 tensor {name!r} has no {name + SCALE_SUFFIX!r}")
@@ -77,11 +141,27 @@ def dequantize_state_dict(stored: dict[str, Any], dtype: Any) -> dict[str, Any]:
     return out
 
 
-def export_int8(src: str | Path, dst: str | Path, *, group: int = 0) -> Path:
+def save_quantized(
+    state: dict[str, Any], file: str | Path, *, group: int = 0, int4_modules: Iterable[str] = (), int4_group: int = 32
+) -> Path:
+    """``state`` written as :data:`INT8_FILE`-style storage to ``file``."""
+    import torch
+    from safetensors.torch import save_file
+
+    stored = quantize_state_dict(state, group=group, int4_modules=int4_modules, int4_group=int4_group)
+    fmt = FORMAT_INT4 if any(t.dtype == torch.uint8 for t in stored.values()) else FORMAT
+    save_file(stored, str(file), metadata={"format": "pt", "mistral_chess": fmt})
+    return Path(file)
+
+
+def export_int8(
+    src: str | Path, dst: str | Path, *, group: int = 0, int4_modules: Iterable[str] = (), int4_group: int = 32
+) -> Path:
     """Copy the model folder ``src`` (``model.safetensors``) to ``dst`` with its weights
-    stored as int8 (:data:`INT8_FILE`, scales per row or per ``group`` weights); other
-    files are copied as they are."""
-    from safetensors.torch import load_file, save_file
+    stored as int8 (:data:`INT8_FILE`, scales per row or per ``group`` weights; the
+    weights of ``int4_modules`` as int4, a scale per ``int4_group``); other files are
+    copied as they are."""
+    from safetensors.torch import load_file
 
     src, dst = Path(src), Path(dst)
     weights = src / "model.safetensors"
@@ -96,9 +176,11 @@ def export_int8(src: str | Path, dst: str | Path, *, group: int = 0) -> Path:
     stale = dst / "model.safetensors"
     if stale.exists():
         stale.unlink()
-    save_file(quantize_state_dict(load_file(str(weights)), group=group), str(dst / INT8_FILE),
-              metadata={"format": "pt", "mistral_chess": FORMAT})
-    return dst / INT8_FILE
+    int4_modules = tuple(int4_modules)
+    state = load_file(str(weights))
+    if int4_modules and not any(is_int4_name(k, int4_modules) for k in state):
+        raise ValueError(f"--int4 {','.join(int4_modules)}: no weight of the model belongs to these modules")
+    return save_quantized(state, dst / INT8_FILE, group=group, int4_modules=int4_modules, int4_group=int4_group)
 
 
 def load_causal_lm(path: str | Path, **kwargs: Any) -> Any:
@@ -121,8 +203,8 @@ def load_causal_lm(path: str | Path, **kwargs: Any) -> Any:
     file = Path(path) / INT8_FILE
     with safe_open(str(file), framework="pt") as f:
         fmt = (f.metadata() or {}).get("mistral_chess")
-    if fmt != FORMAT:
-        raise ValueError(f"{file}: format {fmt!r}, expected {FORMAT!r}")
+    if fmt not in FORMATS:
+        raise ValueError(f"{file}: format {fmt!r}, expected one of {FORMATS}")
     dtype = kwargs.get("dtype") or torch.float32
     config = config or AutoConfig.from_pretrained(
         str(path), trust_remote_code=False, local_files_only=kwargs.get("local_files_only", False))

@@ -39,7 +39,9 @@ TRAIN_CONFIG (configs/train/scratch-medium.yaml), TRAIN_OVERRIDES (more key=valu
 MODEL_TAG (v3: the returned folder is bundled-TAG, the tarball model-TAG.tgz), FINAL_INT8_GROUP
 (unset: the final model's weights come back as the trainer saved them, bf16; N: as int8 with
 a scale per N weights, ``mistral-chess export-int8 --group N``: needed above ~20M parameters,
-whose bf16 weights would not fit the 8 returned files), FINAL_PICK
+whose bf16 weights would not fit the 8 returned files; a run with ``qat.int4_modules`` saves its
+models quantized already), GROW_LAYERS (unset: train TRAIN_CONFIG's model; N: first grow the
+shipped model to N layers, ``mistral-chess grow-model --dtype bfloat16``, and train that), FINAL_PICK
 (unset: the trainer's final model, else the newest checkpoint; ``eval_loss``: the checkpoint
 with the lowest logged validation loss; ``score:OPPONENT``: the checkpoint with the highest
 match score against OPPONENT, one of EVAL_OPPONENTS, e.g. ``score:bundled`` with
@@ -572,13 +574,25 @@ def phase_train() -> int:
         f"{stats['speed']['seconds']:.0f} s"
     )
 
+    grow_args: list[str] = []
+    grow_layers = env_int("GROW_LAYERS", 0)
+    if grow_layers:
+        # Depth up-scaling of the model the repository ships (training/grow.py), trained from there.
+        grown = work / f"grown-{grow_layers}"
+        shutil.rmtree(grown, ignore_errors=True)
+        t = time.monotonic()
+        subprocess.run(mc("grow-model", "engine/data/bundled-model", str(grown), "--layers", str(grow_layers),
+                          "--dtype", "bfloat16"), cwd=ROOT, check=True)  # fmt: skip
+        say(f"grow: engine/data/bundled-model to {grow_layers} layers in {time.monotonic() - t:.0f} s ({grown})")
+        grow_args = ["model.init=pretrained", f"model.path={grown}", "model.tokenizer="]
+
     run_dir = work / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     cmd = mc(
         "train", "--config", os.environ.get("TRAIN_CONFIG") or "configs/train/scratch-medium.yaml",
         f"data.path={data}", f"train.output_dir={run_dir}", f"train.max_steps={steps}",
         f"train.save_steps={save_steps}", f"eval.eval_steps={save_steps}", "train.save_total_limit=0",
-        *[a for a in (os.environ.get("TRAIN_OVERRIDES") or "").split() if a],
+        *grow_args, *[a for a in (os.environ.get("TRAIN_OVERRIDES") or "").split() if a],
     )  # fmt: skip
     say("train: " + " ".join(cmd[3:]))
     train_log = open(work / "train.log", "w")  # noqa: SIM115 - open while the trainer runs
@@ -626,7 +640,7 @@ def phase_train() -> int:
     if pick is not None:
         export_final(run_dir, ckpts[pick], final)
         say(f"final model: checkpoint step {pick}, {why}")
-    elif (run_dir / "model.safetensors").is_file():
+    elif (run_dir / "model.safetensors").is_file() or (run_dir / "model.int8.safetensors").is_file():
         final.mkdir()
         for p in run_dir.iterdir():
             if p.is_file():
@@ -640,7 +654,9 @@ def phase_train() -> int:
     if ev.is_alive():
         say("eval: still running at the deadline; reporting what is finished")
     int8_group = os.environ.get("FINAL_INT8_GROUP")
-    if int8_group and final.is_dir():
+    if int8_group and final.is_dir() and not (final / "model.safetensors").is_file():
+        say("final model: already stored quantized (qat.int4_modules): FINAL_INT8_GROUP has nothing to do")
+    elif int8_group and final.is_dir():
         # A model over ~20M parameters comes back only as int8: 8 parts of 15 MiB at most.
         from engine.int8store import export_int8
 

@@ -404,6 +404,28 @@ class FastSection:
 
 
 @dataclasses.dataclass
+class QatSection:
+    """Quantization-aware training of a full model for the 4-bit store (engine/int8store.py)."""
+
+    # Module names (the last part: gate_proj, up_proj, down_proj) whose weights every
+    # training forward rounds to 4 bits (levels -7..7, a scale per int4_group weights of a
+    # row), the gradient passing the rounding as if it were not there (straight-through).
+    # Empty: off. On, the models the run saves for the engine (the final one, checkpoint
+    # exports) are stored quantized: these modules in 4 bits, the other 2-D weights in 8.
+    int4_modules: list[str] = dataclasses.field(default_factory=list)
+    int4_group: int = 32
+    int8_group: int = 64  # scale group of the other 2-D weights in the saved model (0: one a row)
+
+    def __post_init__(self) -> None:
+        if self.int4_group < 2 or self.int4_group % 2:
+            raise ConfigError(f"qat.int4_group must be an even number >= 2, not {self.int4_group}")
+        if self.int8_group < 0:
+            raise ConfigError(f"qat.int8_group must be >= 0, not {self.int8_group}")
+        if len(set(self.int4_modules)) != len(self.int4_modules):
+            raise ConfigError(f"qat.int4_modules: {self.int4_modules} names a module twice")
+
+
+@dataclasses.dataclass
 class TrainConfig:
     model: ModelSection = dataclasses.field(default_factory=ModelSection)
     quantization: QuantSection = dataclasses.field(default_factory=QuantSection)
@@ -412,6 +434,7 @@ class TrainConfig:
     eval: EvalSection = dataclasses.field(default_factory=EvalSection)
     train: TrainSection = dataclasses.field(default_factory=TrainSection)
     fast: FastSection = dataclasses.field(default_factory=FastSection)
+    qat: QatSection = dataclasses.field(default_factory=QatSection)
     template: str = "pgn-base"  # prompt template of the evaluation prompts (must match the data set's)
     log_level: str = "INFO"
 
@@ -422,6 +445,11 @@ class TrainConfig:
             raise ConfigError("model.init=scratch cannot be 4-bit: set quantization.load_in_4bit=false")
         if self.quantization.load_in_4bit and not self.lora.enabled:
             raise ConfigError("a 4-bit base cannot be trained fully: QLoRA needs lora.enabled=true")
+        if self.qat.int4_modules and (self.lora.enabled or self.quantization.load_in_4bit):
+            raise ConfigError(
+                "qat.int4_modules trains a full model for 4-bit storage: set lora.enabled=false and "
+                "quantization.load_in_4bit=false (a LoRA adapter over a frozen base has no weights to adapt)"
+            )
         if self.model.init == "pretrained" and not self.model.path:
             raise ConfigError("model.path: give the base model (a folder or a hub name) to fine-tune")
         if self.model.init == "pretrained" and self.model.tokenizer == "chess-bpe":

@@ -344,6 +344,14 @@ def prepare_for_training(model: Any, cfg: TrainConfig, device: str) -> Any:
                     param.data = param.data.to(torch.bfloat16)
     if not q.load_in_4bit:
         model.to(device)  # a 4-bit model is placed where it was quantized
+    if cfg.qat.int4_modules:
+        from training.qat import apply_fake_int4
+
+        try:
+            swapped = apply_fake_int4(model, cfg.qat.int4_modules, cfg.qat.int4_group)
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
+        logger.info("qat: {} projections train with int4-rounded weights (a scale per {})", len(swapped), cfg.qat.int4_group)
     if cfg.train.gradient_checkpointing:
         from training.kernels import checkpoint_layers
 
@@ -414,6 +422,14 @@ def save_for_engine(model: Any, tokenizer: Any, cfg: TrainConfig, output_dir: Pa
         model.config.dtype = str(save_dtype).replace("torch.", "")
         model.save_pretrained(str(output_dir), safe_serialization=True, state_dict=state_dict)
         model.config.use_cache = False
+        if cfg.qat.int4_modules:
+            # A model trained for the 4-bit store is saved in it: the engine then plays the
+            # weights it was trained with (checkpoints keep the full-precision ones).
+            from engine.int8store import INT8_FILE, save_quantized
+
+            save_quantized(state_dict, output_dir / INT8_FILE, group=cfg.qat.int8_group,
+                           int4_modules=cfg.qat.int4_modules, int4_group=cfg.qat.int4_group)
+            (output_dir / "model.safetensors").unlink()
     tokenizer.save_pretrained(str(output_dir))
 
 

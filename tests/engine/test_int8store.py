@@ -139,3 +139,70 @@ def test_export_int8_cli_defaults_to_a_scale_per_64_weights(tiny_model_dir: Path
     stored = load_file(str(tmp_path / "x" / "model.int8.safetensors"))
     # the tiny model's down_proj rows are 128 long: two groups of 64 each
     assert stored["model.layers.0.mlp.down_proj.weight.int8_scale"].shape == (64, 2)
+
+
+def test_int4_store_keeps_exactly_the_rounding_that_training_sees() -> None:
+    from engine.int8store import fake_int4, int4_scale
+
+    torch.manual_seed(2)
+    w = torch.randn(6, 64) * torch.linspace(0.001, 2.0, 6)[:, None]
+    w[0, :32] = 0.0  # a zero group
+    attn = torch.randn(6, 64)
+    state = {"model.layers.0.mlp.up_proj.weight": w, "model.layers.0.self_attn.q_proj.weight": attn,
+             "model.norm.weight": torch.ones(64)}
+    stored = quantize_state_dict(state, group=64, int4_modules=["up_proj"], int4_group=32)
+    packed = stored["model.layers.0.mlp.up_proj.weight"]
+    assert packed.dtype == torch.uint8 and packed.shape == (6, 32), "two weights a byte"
+    assert stored["model.layers.0.mlp.up_proj.weight.int4_scale"].dtype == torch.float16
+    assert stored["model.layers.0.self_attn.q_proj.weight"].dtype == torch.int8, "other projections stay int8"
+    back = dequantize_state_dict(stored, torch.float32)
+    assert torch.equal(back["model.layers.0.mlp.up_proj.weight"], fake_int4(w, 32))
+    assert not back["model.layers.0.mlp.up_proj.weight"][0, :32].any(), "a zero group stays zero"
+    step = int4_scale(w, 32).view(6, 2, 1)
+    err = (back["model.layers.0.mlp.up_proj.weight"] - w).view(6, 2, 32).abs()
+    assert (err <= step / 2 + 1e-6).all()
+    assert len(torch.unique(back["model.layers.0.mlp.up_proj.weight"][3])) <= 2 * 15, "15 levels a group"
+    with pytest.raises(ValueError, match="4 bits with a scale per 48"):
+        quantize_state_dict({"x.up_proj.weight": torch.randn(2, 64)}, int4_modules=["up_proj"], int4_group=48)
+
+
+def test_int4_export_loads_smaller_and_plays(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from engine.config import ModelConfig
+    from engine.int8store import FORMAT_INT4, fake_int4
+    from engine.model import load_model
+
+    mlp = ["gate_proj", "up_proj", "down_proj"]
+    out8, out4 = tmp_path / "int8", tmp_path / "int4"
+    export_int8(tiny_model_dir, out8, group=32)
+    export_int8(tiny_model_dir, out4, group=32, int4_modules=mlp, int4_group=32)
+    assert (out4 / INT8_FILE).stat().st_size < (out8 / INT8_FILE).stat().st_size
+    with safe_open(str(out4 / INT8_FILE), framework="pt") as f:
+        assert (f.metadata() or {}).get("mistral_chess") == FORMAT_INT4
+    b = load_model(ModelConfig(path=str(out4), device="cpu"))
+    original = load_file(str(tiny_model_dir / "model.safetensors"))
+    name = "model.layers.1.mlp.down_proj.weight"
+    assert torch.equal(dict(b.model.named_parameters())[name].detach(), fake_int4(original[name].float(), 32))
+    a = load_model(ModelConfig(path=str(tiny_model_dir), device="cpu"))
+    ids = torch.tensor([a.tokenizer('[Event "?"]\n\n1. e4 e5 2. Nf3 Nc6 3. Bb5').input_ids])
+    with torch.no_grad():
+        la, lb = a.model(ids).logits, b.model(ids).logits
+    assert torch.allclose(la, lb, atol=0.25 * la.abs().max().item())  # 4-bit rounding of an untrained model
+    with pytest.raises(ValueError, match="no weight of the model belongs"):
+        export_int8(tiny_model_dir, tmp_path / "bad", int4_modules=["mlp_typo"])
+
+
+def test_export_cli_int4_and_its_refusals(tiny_model_dir: Path, tmp_path: Path, python_exe: str) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([python_exe, "-m", "engine.cli", "export-int8", str(tiny_model_dir), *args],
+                              capture_output=True, text=True, timeout=120)
+
+    ok = cli(str(tmp_path / "a"), "--int4", "gate_proj,up_proj", "--int4-group", "16")
+    assert ok.returncode == 0, ok.stderr
+    assert is_int8_folder(tmp_path / "a")
+    odd = cli(str(tmp_path / "b"), "--int4", "up_proj", "--int4-group", "3")
+    assert odd.returncode != 0 and "--int4-group must be an even number" in odd.stderr
+    typo = cli(str(tmp_path / "c"), "--int4", "upproj")
+    assert typo.returncode != 0 and "upproj" in typo.stderr and "no weight" in typo.stderr
