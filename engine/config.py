@@ -125,16 +125,14 @@ class DrawConfig:
 @dataclasses.dataclass
 class TimeConfig:
     move_overhead_ms: int = 100  # kept back from every budget for the GUI and the pipe
-    moves_to_go: int = 30  # assumed moves left when the clock has no movestogo
-    increment_share: float = 0.8  # share of the increment spent on top of the base slice
-    max_share: float = 0.4  # never spend more than this share of the remaining time
+    # The model is waited for up to this share of the remaining time (less the overhead);
+    # then the engine answers a fallback move (engine/timeman.py says why no smaller slice).
+    max_share: float = 0.4
     min_budget_ms: int = 10
 
     def __post_init__(self) -> None:
         if self.move_overhead_ms < 0:
             raise ConfigError("time.move_overhead_ms must be >= 0")
-        if self.moves_to_go < 1:
-            raise ConfigError("time.moves_to_go must be >= 1")
         if not 0 < self.max_share <= 1:
             raise ConfigError("time.max_share must be in (0, 1]")
 

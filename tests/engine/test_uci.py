@@ -188,14 +188,14 @@ def test_castling_as_king_takes_rook_is_accepted() -> None:
 
 
 def test_slow_model_never_loses_on_time() -> None:
-    # The model needs 3 s; the clock allows about 100 ms: a fallback move comes in time.
+    # The model needs 3 s; the clock allows 0.4 * 3000 - 50 = 1150 ms: a fallback move comes in time.
     eng, out = make_engine(lambda c: SlowScorer(3.0), time={"move_overhead_ms": 50})
     run(eng, "uci", "isready", "position startpos")
     t0 = time.monotonic()
     run(eng, "go wtime 3000 btime 3000")
     move = bestmove(out, timeout=5)
     elapsed = time.monotonic() - t0
-    assert elapsed < 0.5, elapsed
+    assert 1.0 < elapsed < 1.6, elapsed
     assert chess.Move.from_uci(move) in chess.Board().legal_moves
     assert any("fallback" in line and "time budget" in line for line in out.lines)
     # The next move still works (the cancelled model call does not block it for long).
@@ -203,6 +203,29 @@ def test_slow_model_never_loses_on_time() -> None:
     run(eng, "position startpos moves e2e4", "go movetime 200")
     bestmove(out, start=n, timeout=5)
     eng.shutdown()
+
+
+def test_a_slow_model_that_the_clock_affords_is_waited_for() -> None:
+    # 150 ms a move at 1.5 s + 50 ms: a slice of the clock (1500 / 30 + 40 - 30 = 60 ms) would
+    # answer a fallback move; the clock affords 0.4 * 1500 - 30 = 570 ms, so the model's move comes.
+    eng, out = make_engine(lambda c: SlowScorer(0.15), time={"move_overhead_ms": 30})
+    run(eng, "uci", "isready", "position startpos")
+    run(eng, "go wtime 1500 btime 1500 winc 50 binc 50")
+    bestmove(out, timeout=5)
+    assert not any("fallback" in line for line in out.lines), out.lines
+    eng.shutdown()
+
+
+def test_budget_is_a_share_of_the_clock() -> None:
+    from engine.config import TimeConfig
+    from engine.timeman import GoParams, budget_ms
+
+    cfg = TimeConfig(move_overhead_ms=30, max_share=0.4)
+    assert budget_ms(GoParams(wtime=1500, btime=9000, winc=50), chess.WHITE, cfg) == 0.4 * 1500 - 30
+    assert budget_ms(GoParams(wtime=1500, btime=9000), chess.BLACK, cfg) == 0.4 * 9000 - 30
+    assert budget_ms(GoParams(wtime=50, btime=50), chess.WHITE, cfg) == cfg.min_budget_ms, "never below the floor"
+    assert budget_ms(GoParams(movetime=200, wtime=100), chess.WHITE, cfg) == 170, "movetime wins"
+    assert budget_ms(GoParams(infinite=True), chess.WHITE, cfg) is None
 
 
 def test_go_wtime_100_answers_quickly() -> None:
