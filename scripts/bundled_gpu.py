@@ -34,7 +34,8 @@ that the trainer's kernel-launching process keeps its core), EVAL_OPPONENTS
 (``random,sf1350``; also ``skill0`` = Stockfish Skill Level 0 at depth 1), EVAL_TC
 (3+0.05), WORKERS (15 for self-play, 16 for the build), NODES (600), WORK (/tmp/bw),
 GAMES (what to train on: globs under the repository, space-separated, of selfplay-*.tgz
-tarballs or of folders holding games-*.parquet chunks; default .gpu2/selfplay-*.tgz),
+tarballs, of folders holding games-*.parquet chunks, or of packed sets ``*.mcg`` from
+``gpu_carry.sh --games ... --pack``, 2.3 times more games a call; default .gpu2/selfplay-*.tgz),
 TRAIN_CONFIG (configs/train/scratch-medium.yaml), TRAIN_OVERRIDES (more key=value words),
 MODEL_TAG (v3: the returned folder is bundled-TAG, the tarball model-TAG.tgz), FINAL_INT8_GROUP
 (unset: the final model's weights come back as the trainer saved them, bf16; N: as int8 with
@@ -224,7 +225,14 @@ def unpack_games(work: Path) -> list[Path]:
     patterns = (os.environ.get("GAMES") or ".gpu2/selfplay-*.tgz").split()
     for path in sorted(p for pattern in patterns for p in ROOT.glob(pattern)):
         root = path  # a folder of parquet chunks, such as a set restored from the history
-        if not path.is_dir():
+        if path.suffix == ".mcg":  # a set packed by gpu_carry.sh --pack (training/packgames.py)
+            from training.packgames import unpack_games as unpack_packed
+
+            root = games / path.stem
+            t = time.monotonic()
+            info = unpack_packed(path, root, workers=env_int("WORKERS", 16))
+            say(f"games: {path.name}: unpacked {info['games']} games in {time.monotonic() - t:.0f} s")
+        elif not path.is_dir():
             root = games / path.name.removesuffix(".tgz")
             root.mkdir(parents=True)
             with tarfile.open(path) as tar:

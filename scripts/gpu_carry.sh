@@ -15,20 +15,24 @@
 #                        (GAMES='.gpu2/datasets/*' for bundled_gpu.py train); --games NAME[,NAME...]
 #                        (selfplay-20) or COMMIT[,...] takes those sets only. All sets (D 24 MB,
 #                        E 12 MB) with the 40 MB tree are more than one call may carry.
+#   with --pack:         each set of --games packed into .gpu2/datasets/NAME.mcg (a byte a move, xz:
+#                        ~82 bytes a game instead of ~186; training/packgames.py), about 2.3 times
+#                        the games a call carries; bundled_gpu.py unpacks GAMES='.gpu2/datasets/*'.
 # A new session's checkout starts without .gpu2: run this before the first GPU call.
 # Mind the 64 MiB a call may carry: the tracked tree is about 40 MB (the bundled model).
-#   bash scripts/gpu_carry.sh [--stockfish] [--gpu-libs] [--games [NAME|COMMIT[,...]]]
+#   bash scripts/gpu_carry.sh [--stockfish] [--gpu-libs] [--games [NAME|COMMIT[,...]] [--pack]]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-stockfish=0 libs=0 games=""
+stockfish=0 libs=0 games="" pack=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --stockfish) stockfish=1 ;;
         --gpu-libs) libs=1 ;;
+        --pack) pack=1 ;;
         --games)
             games=auto
             if [ $# -gt 1 ] && [ "${2#--}" = "$2" ]; then games=$2; shift; fi ;;
-        *) echo "unknown option $1 (use --stockfish, --gpu-libs, --games [NAME|COMMIT[,...]])" >&2; exit 2 ;;
+        *) echo "unknown option $1 (use --stockfish, --gpu-libs, --games [NAME|COMMIT[,...]], --pack)" >&2; exit 2 ;;
     esac
     shift
 done
@@ -88,8 +92,15 @@ if [ -n "$games" ]; then
         for set in $(git ls-tree --name-only "$c" datasets/ | grep -v '\.md$'); do
             git archive "$c" "$set" | tar -x -C .gpu2
             echo "games: $set from $(git log -1 --format='%h %s' "$c" | cut -c1-72)"
+            if [ "$pack" = 1 ]; then
+                "$py" -m training dataset pack-games ".gpu2/$set" --out ".gpu2/$set.mcg" --workers "$(nproc)" >/dev/null
+                rm -rf ".gpu2/$set"
+                echo "packed: .gpu2/$set.mcg ($(du -h ".gpu2/$set.mcg" | cut -f1))"
+            fi
         done
     done
+elif [ "$pack" = 1 ]; then
+    echo "--pack packs the sets of --games: name them" >&2; exit 2
 fi
 du -sh .gpu2/* 2>/dev/null
 echo "total to carry: $(du -sh .gpu2 | cut -f1) (+ the tracked tree, $(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1) bytes)"

@@ -1,5 +1,5 @@
 """Training subcommands of ``mistral-chess``: ``dataset selfplay``, ``dataset build``,
-``train``, ``merge`` and ``grow-model``. Heavy imports stay inside the handlers."""
+``dataset pack-games`` / ``unpack-games``, ``train``, ``merge`` and ``grow-model``. Heavy imports stay inside the handlers."""
 
 from __future__ import annotations
 
@@ -46,6 +46,22 @@ def register(sub: Any) -> None:
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. examples.positions_per_game=4")
     b.set_defaults(func=_build)
+
+    pk = dsub.add_parser(
+        "pack-games",
+        help="pack LAION parquet games into one small file (a byte a move, xz): about 2.3x more games per GPU call",
+    )
+    pk.add_argument("sources", nargs="+", help="parquet files or folders of them")
+    pk.add_argument("--out", required=True, help="the packed file to write (e.g. .gpu2/packed/selfplay-80.mcg)")
+    pk.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+    pk.set_defaults(func=_pack_games)
+
+    up = dsub.add_parser("unpack-games", help="write the games of a packed file as LAION parquet chunks again")
+    up.add_argument("packed", help="a file written by pack-games")
+    up.add_argument("--out", required=True, help="folder for games-*.parquet")
+    up.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+    up.add_argument("--chunk-games", type=int, default=500, help="games per parquet file (default 500)")
+    up.set_defaults(func=_unpack_games)
     d.set_defaults(func=lambda args: (d.print_help(), 2)[1])
 
     t = sub.add_parser(
@@ -109,6 +125,26 @@ def _build(args: argparse.Namespace) -> int:
     stats = build_dataset(cfg, progress_bar=not args.no_progress)
     brief = {k: stats[k] for k in ("games", "examples", "examples_dropped_too_long", "speed")}
     print(json.dumps(brief, indent=1))
+    return 0
+
+
+def _pack_games(args: argparse.Namespace) -> int:
+    from training.errors import DataError
+    from training.packgames import pack_games
+
+    if args.workers < 1:
+        raise DataError(f"--workers must be >= 1, not {args.workers}")
+    print(json.dumps(pack_games(args.sources, args.out, workers=args.workers), indent=1))
+    return 0
+
+
+def _unpack_games(args: argparse.Namespace) -> int:
+    from training.errors import DataError
+    from training.packgames import unpack_games
+
+    if args.workers < 1 or args.chunk_games < 1:
+        raise DataError("--workers and --chunk-games must be >= 1")
+    print(json.dumps(unpack_games(args.packed, args.out, chunk_games=args.chunk_games, workers=args.workers), indent=1))
     return 0
 
 

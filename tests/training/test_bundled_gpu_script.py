@@ -96,3 +96,19 @@ def test_strength_plot_is_redrawn_from_its_json(driver: ModuleType, tmp_path: Pa
     (tmp_path / "s.json").write_text(json.dumps(doc))
     assert driver.main(["plot", str(tmp_path / "s.json"), str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_packed_sets_are_unpacked_for_the_build(
+    driver: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, selfplay_dir: Path
+) -> None:
+    from training.packgames import pack_games
+
+    repo = tmp_path / "repo"
+    pack_games([selfplay_dir], repo / ".gpu2" / "datasets" / "selfplay-x.mcg")
+    monkeypatch.setattr(driver, "ROOT", repo)
+    monkeypatch.setenv("GAMES", ".gpu2/datasets/*")
+    monkeypatch.setenv("WORK", str(tmp_path / "work"))
+    monkeypatch.setenv("WORKERS", "1")
+    sources = driver.unpack_games(tmp_path / "work")
+    assert sources == [tmp_path / "work" / "games" / "selfplay-x"]
+    assert driver.games_in(sources[0]) == 24

@@ -1,0 +1,81 @@
+"""Packed games (training/packgames.py): a byte a move, the games back exactly, corrupt files refused."""
+
+from __future__ import annotations
+
+import lzma
+import subprocess
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from training.errors import DataError
+from training.packgames import MAGIC, decode_moves, encode_moves, pack_games, read_packed, unpack_games
+
+from .conftest import CORRUPT_ROWS, SCHOLAR_UCI
+
+
+def rows(folder: Path) -> list[dict]:
+    return [r for f in sorted(folder.rglob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+
+
+def test_a_game_round_trips_a_byte_a_move() -> None:
+    data = encode_moves(SCHOLAR_UCI + [])
+    assert len(data) == len(SCHOLAR_UCI)
+    assert decode_moves(data) == SCHOLAR_UCI
+    promo = ["e2e4", "d7d5", "e4d5", "g8f6", "d5d6", "f6e4", "d6c7", "e4f2", "c7b8q"]
+    assert decode_moves(encode_moves(promo)) == promo
+    with pytest.raises(DataError, match="ply 3: 'e1e3' is not a legal move"):
+        encode_moves(["e2e4", "e7e5", "e1e3"])
+    with pytest.raises(DataError, match="index 200 but the position has 20 legal moves"):
+        decode_moves(bytes([200]))
+
+
+def test_pack_and_unpack_give_the_games_back(mixed_games_dir: Path, tmp_path: Path) -> None:
+    packed = tmp_path / "games.mcg"
+    info = pack_games([mixed_games_dir], packed)
+    source = rows(mixed_games_dir)
+    illegal = sum(1 for *_, kind in CORRUPT_ROWS if kind == "illegal_move")
+    assert info["skipped"] == illegal and "not a legal move" in info["skipped_first"][0]
+    assert info["games"] == len(source) - illegal
+    assert info["bytes"] < info["parquet_bytes"]
+    out = unpack_games(packed, tmp_path / "back", chunk_games=10, workers=2)
+    assert out["games"] == info["games"] and out["chunks"] == -(-info["games"] // 10)
+    kept = [r for r in source if not any(r["Moves"] == m for m, *_ , kind in CORRUPT_ROWS if kind == "illegal_move")]
+    assert rows(tmp_path / "back") == kept, "moves, termination (None too) and result as they were, in order"
+
+
+def test_corrupt_files_are_refused_clearly(mixed_games_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.mcg"
+    bad.write_bytes(b"not xz at all")
+    with pytest.raises(DataError, match="not a packed games file"):
+        read_packed(bad)
+    bad.write_bytes(lzma.compress(b"PGN? no"))
+    with pytest.raises(DataError, match="no b'MCGAMES1"):
+        read_packed(bad)
+    good = tmp_path / "good.mcg"
+    pack_games([mixed_games_dir], good)
+    raw = lzma.decompress(good.read_bytes())
+    assert raw.startswith(MAGIC)
+    bad.write_bytes(lzma.compress(raw[:-20]))
+    with pytest.raises(DataError, match="truncated|corrupt"):
+        read_packed(bad)
+    bad.write_bytes(lzma.compress(raw + b"xx"))
+    with pytest.raises(DataError, match="2 bytes after the last"):
+        read_packed(bad)
+    with pytest.raises(DataError, match="no such file or folder"):
+        pack_games([tmp_path / "missing"], tmp_path / "x.mcg")
+
+
+def test_cli_pack_unpack(selfplay_dir: Path, tmp_path: Path, python_exe: str) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([python_exe, "-m", "training", "dataset", *args], capture_output=True, text=True, timeout=300)
+
+    ok = cli("pack-games", str(selfplay_dir), "--out", str(tmp_path / "s.mcg"))
+    assert ok.returncode == 0, ok.stderr
+    ok = cli("unpack-games", str(tmp_path / "s.mcg"), "--out", str(tmp_path / "back"))
+    assert ok.returncode == 0, ok.stderr
+    assert rows(tmp_path / "back") == rows(selfplay_dir)
+    (tmp_path / "junk.mcg").write_text("junk")
+    bad = cli("unpack-games", str(tmp_path / "junk.mcg"), "--out", str(tmp_path / "x"))
+    assert bad.returncode != 0 and "not a packed games file" in bad.stderr and "Traceback" not in bad.stderr
