@@ -46,15 +46,22 @@ def int4_scale(w: Any, group: int) -> Any:
     return (amax / 7.0).clamp(min=2.0**-14).to(torch.float16).float()
 
 
-def fake_int4(w: Any, group: int) -> Any:
-    """``w`` rounded to what int4 storage keeps of it (same dtype and shape): the values a
-    model loaded from :data:`INT8_FILE` computes with. Quantization-aware training uses it."""
+def int4_levels(w: Any, group: int) -> tuple[Any, Any]:
+    """The int4 rounding of ``w`` (rows x cols), the one the store writes and
+    :func:`fake_int4` computes with: levels -7..7 as float32 (rows, cols // group, group)
+    and their scales (rows, cols // group, 1)."""
     import torch
 
     rows, cols = w.shape
     scale = int4_scale(w, group)
-    q = torch.round(w.float().view(rows, cols // group, group) / scale).clamp(-7, 7)
-    return (q * scale).view(rows, cols).to(w.dtype)
+    return torch.round(w.detach().float().view(rows, cols // group, group) / scale).clamp(-7, 7), scale
+
+
+def fake_int4(w: Any, group: int) -> Any:
+    """``w`` rounded to what int4 storage keeps of it (same dtype and shape): the values a
+    model loaded from :data:`INT8_FILE` computes with. Quantization-aware training uses it."""
+    q, scale = int4_levels(w, group)
+    return (q * scale).view(w.shape).to(w.dtype)
 
 
 def is_int4_name(name: str, modules: Iterable[str]) -> bool:
@@ -87,11 +94,10 @@ def quantize_state_dict(
             rows, cols = t.shape
             if cols % 2 or cols % int4_group:
                 raise ValueError(f"{name}: {cols} columns cannot be stored in 4 bits with a scale per {int4_group}")
-            scale = int4_scale(t, int4_group)
-            q = torch.round(t.detach().float().cpu().view(rows, -1, int4_group) / scale.cpu()).clamp(-7, 7)
+            q, scale = int4_levels(t.detach().cpu(), int4_group)
             u = (q.view(rows, cols) + 8).to(torch.uint8)  # 1..15
             out[name] = (u[:, 0::2] | (u[:, 1::2] << 4)).contiguous()
-            out[name + INT4_SCALE_SUFFIX] = scale.squeeze(2).to(torch.float16).cpu().contiguous()
+            out[name + INT4_SCALE_SUFFIX] = scale.squeeze(2).to(torch.float16).contiguous()
         elif t.dim() == 2 and t.is_floating_point():
             w = t.detach().float().cpu()
             rows, cols = w.shape

@@ -87,9 +87,11 @@ def _decode_chunk(records: list[tuple[bytes, str | None, str]]) -> list[tuple[li
 def read_laion(paths: Iterable[Path]) -> Iterator[tuple[list[str], str | None, str]]:
     import pyarrow.parquet as pq
 
+    from training.sources import PARQUET_COLUMNS
+
     for path in paths:
-        table = pq.read_table(path, columns=["Moves", "Termination", "Result"])
-        yield from zip(*(table.column(c).to_pylist() for c in ("Moves", "Termination", "Result")), strict=True)
+        table = pq.read_table(path, columns=list(PARQUET_COLUMNS))
+        yield from zip(*(table.column(c).to_pylist() for c in PARQUET_COLUMNS), strict=True)
 
 
 def parquet_files(sources: Sequence[str | Path]) -> list[Path]:
