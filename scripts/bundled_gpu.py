@@ -37,6 +37,9 @@ GAMES (what to train on: globs under the repository, space-separated, of selfpla
 tarballs, of folders holding games-*.parquet chunks, or of packed sets ``*.mcg`` from
 ``gpu_carry.sh --games ... --pack``, 2.3 times more games a call; default .gpu2/selfplay-*.tgz),
 TRAIN_CONFIG (configs/train/scratch-medium.yaml), TRAIN_OVERRIDES (more key=value words),
+BUILD_OVERRIDES (key=value words for the data-set build of configs/dataset/scratch-games.yaml, e.g.
+``examples.positions_per_game=1``: one example a game, its header naming the side to move at ply 0
+or 1 at random, instead of both; each pass then shows every game's moves once, not twice),
 MODEL_TAG (v3: the returned folder is bundled-TAG, the tarball model-TAG.tgz), FINAL_INT8_GROUP
 (unset: the final model's weights come back as the trainer saved them, bf16; N: as int8 with
 a scale per N weights, ``mistral-chess export-int8 --group N``: needed above ~20M parameters,
@@ -426,7 +429,7 @@ def write_strength(ev: Evaluator, run_dir: Path, train_games: int, out_json: Pat
         "opponents": {o: OPPONENT_TEXT[o] for o in ev.opponents},
         "score": "wins + draws/2 over games, with a 95% normal-approximation interval; "
         "elo_*: the arena's Elo difference to the opponent (trinomial, 95%)",
-        "games_seen": "epoch at the step x training games (each game gives two examples)",
+        "games_seen": "epoch at the step x training games",
         "train_games": train_games, "skipped_steps": sorted(set(ev.skipped)), "results": rows,
     }  # fmt: skip
     out_json.write_text(json.dumps(doc, indent=1))
@@ -554,6 +557,16 @@ def export_final(run_dir: Path, ckpt: Path, final: Path) -> None:
             shutil.copy2(run_dir / name, final / name)
 
 
+def build_command(sources: list[Path], data: Path) -> list[str]:
+    """The data-set build of the train phase: configs/dataset/scratch-games.yaml over SOURCES, with
+    BUILD_OVERRIDES (key=value words, e.g. ``examples.positions_per_game=1``) after the worker count."""
+    cmd = mc("dataset", "build", "--config", "configs/dataset/scratch-games.yaml", "--out", str(data), "--no-progress")
+    for s in sources:
+        cmd += ["--source", str(s)]
+    cmd.append(f"workers={env_int('WORKERS', 16)}")
+    return cmd + [a for a in (os.environ.get("BUILD_OVERRIDES") or "").split() if a]
+
+
 def phase_train() -> int:
     budget = float(os.environ.get("BUDGET_S") or 510)
     deadline = T0 + budget
@@ -567,10 +580,7 @@ def phase_train() -> int:
     sources = unpack_games(work)
     data = work / "data"
     shutil.rmtree(data, ignore_errors=True)
-    cmd = mc("dataset", "build", "--config", "configs/dataset/scratch-games.yaml", "--out", str(data), "--no-progress")
-    for s in sources:
-        cmd += ["--source", str(s)]
-    cmd.append(f"workers={env_int('WORKERS', 16)}")
+    cmd = build_command(sources, data)
     say("build: " + " ".join(cmd[3:]))
     with open(work / "build.log", "w") as build_log:
         subprocess.run(cmd, cwd=ROOT, check=True, stdout=build_log, stderr=subprocess.STDOUT)

@@ -112,3 +112,26 @@ def test_packed_sets_are_unpacked_for_the_build(
     sources = driver.unpack_games(tmp_path / "work")
     assert sources == [tmp_path / "work" / "games" / "selfplay-x"]
     assert driver.games_in(sources[0]) == 24
+
+
+def test_build_overrides_reach_the_data_set_build(
+    driver: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, selfplay_dir: Path
+) -> None:
+    import subprocess
+
+    monkeypatch.setenv("WORKERS", "1")
+    monkeypatch.delenv("BUILD_OVERRIDES", raising=False)
+    stats = {}
+    for name, overrides in (("both", ""), ("one", "examples.positions_per_game=1")):
+        monkeypatch.setenv("BUILD_OVERRIDES", overrides)
+        cmd = driver.build_command([selfplay_dir], tmp_path / name)
+        subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+        stats[name] = json.loads((tmp_path / name / "stats.json").read_text())
+    games = stats["both"]["games"]["with_examples_by_split"]["train"]
+    assert games == stats["one"]["games"]["with_examples_by_split"]["train"] > 0
+    assert stats["both"]["examples"]["train"]["total"] == 2 * games
+    assert stats["one"]["examples"]["train"]["total"] == games
+
+    monkeypatch.setenv("BUILD_OVERRIDES", "examples.positions_per_gme=1")  # a misspelt key is refused by name
+    bad = subprocess.run(driver.build_command([selfplay_dir], tmp_path / "bad"), cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode != 0 and "positions_per_gme" in bad.stderr
