@@ -59,10 +59,18 @@ class PromptConfig:
     opponent_elo: int = 0
     result: str = "auto"  # auto: the engine's side wins; or 1-0, 0-1, 1/2-1/2, *
     max_prompt_tokens: int = 2048  # older moves are cut (the prompt restarts from a FEN) past this
+    # Board windows: N > 0 starts the move text at the last ply that is a multiple of N
+    # ([SetUp]/[FEN] of that position, then its moves), as a model trained on such windows
+    # (examples.window_plies) reads games; 0: the whole game; -1: as the model folder's
+    # engine_prompt.yaml says (0 without one).
+    window_plies: int = -1
 
     def __post_init__(self) -> None:
         if self.result not in ("auto", "1-0", "0-1", "1/2-1/2", "*"):
             raise ConfigError(f"prompt.result must be auto, 1-0, 0-1, 1/2-1/2 or *, not {self.result!r}")
+        if self.window_plies < -1:
+            raise ConfigError(f"prompt.window_plies must be -1 (the model's), 0 (whole game) or a ply count, "
+                              f"not {self.window_plies}")
         if self.max_prompt_tokens < 64:
             raise ConfigError(f"prompt.max_prompt_tokens must be at least 64, not {self.max_prompt_tokens}")
 

@@ -43,6 +43,33 @@ def bundled_model_dir() -> Path | None:
     return None
 
 
+PROMPT_FILE = "engine_prompt.yaml"  # how the model wants its prompt (written by the trainer)
+
+
+def model_window_plies(cfg: ModelConfig) -> int:
+    """``window_plies`` from the model's :data:`PROMPT_FILE` (the adapter's folder first,
+    then the model's), 0 when neither has one. A hub name or a missing folder has none."""
+    import yaml
+
+    try:
+        path, adapter = resolve_paths(cfg)
+    except ModelLoadError:
+        return 0  # the load reports it
+    for folder in (adapter, path):
+        f = Path(folder).expanduser() / PROMPT_FILE if folder else None
+        if f is None or not f.is_file():
+            continue
+        try:
+            data = yaml.safe_load(f.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ModelLoadError(f"{f}: unreadable ({exc})") from None
+        value = data.get("window_plies", 0) if isinstance(data, dict) else None
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ModelLoadError(f"{f}: window_plies must be an integer >= 0, not {value!r}")
+        return value
+    return 0
+
+
 def resolve_device(device: str) -> str:
     import torch
 

@@ -168,6 +168,12 @@ class Player:
         # (root FEN, moves, their SANs, the board after them): a game's move stack
         # only grows, so each move's SAN is written once, not once per later move.
         self._san_memo: tuple[str, list[chess.Move], list[str], chess.Board] | None = None
+        self._window_memo: tuple[tuple[str, tuple[chess.Move, ...]], chess.Board] | None = None
+        self.window_plies = config.prompt.window_plies
+        if self.window_plies < 0:
+            from engine.model import model_window_plies
+
+            self.window_plies = model_window_plies(config.model) if config.model.server == "" else 0
 
     # -- game state -------------------------------------------------------------
     def new_game(self) -> None:
@@ -196,6 +202,16 @@ class Player:
             result=p.result,
         )
         root, sans = self._board_sans(board)
+        window = self.window_plies
+        if window and len(sans) >= window:
+            # Board windows: the move text restarts at the window's first position.
+            cut = (len(sans) // window) * window
+            moves = board.move_stack
+            root = self._window_root(root, moves[:cut])
+            board = root.copy(stack=False)
+            for move in moves[cut:]:
+                board.push(move)
+            sans = sans[cut:]
         prompt = self.builder.from_sans(sans, root_fen=root.fen(), variables=variables)
         limit = self._prompt_token_limit()
         if self.scorer is None or self.scorer.count_tokens(prompt) <= limit:
@@ -227,6 +243,18 @@ class Player:
         if isinstance(max_positions, int) and max_positions > 0:
             limit = min(limit, max_positions - 32)
         return limit
+
+    def _window_root(self, root: chess.Board, moves: list[chess.Move]) -> chess.Board:
+        """The position after ``moves`` from ``root`` (remembered: a window's root serves
+        all of its plies)."""
+        key = (root.fen(), tuple(moves))
+        memo = self._window_memo
+        if memo is None or memo[0] != key:
+            board = root.copy(stack=False)
+            for move in moves:
+                board.push(move)
+            memo = self._window_memo = (key, board.copy(stack=False))
+        return memo[1].copy(stack=False)
 
     def _board_sans(self, board: chess.Board) -> tuple[chess.Board, list[str]]:
         """:func:`engine.prompt.board_sans`, reusing the SANs of this player's last call."""

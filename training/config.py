@@ -182,6 +182,11 @@ class ExamplesConfig:
     max_ply: int = 0  # last eligible position + 1; 0 = to the end
     continuation_plies: int = 0  # moves in a continuation; 0 = to the end of the game
     end_with_result: bool = True  # a continuation that reaches the end writes the result (then EOS)
+    # Board windows: > 0 roots every prompt at the position of the last ply that is a multiple
+    # of window_plies ([SetUp]/[FEN] tags, then that window's moves), as the engine writes it
+    # with prompt.window_plies; continuations then start at window starts and end with their
+    # window. 0: the whole game from its start.
+    window_plies: int = 0
     seed: int = 0  # position sampling; example choice for a game depends only on (seed, game id)
 
     def __post_init__(self) -> None:
@@ -196,6 +201,8 @@ class ExamplesConfig:
             raise ConfigError("kinds: the weights sum to 0")
         if self.positions_per_game < 0 or self.min_ply < 0 or self.max_ply < 0 or self.continuation_plies < 0:
             raise ConfigError("positions_per_game, min_ply, max_ply and continuation_plies must be >= 0")
+        if self.window_plies < 0:
+            raise ConfigError(f"window_plies must be >= 0 (0: the whole game), not {self.window_plies}")
         if self.max_ply and self.max_ply <= self.min_ply:
             raise ConfigError(f"max_ply ({self.max_ply}) must be > min_ply ({self.min_ply}) or 0")
 

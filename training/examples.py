@@ -110,6 +110,14 @@ class ExampleMaker:
         hi = min(n, self.ex.max_ply) if self.ex.max_ply else n
         root_white = _root_turn(root_fen) == chess.WHITE
         plies = list(range(lo, hi))
+        window = self.ex.window_plies
+        if window and self.kinds == ["continuation"]:
+            # A continuation covers its window from its first ply or, a coin toss per window,
+            # its second (that move is read, not trained), so that the header's engine name
+            # (on the side to move) sits on both colours as at play time.
+            coin = random.Random(int.from_bytes(key[8:16] or key[:8], "little") ^ self.ex.seed)
+            starts = [k for k in plies if k % window == 0]
+            plies = [k + 1 if window > 1 and coin.random() < 0.5 and k + 1 < hi else k for k in starts]
         if self.ex.moves == "winner":
             if result == "1/2-1/2":
                 if self.ex.draws == "skip":
@@ -129,7 +137,10 @@ class ExampleMaker:
         return [(k, rng.choices(self.kinds, self.weights)[0]) for k in plies]
 
     def continuation_end(self, ply: int, n: int) -> int:
-        return n if not self.ex.continuation_plies else min(n, ply + self.ex.continuation_plies)
+        end = n if not self.ex.continuation_plies else min(n, ply + self.ex.continuation_plies)
+        if self.ex.window_plies:  # the engine restarts its prompt at the next window
+            end = min(end, window_root(ply, self.ex.window_plies) + self.ex.window_plies)
+        return end
 
     def sans_needed(self, plan: list[tuple[int, str]], n: int) -> int:
         """Plies whose SAN the plan's examples use."""
@@ -174,16 +185,26 @@ class ExampleMaker:
             root = chess.Board(game.root_fen)
             fullmove, white = root.fullmove_number, root.turn == chess.WHITE
         where = game.location
+        window = self.ex.window_plies
+        roots = {window_root(ply, window) for ply, _ in plan} if window else set()
+        root_fens = positions_fen(game, sorted(r for r in roots if r))
         for ply, kind in plan:
-            prompt = self.builder.from_sans(sans[:ply], root_fen=game.root_fen, variables=self.variables(game, ply))
+            # The prompt's move text starts at `start` (the game's root, or its window's root).
+            start, start_fen, start_fullmove, start_white = 0, game.root_fen, fullmove, white
+            if window and window_root(ply, window):
+                start = window_root(ply, window)
+                start_fen = root_fens[start]
+                board = chess.Board(start_fen)
+                start_fullmove, start_white = board.fullmove_number, board.turn == chess.WHITE
+            prompt = self.builder.from_sans(sans[start:ply], root_fen=start_fen, variables=self.variables(game, ply))
             if kind == "next_move":
                 out.append(Example(where, kind, ply, prompt, prompt.completion(sans[ply]), False))
                 continue
             end = self.continuation_end(ply, n)
             # The open-ended move text up to the prompt is a prefix of the plain move text of the
             # longer game; the completion is the difference (the prompt module writes both).
-            head = movetext(sans[:ply], fullmove=fullmove, white_to_move=white, open_end=True)
-            full = movetext(sans[:end], fullmove=fullmove, white_to_move=white, open_end=False)
+            head = movetext(sans[start:ply], fullmove=start_fullmove, white_to_move=start_white, open_end=True)
+            full = movetext(sans[start:end], fullmove=start_fullmove, white_to_move=start_white, open_end=False)
             if not full.startswith(head):  # pragma: no cover - would mean engine.prompt changed its format
                 raise AssertionError(f"move text {full!r} does not extend the prompt's {head!r}")
             completion = full[len(head) :]
@@ -192,6 +213,11 @@ class ExampleMaker:
                 completion += " " + game.result
             out.append(Example(where, kind, ply, prompt, completion, ends))
         return out
+
+
+def window_root(ply: int, window: int) -> int:
+    """The ply a prompt with board windows of ``window`` plies starts at (0 without windows)."""
+    return (ply // window) * window if window else 0
 
 
 def _root_turn(fen: str) -> chess.Color:

@@ -431,6 +431,27 @@ def save_for_engine(model: Any, tokenizer: Any, cfg: TrainConfig, output_dir: Pa
                            int4_modules=cfg.qat.int4_modules, int4_group=cfg.qat.int4_group)
             (output_dir / "model.safetensors").unlink()
     tokenizer.save_pretrained(str(output_dir))
+    write_engine_prompt(cfg, output_dir)
+
+
+def write_engine_prompt(cfg: TrainConfig, output_dir: Path) -> None:
+    """The engine's prompt settings the data was built with, as ``engine_prompt.yaml``
+    (read by the engine's ``prompt.window_plies: -1``): only for board windows, the one
+    setting a model cannot be played without."""
+    import yaml
+
+    from engine.model import PROMPT_FILE
+
+    built = Path(cfg.data.path) / "dataset_config.yaml"
+    if not built.is_file():
+        return
+    examples = (yaml.safe_load(built.read_text()) or {}).get("examples") or {}
+    window = int(examples.get("window_plies") or 0)
+    if window:
+        (output_dir / PROMPT_FILE).write_text(
+            "# written by the trainer: the data set was built with examples.window_plies\n"
+            f"window_plies: {window}\n"
+        )
 
 
 def export_checkpoint(run_dir: Path, checkpoint: Path, dest: Path) -> None:
