@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the bundled model v5 (engine/data/bundled-model) with the project's own pipeline:
+# Reproduce the bundled model (engine/data/bundled-model, v13; v3, v4, v5 and v7 on the way) with the project's own pipeline:
 # Stockfish self-play -> whole-game data set -> an 18.8M-parameter Mistral-architecture model
 # from scratch (configs/train/scratch-medium.yaml) = v3, then v3 trained further on set D
 # (seed 20) = v4, then v4 trained further on sets E (its first 32,000 games), F, G and H
@@ -118,5 +118,30 @@ if [ "${V4:-1}" = 1 ] && [ "${V5:-1}" = 1 ] && [ "${V7:-1}" = 1 ]; then
     export_step "$W/run-v7" 1000
     echo "v7: $W/run-v7/bundled"
 fi
-echo "(ship it as int8: mistral-chess export-int8 RUN/bundled engine/data/bundled-model-new --group 64, then copy"
-echo " config.json, generation_config.json, model.int8.safetensors, tokenizer*.json into engine/data/bundled-model)"
+# v13: v7 as shipped (int8) trained on board windows (configs/dataset/scratch-windows.yaml: every
+# 16 plies the PGN restarts from the position's FEN) of sets K, L and M (200,211 games, seeds 80,
+# 90, 100), in two phases on the lent GPU machine (the model card, "v13"). Phase 1: 4 windows a
+# game, lr 3e-4 cosine over 1,500 steps with 100 warm-up steps. Phase 2: phase 1's final model,
+# every window (examples.seed=1 for the bookkeeping of a second build), lr 1.5e-4 cosine over
+# 2,000 steps, 50 warm-up steps; v13 ships phase 2's final model, as int8 with a scale per 64
+# weights. The model folders carry engine_prompt.yaml (window_plies: 16), which the engine follows.
+if [ "${V4:-1}" = 1 ] && [ "${V5:-1}" = 1 ] && [ "${V7:-1}" = 1 ] && [ "${V13:-1}" = 1 ]; then
+    history_set selfplay-80 80 29531
+    history_set selfplay-90 90 58537
+    history_set selfplay-100 100 113536
+    $MC export-int8 "$W/run-v7/bundled" "$W/v7-int8" --group 64
+    KLM=(--source "$W/selfplay-80" --source "$W/selfplay-90" --source "$W/selfplay-100")
+    $MC dataset build --config configs/dataset/scratch-windows.yaml "${KLM[@]}" --out "$W/windows-v13a"
+    $MC train --config configs/train/scratch-medium.yaml data.path="$W/windows-v13a" train.output_dir="$W/run-v13a" \
+        model.init=pretrained model.path="$W/v7-int8" model.tokenizer= train.learning_rate=3e-4 \
+        train.warmup_steps=100 train.max_steps=1500 train.save_steps=500 eval.eval_steps=500 train.save_total_limit=0
+    $MC dataset build --config configs/dataset/scratch-windows.yaml "${KLM[@]}" --out "$W/windows-v13b" \
+        examples.positions_per_game=0 examples.seed=1
+    $MC train --config configs/train/scratch-medium.yaml data.path="$W/windows-v13b" train.output_dir="$W/run-v13b" \
+        model.init=pretrained model.path="$W/run-v13a" model.tokenizer= train.learning_rate=1.5e-4 \
+        train.warmup_steps=50 train.max_steps=2000 train.save_steps=500 eval.eval_steps=500 train.save_total_limit=0
+    $MC export-int8 "$W/run-v13b" "$W/v13-int8" --group 64
+    echo "v13: $W/v13-int8"
+fi
+echo "(to ship: copy config.json, engine_prompt.yaml (v13 on), generation_config.json, model.int8.safetensors and"
+echo " tokenizer*.json of the int8 folder into engine/data/bundled-model; export-int8 makes the int8 folder)"
