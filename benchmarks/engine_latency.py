@@ -89,6 +89,7 @@ def main() -> int:
     loaded = load_model(ModelConfig(path=str(base), adapter=str(adapter), quantization=quant))
     load_s = time.time() - t0
     scorer = LMScorer(loaded.model, loaded.tokenizer, loaded.device)
+    scorer.window_plies = loaded.window_plies  # the prompts the engine writes for this model
     res: dict[str, object] = {
         "what": "engine per-move latency, Mistral-7B-shaped random weights + random LoRA r=16, real tokenizer",
         "gpu": torch.cuda.get_device_name() if cuda else None,

@@ -90,6 +90,7 @@ def main() -> int:
     n_params = sum(p.numel() for p in loaded.model.parameters())
     fast = LMScorer(loaded.model, loaded.tokenizer, "cpu")
     plain = LMScorer(loaded.model, loaded.tokenizer, "cpu", fast=False)
+    fast.window_plies = plain.window_plies = loaded.window_plies  # the prompts the engine writes for this model
     players = {c: Player(engine_config(), fast) for c in (chess.WHITE, chess.BLACK)}
     plain_players = {c: Player(engine_config(), plain) for c in (chess.WHITE, chess.BLACK)}
 

@@ -30,6 +30,7 @@ class LoadedModel:
     quantization: str
     source: str  # what was loaded, for `info string`
     max_positions: int
+    window_plies: int = 0  # the model folder's board windows (engine_prompt.yaml), 0 = whole games
 
 
 def bundled_model_dir() -> Path | None:
@@ -210,7 +211,10 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     max_pos = int(getattr(hf_config, "max_position_embeddings", 4096) or 4096)
     source = path + (f" + adapter {adapter}" if adapter else "")
-    return LoadedModel(model, tokenizer, device, dtype_name, quant, source, max_pos)
+    window = model_window_plies(cfg)
+    if window:
+        source += f", board windows of {window} plies"
+    return LoadedModel(model, tokenizer, device, dtype_name, quant, source, max_pos, window)
 
 
 def _has_tokenizer(folder: Path) -> bool:

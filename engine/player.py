@@ -169,11 +169,10 @@ class Player:
         # only grows, so each move's SAN is written once, not once per later move.
         self._san_memo: tuple[str, list[chess.Move], list[str], chess.Board] | None = None
         self._window_memo: tuple[tuple[str, tuple[chess.Move, ...]], chess.Board] | None = None
+        # -1: the window the loaded model says it was trained with (0 without a model).
         self.window_plies = config.prompt.window_plies
         if self.window_plies < 0:
-            from engine.model import model_window_plies
-
-            self.window_plies = model_window_plies(config.model) if config.model.server == "" else 0
+            self.window_plies = int(getattr(scorer, "window_plies", 0) or 0)
 
     # -- game state -------------------------------------------------------------
     def new_game(self) -> None:

@@ -101,6 +101,7 @@ class LMScorer:
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
+        self.window_plies = 0  # the model's board windows (engine_prompt.yaml; set by the loader)
         self.score_batch = score_batch
         self.lock = threading.Lock()  # one model call at a time (fast steps, plain scoring, generate)
         self._tok_lock = threading.Lock()  # HF tokenizers are not safe to call from several threads

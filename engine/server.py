@@ -153,6 +153,7 @@ class ScorerServer:
             "max_position_embeddings": getattr(cfg, "max_position_embeddings", None),
             "fast": bool(getattr(scorer, "fast", False)),
             "source": self.source,
+            "window_plies": int(getattr(scorer, "window_plies", 0)),
         }
 
     def _serve(self, conn: Connection) -> None:
@@ -238,6 +239,7 @@ class RemoteScorer:
                               f"at {self.path}: different tokenizer files or versions")
         self.fast = bool(info["fast"])
         self.source = info.get("source", "")
+        self.window_plies = int(info.get("window_plies") or 0)  # the served model's board windows
         self.model = types.SimpleNamespace(
             config=types.SimpleNamespace(max_position_embeddings=info["max_position_embeddings"])
         )

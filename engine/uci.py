@@ -509,6 +509,7 @@ def load_scorer(config: EngineConfig, *, games: int = 1) -> Any:
         max_batch=max_batch,
         nf4_kernel_rows=config.model.nf4_kernel_rows,
     )
+    scorer.window_plies = loaded.window_plies
     scorer.warmup()  # CUDA graphs of single-game steps now, not at the first moves (a no-op on a CPU)
     return scorer
 

@@ -292,3 +292,27 @@ def test_serve_refuses_a_server_setting(sock: str, python_exe: str) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_the_served_models_board_windows_reach_the_clients_prompts(tiny_model_dir: Path, tmp_path: Path, sock: str) -> None:
+    import shutil
+
+    from engine.config import ModelConfig
+    from engine.model import PROMPT_FILE
+    from engine.uci import load_scorer
+
+    model = tmp_path / "windowed"
+    shutil.copytree(tiny_model_dir, model)
+    (model / PROMPT_FILE).write_text("window_plies: 4\n")
+    cfg = EngineConfig()
+    cfg.model = ModelConfig(path=str(model), device="cpu")
+    scorer = load_scorer(cfg)
+    assert scorer.window_plies == 4
+    board = board_after(OPENING)  # 6 plies: the window restarted after 4
+    local = Player(cfg, scorer).prompt_for(board, engine_color=chess.WHITE).text
+    assert f'[FEN "{board_after(OPENING[:4]).fen()}"]' in local and local.endswith("3. Bb5 a6 4.")
+    with ScorerServer(scorer, sock).start():
+        remote = RemoteScorer(sock)
+        assert remote.window_plies == 4
+        assert Player(EngineConfig(), remote).prompt_for(board, engine_color=chess.WHITE).text == local
+        remote.close()

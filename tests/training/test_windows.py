@@ -3,6 +3,7 @@ engine write the same prompt for every position, and a model folder says its win
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
 
 import chess
@@ -118,11 +119,13 @@ def test_model_folder_says_its_window(tmp_path: Path) -> None:
     assert model_window_plies(cfg) == 0
     (folder / PROMPT_FILE).write_text("window_plies: 16\n")
     assert model_window_plies(cfg) == 16
+    # The engine follows the loaded model's window (the scorer carries it) unless told otherwise.
+    scorer = types.SimpleNamespace(window_plies=16, tokenizer=None)
+    assert Player(EngineConfig(), scorer).window_plies == 16  # prompt.window_plies: -1, the default
+    assert Player(EngineConfig(), None).window_plies == 0  # no model: whole games
     engine_cfg = EngineConfig()
-    engine_cfg.model = cfg
-    assert Player(engine_cfg, None).window_plies == 16  # prompt.window_plies: -1, the default
     engine_cfg.prompt = PromptConfig(window_plies=0)
-    assert Player(engine_cfg, None).window_plies == 0  # the user's setting wins
+    assert Player(engine_cfg, scorer).window_plies == 0  # the user's setting wins
     (folder / PROMPT_FILE).write_text("window_plies: -3\n")
     with pytest.raises(ModelLoadError, match="window_plies must be an integer >= 0, not -3"):
         model_window_plies(cfg)
