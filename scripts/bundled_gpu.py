@@ -39,7 +39,9 @@ tarballs, of folders holding games-*.parquet chunks, or of packed sets ``*.mcg``
 TRAIN_CONFIG (configs/train/scratch-medium.yaml), TRAIN_OVERRIDES (more key=value words),
 BUILD_OVERRIDES (key=value words for the data-set build of configs/dataset/scratch-games.yaml, e.g.
 ``examples.positions_per_game=1``: one example a game, its header naming the side to move at ply 0
-or 1 at random, instead of both; each pass then shows every game's moves once, not twice),
+or 1 at random, instead of both; each pass then shows every game's moves once, not twice; or
+``examples.window_plies=16 examples.positions_per_game=4 examples.max_ply=0``: board windows, v13's
+first phase, whose model folders then carry ``engine_prompt.yaml`` for the engine and the matches),
 MODEL_TAG (v3: the returned folder is bundled-TAG, the tarball model-TAG.tgz), FINAL_INT8_GROUP
 (unset: the final model's weights come back as the trainer saved them, bf16; N: as int8 with
 a scale per N weights, ``mistral-chess export-int8 --group N``: needed above ~20M parameters,
