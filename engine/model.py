@@ -47,15 +47,12 @@ def bundled_model_dir() -> Path | None:
 PROMPT_FILE = "engine_prompt.yaml"  # how the model wants its prompt (written by the trainer)
 
 
-def model_window_plies(cfg: ModelConfig) -> int:
+def read_window_plies(path: str, adapter: str = "") -> int:
     """``window_plies`` from the model's :data:`PROMPT_FILE` (the adapter's folder first,
-    then the model's), 0 when neither has one. A hub name or a missing folder has none."""
+    then the model's; the paths as :func:`resolve_paths` gives them), 0 when neither has
+    one. A hub name has none."""
     import yaml
 
-    try:
-        path, adapter = resolve_paths(cfg)
-    except ModelLoadError:
-        return 0  # the load reports it
     for folder in (adapter, path):
         f = Path(folder).expanduser() / PROMPT_FILE if folder else None
         if f is None or not f.is_file():
@@ -141,6 +138,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         raise ModelLoadError(f"torch/transformers are not installed: {exc}") from None
 
     path, adapter = resolve_paths(cfg)
+    window = read_window_plies(path, adapter)  # before the weights: a broken file fails fast
     device = resolve_device(cfg.device)
     token = _hub_token(cfg)
     common: dict[str, Any] = {"trust_remote_code": False, "local_files_only": cfg.local_files_only}
@@ -211,7 +209,6 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     max_pos = int(getattr(hf_config, "max_position_embeddings", 4096) or 4096)
     source = path + (f" + adapter {adapter}" if adapter else "")
-    window = model_window_plies(cfg)
     if window:
         source += f", board windows of {window} plies"
     return LoadedModel(model, tokenizer, device, dtype_name, quant, source, max_pos, window)

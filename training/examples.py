@@ -185,17 +185,17 @@ class ExampleMaker:
             root = chess.Board(game.root_fen)
             fullmove, white = root.fullmove_number, root.turn == chess.WHITE
         where = game.location
+        # Where each prompt's move text starts: ply -> (FEN, move number, White to move) of the
+        # game's root, and with board windows of each window's root (one replay for all of them).
         window = self.ex.window_plies
-        roots = {window_root(ply, window) for ply, _ in plan} if window else set()
-        root_fens = positions_fen(game, sorted(r for r in roots if r))
+        starts = {0: (game.root_fen, fullmove, white)}
+        later = sorted({window_root(ply, window) for ply, _ in plan} - {0}) if window else []
+        for r, fen in positions_fen(game, later).items():
+            fields = fen.split()
+            starts[r] = (fen, int(fields[5]), fields[1] == "w")
         for ply, kind in plan:
-            # The prompt's move text starts at `start` (the game's root, or its window's root).
-            start, start_fen, start_fullmove, start_white = 0, game.root_fen, fullmove, white
-            if window and window_root(ply, window):
-                start = window_root(ply, window)
-                start_fen = root_fens[start]
-                board = chess.Board(start_fen)
-                start_fullmove, start_white = board.fullmove_number, board.turn == chess.WHITE
+            start = window_root(ply, window)
+            start_fen, start_fullmove, start_white = starts[start]
             prompt = self.builder.from_sans(sans[start:ply], root_fen=start_fen, variables=self.variables(game, ply))
             if kind == "next_move":
                 out.append(Example(where, kind, ply, prompt, prompt.completion(sans[ply]), False))

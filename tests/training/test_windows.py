@@ -9,9 +9,9 @@ from pathlib import Path
 import chess
 import pytest
 
-from engine.config import EngineConfig, ModelConfig, PromptConfig
+from engine.config import EngineConfig, PromptConfig
 from engine.errors import ConfigError, ModelLoadError
-from engine.model import PROMPT_FILE, model_window_plies
+from engine.model import PROMPT_FILE, read_window_plies
 from engine.player import Player
 from training.config import DatasetConfig, ExamplesConfig, load_dataset_config
 from training.examples import ExampleMaker
@@ -115,10 +115,9 @@ def test_model_folder_says_its_window(tmp_path: Path) -> None:
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
-    cfg = ModelConfig(path=str(folder))
-    assert model_window_plies(cfg) == 0
+    assert read_window_plies(str(folder)) == 0
     (folder / PROMPT_FILE).write_text("window_plies: 16\n")
-    assert model_window_plies(cfg) == 16
+    assert read_window_plies(str(folder)) == 16
     # The engine follows the loaded model's window (the scorer carries it) unless told otherwise.
     scorer = types.SimpleNamespace(window_plies=16, tokenizer=None)
     assert Player(EngineConfig(), scorer).window_plies == 16  # prompt.window_plies: -1, the default
@@ -128,7 +127,7 @@ def test_model_folder_says_its_window(tmp_path: Path) -> None:
     assert Player(engine_cfg, scorer).window_plies == 0  # the user's setting wins
     (folder / PROMPT_FILE).write_text("window_plies: -3\n")
     with pytest.raises(ModelLoadError, match="window_plies must be an integer >= 0, not -3"):
-        model_window_plies(cfg)
+        read_window_plies(str(folder))
 
 
 def test_bad_window_settings_are_refused() -> None:
@@ -155,4 +154,4 @@ def test_trainer_writes_the_window_into_the_model_folder(tmp_path: Path) -> None
     assert not (out / PROMPT_FILE).exists()  # whole games: the engine's default already
     (data / "dataset_config.yaml").write_text("examples:\n  window_plies: 16\n")
     write_engine_prompt(cfg, out)
-    assert model_window_plies(ModelConfig(path=str(out))) == 16
+    assert read_window_plies(str(out)) == 16
