@@ -42,7 +42,10 @@ BUILD_OVERRIDES (key=value words for the data-set build of configs/dataset/scrat
 or 1 at random, instead of both; each pass then shows every game's moves once, not twice; or
 ``examples.window_plies=16 examples.positions_per_game=4 examples.max_ply=0``: board windows, v13's
 first phase, whose model folders then carry ``engine_prompt.yaml`` for the engine and the matches),
-MODEL_TAG (v3: the returned folder is bundled-TAG, the tarball model-TAG.tgz), FINAL_INT8_GROUP
+RESUME (1: go on with the run an earlier train call left on this still-warm machine, under
+WORK: no unpacking and no build, the trainer resumes from its newest checkpoint (the same
+settings and TRAIN_STEPS, so the learning-rate schedule goes on where it stopped), and the
+matches already played are kept), MODEL_TAG (v3: the returned folder is bundled-TAG, the tarball model-TAG.tgz), FINAL_INT8_GROUP
 (unset: the final model's weights come back as the trainer saved them, bf16; N: as int8 with
 a scale per N weights, ``mistral-chess export-int8 --group N``: needed above ~20M parameters,
 whose bf16 weights would not fit the 8 returned files; a run with ``qat.int4_modules`` saves its
@@ -370,6 +373,24 @@ class Evaluator(threading.Thread):
         if not report.is_file():
             say(f"eval: step {step} vs {opp}: no report (exit {proc.returncode}); see {stem}.log")
             return
+        row = self.add_report(step, opp, report, secs)
+        say(
+            f"eval: step {step} vs {opp}: +{row['wins']} ={row['draws']} -{row['losses']} "
+            f"score {row['score']} Elo {row['elo_diff']} [{row['elo_lower']}, {row['elo_upper']}] in {secs:.0f} s"
+        )
+
+    def adopt_earlier(self) -> None:
+        """RESUME: the matches an earlier call of this run finished count, and their
+        checkpoints are not played again."""
+        for report in sorted((self.work / "matches").glob("step-*.json")):
+            step_text, _, opp = report.stem.removeprefix("step-").partition("-")
+            if opp in self.opponents and step_text.isdigit():
+                self.add_report(int(step_text), opp, report, 0.0)
+                self.done_steps.add(int(step_text))
+        if self.done_steps:
+            say(f"eval: resumed: matches of steps {sorted(self.done_steps)} kept from the earlier call")
+
+    def add_report(self, step: int, opp: str, report: Path, secs: float) -> dict[str, Any]:
         r = json.loads(report.read_text())
         elo = r.get("elo") or {}
         mine = (r.get("per_engine") or {}).get(f"step-{step}", {})
@@ -381,10 +402,7 @@ class Evaluator(threading.Thread):
             "fallbacks": mine.get("fallbacks"), "seconds": round(secs, 1),
         }  # fmt: skip
         self.results.append(row)
-        say(
-            f"eval: step {step} vs {opp}: +{row['wins']} ={row['draws']} -{row['losses']} "
-            f"score {row['score']} Elo {row['elo_diff']} [{row['elo_lower']}, {row['elo_upper']}] in {secs:.0f} s"
-        )
+        return row
 
 
 def score_interval(w: int, d: int, n: int) -> tuple[float, float, float]:
@@ -579,13 +597,17 @@ def phase_train() -> int:
     work = work_dir()
     # Only Stockfish opponents need the 21 MB binary: without them .gpu2 can leave it behind.
     sf = stockfish() if needs_stockfish(eval_opponents()) else ""
-    sources = unpack_games(work)
     data = work / "data"
-    shutil.rmtree(data, ignore_errors=True)
-    cmd = build_command(sources, data)
-    say("build: " + " ".join(cmd[3:]))
-    with open(work / "build.log", "w") as build_log:
-        subprocess.run(cmd, cwd=ROOT, check=True, stdout=build_log, stderr=subprocess.STDOUT)
+    resume = os.environ.get("RESUME") == "1"
+    if resume and not (data / "stats.json").is_file():
+        sys.exit(f"RESUME=1: no data set at {data} (an earlier train call on this warm machine builds it)")
+    if not resume:
+        sources = unpack_games(work)
+        shutil.rmtree(data, ignore_errors=True)
+        cmd = build_command(sources, data)
+        say("build: " + " ".join(cmd[3:]))
+        with open(work / "build.log", "w") as build_log:
+            subprocess.run(cmd, cwd=ROOT, check=True, stdout=build_log, stderr=subprocess.STDOUT)
     stats = json.loads((data / "stats.json").read_text())
     train_games = int(stats["games"]["with_examples_by_split"].get("train") or 0)
     say(
@@ -607,7 +629,8 @@ def phase_train() -> int:
         grow_args = ["model.init=pretrained", f"model.path={grown}", "model.tokenizer="]
 
     run_dir = work / "run"
-    shutil.rmtree(run_dir, ignore_errors=True)
+    if not resume:
+        shutil.rmtree(run_dir, ignore_errors=True)
     cmd = mc(
         "train", "--config", os.environ.get("TRAIN_CONFIG") or "configs/train/scratch-medium.yaml",
         f"data.path={data}", f"train.output_dir={run_dir}", f"train.max_steps={steps}",
@@ -618,6 +641,8 @@ def phase_train() -> int:
     train_log = open(work / "train.log", "w")  # noqa: SIM115 - open while the trainer runs
     trainer = subprocess.Popen(cmd, cwd=ROOT, stdout=train_log, stderr=subprocess.STDOUT)
     ev = Evaluator(run_dir, work, sf, deadline - pack_reserve)
+    if resume:
+        ev.adopt_earlier()
     ev.start()
     # Stop training so that the last checkpoint still gets one evaluation round and the packing.
     eval_round = 40.0 * len(ev.opponents) + 10

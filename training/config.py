@@ -268,6 +268,10 @@ class ModelSection:
     # a 32k-token embedding would dominate a small model); or a tokenizer folder.
     tokenizer: str = ""
     tokenizer_vocab_size: int = 4096  # for chess-bpe
+    # FEN boards one token a square (training/chess_tokenizer.py: with_board_squares): the
+    # project's chess BPE only (chess-bpe, or a model folder trained with it); the token ids
+    # stay, so a model trained on plain FEN text can go on training with it.
+    tokenizer_board_squares: bool = False
     dtype: Literal["bfloat16", "float16", "float32", "auto"] = "auto"  # auto: bf16 on cuda, fp32 on cpu
     attn_implementation: str = "sdpa"
     # Architecture of a scratch model (MistralConfig names).
@@ -459,6 +463,11 @@ class TrainConfig:
             )
         if self.model.init == "pretrained" and not self.model.path:
             raise ConfigError("model.path: give the base model (a folder or a hub name) to fine-tune")
+        if self.model.tokenizer_board_squares and self.model.tokenizer == "mistral":
+            raise ConfigError(
+                "model.tokenizer_board_squares rewrites the project's chess BPE tokenizer (model.tokenizer=chess-bpe, "
+                "or a model folder trained with it), not the Mistral tokenizer"
+            )
         if self.model.init == "pretrained" and self.model.tokenizer == "chess-bpe":
             # A new BPE numbers its tokens its own way: the pretrained embeddings would be read
             # with the wrong ids, and training would go on silently from a broken model.

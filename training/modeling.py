@@ -17,7 +17,7 @@ from typing import Any
 from loguru import logger
 
 from training.config import TrainConfig
-from training.errors import ResourceError, TrainingError
+from training.errors import DataError, ResourceError, TrainingError
 
 GIB = 1024**3
 
@@ -50,7 +50,9 @@ def resolve_tokenizer(cfg: TrainConfig, output_dir: Path) -> Any:
         if spec == "chess-bpe":
             from training.chess_tokenizer import train_chess_tokenizer
 
-            tok = train_chess_tokenizer(cfg.data.path, cfg.model.tokenizer_vocab_size)
+            tok = train_chess_tokenizer(
+                cfg.data.path, cfg.model.tokenizer_vocab_size, board_squares=cfg.model.tokenizer_board_squares
+            )
         elif spec == "mistral":
             from engine.tiny import write_mistral_tokenizer
 
@@ -66,6 +68,13 @@ def resolve_tokenizer(cfg: TrainConfig, output_dir: Path) -> Any:
                 raise TrainingError(f"cannot load the tokenizer {source!r}: {exc}") from None
         if not getattr(tok, "is_fast", False):
             raise TrainingError("only fast (tokenizers-backed) tokenizers are supported")
+        if cfg.model.tokenizer_board_squares:
+            from training.chess_tokenizer import with_board_squares
+
+            try:
+                with_board_squares(tok)
+            except DataError as exc:
+                raise TrainingError(f"{spec or cfg.model.path!r}: {exc}") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     return tok

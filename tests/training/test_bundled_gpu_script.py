@@ -135,3 +135,27 @@ def test_build_overrides_reach_the_data_set_build(
     monkeypatch.setenv("BUILD_OVERRIDES", "examples.positions_per_gme=1")  # a misspelt key is refused by name
     bad = subprocess.run(driver.build_command([selfplay_dir], tmp_path / "bad"), cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode != 0 and "positions_per_gme" in bad.stderr
+
+
+def test_resume_keeps_the_matches_of_the_earlier_call(
+    driver: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EVAL_OPPONENTS", "bundled")
+    matches = tmp_path / "work" / "matches"
+    matches.mkdir(parents=True)
+    report = {"wins": 20, "draws": 4, "losses": 16, "score": 0.55, "elo": {"diff": 35}, "complete": True,
+              "per_engine": {"step-500": {"illegal_moves": 0, "time_losses": 0, "fallbacks": 0}}}  # fmt: skip
+    (matches / "step-0000500-bundled.json").write_text(json.dumps(report))
+    (matches / "step-0000500-random.json").write_text(json.dumps(report))  # not an opponent of this run
+    ev = driver.Evaluator(tmp_path / "work" / "run", tmp_path / "work", "", 0.0)
+    ev.adopt_earlier()
+    assert ev.done_steps == {500}
+    assert [(r["step"], r["opponent"], r["games"], r["score"]) for r in ev.results] == [(500, "bundled", 40, 0.55)]
+
+
+def test_resume_needs_the_earlier_data_set(driver: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESUME", "1")
+    monkeypatch.setenv("WORK", str(tmp_path / "work"))
+    monkeypatch.setenv("EVAL_OPPONENTS", "bundled")
+    with pytest.raises(SystemExit, match="RESUME=1: no data set"):
+        driver.phase_train()
