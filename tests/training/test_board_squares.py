@@ -19,18 +19,36 @@ from training.errors import DataError, TrainingError
 from training.examples import ExampleMaker
 from training.sources import Game, moves_key, replay_uci
 
-BUNDLED = Path(__file__).resolve().parents[2] / "engine" / "data" / "bundled-model"
+
+@pytest.fixture(scope="module")
+def plain_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A plain chess BPE (as v3-v13 had), trained here on windowed prompts of random games."""
+    from training.chess_tokenizer import build_chess_tokenizer
+
+    texts = [p + c for seed in range(20, 26) for p, c in windowed_prompts(random_game(seed, 80), 8)]
+    folder = tmp_path_factory.mktemp("plain-bpe")
+    build_chess_tokenizer(iter(texts), 600).save_pretrained(str(folder))
+    return folder
 
 
-def plain_tokenizer():  # noqa: ANN201
+def load(folder: Path):  # noqa: ANN201
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(BUNDLED))
+    return AutoTokenizer.from_pretrained(str(folder))
 
 
 @pytest.fixture(scope="module")
-def tokenizers():  # noqa: ANN201
-    return plain_tokenizer(), with_board_squares(plain_tokenizer())
+def tokenizers(plain_dir: Path):  # noqa: ANN201
+    return load(plain_dir), with_board_squares(load(plain_dir))
+
+
+def board_tokens(tok, text: str) -> list[str]:  # noqa: ANN001
+    """The tokens of the FEN board field in ``text`` (by their offsets in the original text)."""
+    m = re.search(r'\[FEN "([^ ]+) [wb] ', text)
+    assert m
+    enc = tok(text, return_offsets_mapping=True)
+    tokens = tok.convert_ids_to_tokens(enc.input_ids)
+    return [t for t, (a, b) in zip(tokens, enc.offset_mapping, strict=True) if b > a and a >= m.start(1) and b <= m.end(1)]
 
 
 def random_game(seed: int, plies: int = 60) -> list[str]:
@@ -66,12 +84,10 @@ def test_a_fen_board_is_71_tokens_one_a_square(tokenizers) -> None:  # noqa: ANN
             if not m:
                 continue
             seen += 1
-            tokens = squares.convert_ids_to_tokens(squares(prompt).input_ids)
-            i = tokens.index('Ġ"', tokens.index("N"))  # the FEN tag's opening quote
-            board = tokens[i + 1 : i + 72]
-            assert all(len(t) == 1 for t in board), board
+            board = board_tokens(squares, prompt)
+            assert len(board) == 71 and all(len(t) == 1 for t in board), board
             assert "".join(board) == expanded(m.group(1))
-            assert tokens[i + 72 : i + 74] == ["Ġ", m.group(2)]
+            assert len(board_tokens(plain, prompt)) < 71  # run-length digits and merges
             # Everything after the FEN tag (the move text) is tokenized as before.
             body = prompt[prompt.index("\n\n") :]
             assert squares(body, add_special_tokens=False).input_ids == plain(body, add_special_tokens=False).input_ids
@@ -102,9 +118,7 @@ def test_the_engine_encoder_gives_whole_text_tokens(tokenizers) -> None:  # noqa
 
 
 def test_only_the_chess_bpe_can_be_rewritten(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from transformers import AutoTokenizer
-
-    mistral = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    mistral = load(tiny_model_dir)
     with pytest.raises(DataError, match="chess BPE"):
         with_board_squares(mistral)
     with pytest.raises(ConfigError, match="tokenizer_board_squares"):
@@ -116,17 +130,34 @@ def test_only_the_chess_bpe_can_be_rewritten(tiny_model_dir: Path, tmp_path: Pat
     cfg = load_train_config(None, [f"model.path={tiny_model_dir}", "model.tokenizer_board_squares=true", "data.path=x"])
     with pytest.raises(TrainingError, match="chess BPE"):
         resolve_tokenizer(cfg, tmp_path)
-    # The rewritten tokenizer survives a save and a load (it lives in tokenizer.json).
-    squares = with_board_squares(plain_tokenizer())
+
+
+def test_the_rewrite_is_saved_with_the_tokenizer(plain_dir: Path, tmp_path: Path) -> None:
+    squares = with_board_squares(load(plain_dir))
+    assert with_board_squares(squares) is squares and has_board_squares(squares)  # idempotent
     squares.save_pretrained(str(tmp_path / "tok"))
-    assert has_board_squares(AutoTokenizer.from_pretrained(str(tmp_path / "tok")))
+    assert has_board_squares(load(tmp_path / "tok"))
 
 
-def test_a_pretrained_chess_model_goes_on_with_board_squares(tmp_path: Path) -> None:
+def test_a_pretrained_chess_model_goes_on_with_board_squares(plain_dir: Path, tmp_path: Path) -> None:
     from training.modeling import resolve_tokenizer
 
-    cfg = load_train_config(None, [f"model.path={BUNDLED}", "model.tokenizer_board_squares=true", "lora.enabled=false",
+    cfg = load_train_config(None, [f"model.path={plain_dir}", "model.tokenizer_board_squares=true", "lora.enabled=false",
                                    "data.path=x"])  # fmt: skip
-    tok = resolve_tokenizer(cfg, tmp_path)
-    plain = plain_tokenizer()
-    assert has_board_squares(tok) and tok.get_vocab() == plain.get_vocab()
+    tok = resolve_tokenizer(cfg, tmp_path / "run")
+    plain = load(plain_dir)
+    assert has_board_squares(tok) and not has_board_squares(plain) and tok.get_vocab() == plain.get_vocab()
+    # Without the key the model's own (plain) tokenizer is used as it is.
+    cfg = load_train_config(None, [f"model.path={plain_dir}", "lora.enabled=false", "data.path=x"])
+    assert not has_board_squares(resolve_tokenizer(cfg, tmp_path / "run2"))
+
+
+def test_a_new_chess_bpe_learns_its_merges_on_board_squares() -> None:
+    from training.chess_tokenizer import build_chess_tokenizer
+
+    texts = [p + c for seed in range(3) for p, c in windowed_prompts(random_game(seed), 4)]
+    tok = build_chess_tokenizer(iter(texts), 400, board_squares=True)
+    assert has_board_squares(tok)
+    for prompt in [p for p in texts if "[FEN" in p][:20]:
+        board = board_tokens(tok, prompt)
+        assert len(board) == 71 and all(len(t) == 1 for t in board)
