@@ -68,7 +68,16 @@ def register(sub: Any) -> None:
     lad.add_argument(
         "--levels", default="1320,1500,1700,2000", help="Stockfish UCI_Elo levels (comma-separated)"
     )
-    lad.add_argument("--games", type=int, default=None, help="games per level (default 10)")
+    lad.add_argument(
+        "--anchor",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also play this calibrated anchor, an engine below Stockfish's weakest level, with its Elo from "
+        "--anchors-file (repeatable; see docs/arena.md)",
+    )
+    lad.add_argument("--anchors-file", help="YAML of calibrated anchors (default: arena/data/anchors.yaml)")
+    lad.add_argument("--games", type=int, default=None, help="games per level and per anchor (default 10)")
     lad.add_argument("--plot", help="PNG plot (default: beside --json)")
     lad.add_argument(
         "--stockfish", help="Stockfish binary (default: $STOCKFISH_PATH, PATH, /usr/games/stockfish)"
@@ -332,12 +341,14 @@ def _ladder(args: argparse.Namespace) -> int:
         raise ArenaError(
             f"--levels {args.levels!r}: comma-separated integers, e.g. 1320,1500,1700,2000"
         ) from None
-    if not levels:
-        raise ArenaError("--levels: at least one level")
+    if not levels and not args.anchor:
+        raise ArenaError("--levels: at least one level (or an --anchor)")
     specs = _engines(args)
     settings = _settings(args)
     opts = LadderOptions(
         levels=levels,
+        anchors=list(args.anchor),
+        anchors_file=args.anchors_file or "",
         games=args.games if args.games is not None else 10,
         pgn=args.pgn or "",
         json=args.json or "",

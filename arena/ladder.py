@@ -5,12 +5,22 @@ then the next pair), so a stopped ladder still has games at every level. The
 engine's absolute Elo is the maximum-likelihood fit over all games
 (:func:`arena.elo.fit_absolute`), on Stockfish's ``UCI_Elo`` scale (calibrated by
 its authors against CCRL-rated engines at 120+1: engine Elo, not Lichess or FIDE).
+
+Anchors (``--anchor NAME``) are engines below Stockfish's weakest level (``UCI_Elo``
+1320, and 1350 in Stockfish 15.1), each with an Elo on the same scale measured by a ladder
+of its own (its calibration, kept in ``arena/data/anchors.yaml`` with the error and the
+command): an engine that loses nearly every game to the weakest Stockfish scores points
+against an anchor, which narrows its interval. The fit takes an anchor's Elo as exact;
+the report keeps its calibration error beside it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
+import shlex
+from pathlib import Path
 from typing import Any
 
 from arena.elo import fit_absolute, score_to_elo
@@ -21,12 +31,64 @@ from arena.referee import GameRecord, GameTask
 from arena.report import engine_stats, terminations, wdl, write_json
 
 DEFAULT_LEVELS = (1320, 1500, 1700, 2000)
+ANCHORS_FILE = Path(__file__).resolve().parent / "data" / "anchors.yaml"
+
+
+@dataclasses.dataclass(frozen=True)
+class Anchor:
+    """A calibrated ladder opponent below Stockfish's weakest ``UCI_Elo``."""
+
+    name: str
+    engine: list[str]  # engine spec words, as after --engine
+    elo: float  # on Stockfish's UCI_Elo scale
+    error: float  # 95% half-width of the calibration
+    calibration: str  # how it was measured
+
+
+def load_anchors(path: str | Path = ANCHORS_FILE) -> dict[str, Anchor]:
+    """The anchors of a YAML file (``anchors: {NAME: {engine, elo, error, calibration}}``)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ArenaError(f"anchors file {str(path)!r}: cannot read it ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise ArenaError(f"anchors file {str(path)!r}: not valid YAML ({exc})") from None
+    table = doc.get("anchors") if isinstance(doc, dict) else None
+    if not isinstance(table, dict) or not table:
+        raise ArenaError(f"anchors file {str(path)!r}: expected a mapping 'anchors: {{NAME: {{engine, elo, error, calibration}}}}'")
+    out: dict[str, Anchor] = {}
+    for name, entry in table.items():
+        where = f"anchors file {str(path)!r}, anchor {name!r}"
+        if not isinstance(entry, dict):
+            raise ArenaError(f"{where}: expected a mapping with engine, elo, error, calibration")
+        unknown = sorted(set(entry) - {"engine", "elo", "error", "calibration"})
+        if unknown:
+            raise ArenaError(f"{where}: unknown key {unknown[0]!r} (allowed: engine, elo, error, calibration)")
+        engine = entry.get("engine")
+        words = shlex.split(engine) if isinstance(engine, str) else engine
+        if not isinstance(words, list) or not words or not all(isinstance(w, str) for w in words):
+            raise ArenaError(f"{where}: engine must be an engine spec (a string or a list of words)")
+        numbers = {}
+        for key in ("elo", "error"):
+            value = entry.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ArenaError(f"{where}: {key} must be a number, not {value!r}")
+            numbers[key] = float(value)
+        if numbers["error"] < 0:
+            raise ArenaError(f"{where}: error must be >= 0, not {numbers['error']}")
+        out[str(name)] = Anchor(str(name), words, numbers["elo"], numbers["error"], str(entry.get("calibration") or ""))
+    return out
 
 
 @dataclasses.dataclass
 class LadderOptions:
     levels: list[int] = dataclasses.field(default_factory=lambda: list(DEFAULT_LEVELS))
-    games: int = 10  # per level
+    anchors: list[str] = dataclasses.field(default_factory=list)  # names in anchors_file
+    anchors_file: str = ""  # "" = arena/data/anchors.yaml
+    games: int = 10  # per level (and per anchor)
     pgn: str = ""
     json: str = ""
     log: str = ""
@@ -55,8 +117,10 @@ def ladder_report(
     opponents: list[EngineSpec],
     settings: PlaySettings,
     records: list[GameRecord],
+    anchors: dict[str, Anchor] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
+    anchors = anchors or {}
     levels = []
     fit_games: list[tuple[float, float]] = []
     for k, opp in enumerate(opponents, start=1):
@@ -79,6 +143,8 @@ def ladder_report(
                 "losses": lo,
                 "score": None if score is None else round(score, 4),
                 "performance": perf,
+                "anchor": opp.name in anchors,
+                "elo_error": anchors[opp.name].error if opp.name in anchors else None,
             }
         )
         fit_games += [(float(opp.elo), r.score_of(0)) for r in games]
@@ -109,6 +175,8 @@ def ladder_report(
 def run_ladder(engine: EngineSpec, settings: PlaySettings, opts: LadderOptions) -> dict[str, Any]:
     if opts.games < 1:
         raise ArenaError("games per level must be >= 1")
+    if not opts.levels and not opts.anchors:
+        raise ArenaError("a ladder needs at least one Stockfish level or anchor")
     opponents = [parse_engine([f"stockfish:{lv}"], stockfish_path=opts.stockfish) for lv in opts.levels]
     seen: dict[str, int] = {}
     for o in opponents:
@@ -117,6 +185,25 @@ def run_ladder(engine: EngineSpec, settings: PlaySettings, opts: LadderOptions) 
                 f"levels {opts.levels[seen[o.name]]} and {o.requested_elo} both play as {o.name}: drop one"
             )
         seen[o.name] = opponents.index(o)
+    anchors: dict[str, Anchor] = {}
+    if opts.anchors:
+        table = load_anchors(opts.anchors_file or ANCHORS_FILE)
+        for name in opts.anchors:
+            if name not in table:
+                raise ArenaError(
+                    f"unknown anchor {name!r} (anchors in {opts.anchors_file or ANCHORS_FILE}: {', '.join(sorted(table))})"
+                )
+            if name in anchors or name in seen:
+                raise ArenaError(f"anchor {name!r} given twice")
+            a = table[name]
+            spec = parse_engine(a.engine, stockfish_path=opts.stockfish)
+            spec.name, spec.elo, spec.requested_elo = a.name, round(a.elo), None
+            spec.notes.append(
+                f"anchor {a.name}: Elo {a.elo:.0f} +/- {a.error:.0f} (95%, {a.calibration or 'calibration not given'}); "
+                "the fit takes it as exact"
+            )
+            anchors[name] = a
+            opponents.append(spec)
     specs = [engine, *opponents]
     openings, play_order = settings.suite()
     tasks = ladder_schedule(len(opponents), opts.games, play_order)
@@ -127,7 +214,7 @@ def run_ladder(engine: EngineSpec, settings: PlaySettings, opts: LadderOptions) 
     def on_record(records: list[GameRecord]) -> None:
         if opts.json:
             write_json(
-                ladder_report(engine, opponents, settings, records, interrupted=False, files=files), opts.json
+                ladder_report(engine, opponents, settings, records, anchors, interrupted=False, files=files), opts.json
             )
 
     def progress(records: list[GameRecord]) -> str:
@@ -160,6 +247,7 @@ def run_ladder(engine: EngineSpec, settings: PlaySettings, opts: LadderOptions) 
         opponents,
         settings,
         result.records,
+        anchors,
         interrupted=result.interrupted,
         files=files,
         games_planned=len(tasks),
@@ -181,7 +269,8 @@ def print_ladder(report: dict[str, Any]) -> None:
     for lv in report["levels"]:
         score = "-" if lv["score"] is None else f"{100 * lv['score']:.1f}%"
         perf = "" if lv["performance"] is None else f", performance {lv['performance']:.0f}"
-        print(f"  vs {lv['name']}: +{lv['wins']} ={lv['draws']} -{lv['losses']} ({score}{perf})")
+        anchor = f" (anchor, Elo {lv['elo']} +/- {lv['elo_error']:.0f})" if lv.get("anchor") else ""
+        print(f"  vs {lv['name']}{anchor}: +{lv['wins']} ={lv['draws']} -{lv['losses']} ({score}{perf})")
     fit = report["fit"]
     if fit["elo"] is not None:
         print(

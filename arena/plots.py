@@ -41,11 +41,13 @@ def ladder_plot(report: dict[str, Any], path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     ax.errorbar(xs, ys, yerr=errs, fmt="o", color="C0", capsize=4, label="score per level (95% interval)")
     for lv in levels:
+        anchor = bool(lv.get("anchor"))
         ax.annotate(
-            f"{lv['games']} g",
+            f"anchor {lv['name']}\n{lv['games']} g" if anchor else f"{lv['games']} g",
             (lv["elo"], lv["score"]),
             textcoords="offset points",
-            xytext=(6, 6),
+            xytext=(-6, -26) if anchor else (6, 6),
+            ha="right" if anchor else "left",
             fontsize=8,
         )
     lo_x = min(xs + [fit["elo"] or xs[0]]) - 300 if xs else 1000
