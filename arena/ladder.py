@@ -187,12 +187,11 @@ def run_ladder(engine: EngineSpec, settings: PlaySettings, opts: LadderOptions) 
         seen[o.name] = opponents.index(o)
     anchors: dict[str, Anchor] = {}
     if opts.anchors:
-        table = load_anchors(opts.anchors_file or ANCHORS_FILE)
+        anchors_file = opts.anchors_file or ANCHORS_FILE
+        table = load_anchors(anchors_file)
         for name in opts.anchors:
             if name not in table:
-                raise ArenaError(
-                    f"unknown anchor {name!r} (anchors in {opts.anchors_file or ANCHORS_FILE}: {', '.join(sorted(table))})"
-                )
+                raise ArenaError(f"unknown anchor {name!r} (anchors in {anchors_file}: {', '.join(sorted(table))})")
             if name in anchors or name in seen:
                 raise ArenaError(f"anchor {name!r} given twice")
             a = table[name]
