@@ -22,7 +22,8 @@ Phases
     ``configs/train/scratch-medium.yaml`` on the GPU with a checkpoint every SAVE_STEPS,
     and meanwhile plays each finished checkpoint on the CPU cores against a random mover
     and Stockfish ``UCI_Elo`` 1350 (arena match, 3+0.05, 10 games at once). A watchdog
-    stops training in time for the last evaluation and the packing. Returns:
+    stops training in time for the last evaluation and the packing (SIGTERM: the
+    trainer saves a checkpoint at the step in hand, so nothing trained is lost). Returns:
     ``model-v3.tgz.part-NN`` (the engine-loadable model folder, tar.gz split in 15 MiB
     parts: ``cat model-v3.tgz.part-* | tar xz``), ``strength_vs_steps.json`` and ``.png``,
     ``eval_table.md``, ``phase.log`` (this output) and ``report.tgz`` (trainer log, match
@@ -655,9 +656,9 @@ def phase_train() -> int:
         if time.monotonic() > deadline - pack_reserve - guess and trainer.poll() is None:
             say(f"train: watchdog: stopping training at {elapsed():.0f} s to leave {guess:.0f} s for the last evaluation")
             stopped_by_watchdog = True
-            trainer.terminate()
+            trainer.terminate()  # SIGTERM: the trainer saves a checkpoint at the step in hand and exits
             try:
-                trainer.wait(timeout=20)
+                trainer.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 trainer.kill()
                 trainer.wait()

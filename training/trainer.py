@@ -7,7 +7,9 @@ loop are its own --
   adapter, not the 4 GB frozen base), optimizer, scheduler, every process's RNG, and
   the step. The data order is a pure function of (seed, step) (:class:`BatchPlan`), so
   nothing about the data loader has to be saved or replayed; ``tests/training``
-  checks that a killed-and-resumed run ends bit-identical to an uninterrupted one;
+  checks that a killed-and-resumed run ends bit-identical to an uninterrupted one.
+  SIGTERM or SIGINT (a scheduler's stop, a watchdog, Ctrl-C) stops at the next step
+  with a checkpoint there, so nothing trained is lost (:class:`StopRequest`);
 * an evaluation that generates moves and reads them with the engine's parser every
   N steps, which fits Trainer only as a callback around its generation-free eval loop;
 * a memory estimate from the config that refuses a run before any weight is loaded.
@@ -34,7 +36,9 @@ import os
 import random
 import shutil
 import signal
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +125,40 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         for k in keys
         if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES and not k.startswith(RESUMABLE_PREFIXES)
     )
+
+
+class StopRequest:
+    """SIGTERM and SIGINT, while installed, ask the training loop to stop at the next step
+    boundary (a second SIGINT interrupts at once). Installed only in the main thread, where
+    Python delivers signals; elsewhere nothing is installed and no request can come."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self._old: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.name is not None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.name == "SIGINT":
+            raise KeyboardInterrupt
+        self.name = signal.Signals(signum).name
+        logger.warning("{}: stopping at the end of this step (a checkpoint is saved there)", self.name)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopRequest]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        try:
+            yield self
+        finally:
+            for s, old in self._old.items():
+                signal.signal(s, old)
 
 
 class Trainer:
@@ -478,15 +516,28 @@ class Trainer:
         return metrics
 
     def run(self) -> dict[str, Any]:
+        """Train to ``total_steps``, then write the outputs. SIGTERM or SIGINT (a scheduler's
+        stop, Ctrl-C) ends the run at the next step boundary with a checkpoint there, so the
+        same command goes on from that step."""
+        start_step = self.state.step
+        stop = StopRequest()
+        with stop.installed():
+            stopped = self._loop(stop)
+        if stopped is not None:
+            return stopped
+        return self.finish(self._last_eval, start_step)
+
+    def _loop(self, stop: StopRequest) -> dict[str, Any] | None:
+        """The step loop; a summary when a stop request ended it early, else None."""
         from tqdm import tqdm
 
         tc, ev = self.cfg.train, self.cfg.eval
-        start_step = self.state.step
         t_start = time.perf_counter()
         window_tokens_here = 0.0  # tokens of the window trained by this run (for tokens/s)
         window_time = 0.0  # seconds in train steps (evaluation and saving not counted)
         last_eval: dict[str, float] = {}
-        bar = tqdm(total=self.total_steps, initial=start_step, unit="step", desc="train", disable=not self.main)
+        self._last_eval = last_eval
+        bar = tqdm(total=self.total_steps, initial=self.state.step, unit="step", desc="train", disable=not self.main)
         st = self.state
         while st.step < self.total_steps:
             t_step = time.perf_counter()
@@ -517,19 +568,34 @@ class Trainer:
                 st.window_steps, st.window_loss, st.window_tokens, st.window_completion_tokens = 0, 0.0, 0.0, 0.0
                 window_tokens_here, window_time = 0.0, 0.0
             if (ev.eval_steps and step % ev.eval_steps == 0) or step == self.total_steps:
-                last_eval = self.evaluate()
+                last_eval = self._last_eval = self.evaluate()
                 self.log(last_eval)
                 logger.info("step {}: {}", step, {k: round(v, 4) for k, v in last_eval.items()})
+            saved = False
             if (tc.save_steps and step % tc.save_steps == 0) or step == self.total_steps:
                 self.state.seconds += time.perf_counter() - t_start
                 t_start = time.perf_counter()
                 self._save_checkpoint()
+                saved = True
             if tc.stop_after_steps and step == tc.stop_after_steps:
                 logger.warning("train.stop_after_steps={}: killing this process (testing aid)", step)
                 os.kill(os.getpid(), signal.SIGKILL)
+            # Every process stops at the same step: a request seen by any of them counts.
+            if step < self.total_steps and self._reduce([1.0 if stop.requested else 0.0])[0] > 0:
+                self.state.seconds += time.perf_counter() - t_start
+                path = self._save_checkpoint() if not saved else self.ckpt_root / f"step-{step:07d}"
+                bar.close()
+                logger.warning(
+                    "{} at step {} of {}: saved {} and stopped; the same command goes on from there",
+                    stop.name or "stop request", step, self.total_steps, path,
+                )
+                return {
+                    "output_dir": str(self.out), "steps": step, "stopped_by": stop.name or "request",
+                    "checkpoint": str(path), "tokens": st.tokens, "seconds": round(st.seconds, 1),
+                }  # fmt: skip
         bar.close()
         self.state.seconds += time.perf_counter() - t_start
-        return self.finish(last_eval, start_step)
+        return None
 
     def finish(self, last_eval: dict[str, float], start_step: int) -> dict[str, Any]:
         from training.modeling import save_for_engine, using_fsdp

@@ -4,6 +4,7 @@ plays the result, a killed run resumes to the same state, bad input is refused e
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 from pathlib import Path
@@ -138,6 +139,37 @@ def test_kill_and_resume_reaches_the_same_state(
         return [(e["step"], e["loss"]) for e in log_entries(run, "loss")]
 
     assert losses(out) == losses(lora_run)  # the log was trimmed at step 10 and written again
+
+
+def test_sigterm_saves_a_checkpoint_and_the_run_goes_on_from_it(
+    lora_run: Path, tiny_model_dir: Path, train_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training.trainer import Trainer
+
+    out = tmp_path / "run"
+    overrides = lora_overrides(tiny_model_dir, train_dataset, out)
+    step_once = Trainer.train_step
+
+    def step_and_signal(self: Trainer) -> dict[str, float]:
+        stats = step_once(self)
+        if self.state.step == 13:  # between the checkpoints of steps 10 and 20
+            os.kill(os.getpid(), signal.SIGTERM)
+        return stats
+
+    monkeypatch.setattr(Trainer, "train_step", step_and_signal)
+    before = signal.getsignal(signal.SIGTERM)
+    summary = train(load_train_config(None, overrides))
+    assert summary["stopped_by"] == "SIGTERM" and summary["steps"] == 13
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000010", "step-0000013"]
+    assert not (out / "summary.json").exists()  # no final outputs: the run is not done
+
+    monkeypatch.setattr(Trainer, "train_step", step_once)
+    summary = train(load_train_config(None, overrides))
+    assert summary["resumed_at_step"] == 13 and summary["steps"] == 30
+    ref, got = lora_run / "checkpoints" / "step-0000030", out / "checkpoints" / "step-0000030"
+    a, b = load_file(str(ref / "trainable.safetensors")), load_file(str(got / "trainable.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resume_with_another_config_is_refused(lora_run: Path, tiny_model_dir: Path, train_dataset: Path) -> None:
