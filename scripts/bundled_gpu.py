@@ -34,7 +34,7 @@ ends by then), EVAL_GAMES (40 per opponent), EVAL_CONCURRENCY (10; the matches r
 that the trainer's kernel-launching process keeps its core), EVAL_OPPONENTS
 (``random,sf1350``; also ``skill0`` = Stockfish Skill Level 0 at depth 1), EVAL_TC
 (3+0.05), WORKERS (15 for self-play, 16 for the build), NODES (600), WORK (/tmp/bw),
-GAMES (what to train on: globs under the repository, space-separated, of selfplay-*.tgz
+GAMES (what to train on: globs under the repository or absolute, space-separated, of selfplay-*.tgz
 tarballs, of folders holding games-*.parquet chunks, or of packed sets ``*.mcg`` from
 ``gpu_carry.sh --games ... --pack``, 2.3 times more games a call; default .gpu2/selfplay-*.tgz),
 TRAIN_CONFIG (configs/train/scratch-medium.yaml), TRAIN_OVERRIDES (more key=value words),
@@ -42,7 +42,9 @@ BUILD_OVERRIDES (key=value words for the data-set build of configs/dataset/scrat
 ``examples.positions_per_game=1``: one example a game, its header naming the side to move at ply 0
 or 1 at random, instead of both; each pass then shows every game's moves once, not twice; or
 ``examples.window_plies=16 examples.positions_per_game=4 examples.max_ply=0``: board windows, v13's
-first phase, whose model folders then carry ``engine_prompt.yaml`` for the engine and the matches),
+first phase, whose model folders then carry ``engine_prompt.yaml`` for the engine and the matches;
+``tokenizer=engine/data/bundled-model`` when going on from that model with its tokenizer: the build's
+workers tokenize, and the trainer takes the ids as they are instead of tokenizing on one core),
 RESUME (1: go on with the run an earlier train call left on this still-warm machine, under
 WORK: no unpacking and no build, the trainer resumes from its newest checkpoint (the same
 settings and TRAIN_STEPS, so the learning-rate schedule goes on where it stopped), and the
@@ -91,6 +93,7 @@ Local check of the same code at toy sizes (2-core CPU, the local Stockfish):
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import math
 import os
@@ -232,7 +235,9 @@ def unpack_games(work: Path) -> list[Path]:
     shutil.rmtree(games, ignore_errors=True)
     sources = []
     patterns = (os.environ.get("GAMES") or ".gpu2/selfplay-*.tgz").split()
-    for path in sorted(p for pattern in patterns for p in ROOT.glob(pattern)):
+    # Globs under the repository, or absolute ones (sets unpacked on the machine by an earlier call).
+    found = (map(Path, glob.glob(pattern)) if os.path.isabs(pattern) else ROOT.glob(pattern) for pattern in patterns)
+    for path in sorted(p for paths in found for p in paths):
         root = path  # a folder of parquet chunks, such as a set restored from the history
         if path.suffix == ".mcg":  # a set packed by gpu_carry.sh --pack (training/packgames.py)
             from training.packgames import unpack_games as unpack_packed

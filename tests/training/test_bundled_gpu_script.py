@@ -114,6 +114,19 @@ def test_packed_sets_are_unpacked_for_the_build(
     assert driver.games_in(sources[0]) == 24
 
 
+def test_games_may_be_absolute_globs_of_unpacked_folders(
+    driver: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, selfplay_dir: Path
+) -> None:
+    # Sets unpacked by an earlier call outside the repository: taken as they are, not copied.
+    monkeypatch.setattr(driver, "ROOT", tmp_path / "repo")
+    monkeypatch.setenv("GAMES", f"{selfplay_dir.parent}/{selfplay_dir.name[:-1]}? {tmp_path}/missing-*")
+    sources = driver.unpack_games(tmp_path / "work")
+    assert sources == sorted({p.parent for p in selfplay_dir.rglob("games-*.parquet")})
+    monkeypatch.setenv("GAMES", f"{tmp_path}/missing-*")
+    with pytest.raises(SystemExit, match="no games in"):
+        driver.unpack_games(tmp_path / "work")
+
+
 def test_build_overrides_reach_the_data_set_build(
     driver: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, selfplay_dir: Path
 ) -> None:
