@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the bundled model (engine/data/bundled-model, v15; v3, v4, v5, v7 and v13 on the way) with the project's own pipeline:
+# Reproduce the bundled model (engine/data/bundled-model, v16; v3, v4, v5, v7, v13 and v15 on the way) with the project's own pipeline:
 # Stockfish self-play -> whole-game data set -> an 18.8M-parameter Mistral-architecture model
 # from scratch (configs/train/scratch-medium.yaml) = v3, then v3 trained further on set D
 # (seed 20) = v4, then v4 trained further on sets E (its first 32,000 games), F, G and H
@@ -165,6 +165,23 @@ if [ "${V4:-1}" = 1 ] && [ "${V5:-1}" = 1 ] && [ "${V7:-1}" = 1 ] && [ "${V13:-1
     export_step "$W/run-v15" 4000
     $MC export-int8 "$W/run-v15/bundled" "$W/v15-int8" --group 64
     echo "v15: $W/v15-int8"
+fi
+# v16: v15 as shipped trained on every board window of sets F, K, L, M and N (293,093 games, seeds
+# 40, 80, 90, 100 and 110), lr 1e-4 with 100 warm-up steps, cosine to 0 over 3,600 steps, on the
+# lent GPU machine (the model card, "v16"); v16 ships the final model, as int8 with a scale per 64
+# weights. (The GPU build tokenized in its workers with v15's tokenizer, tokenizer=MODEL; the ids
+# are the same as the trainer's own tokenization, which this build leaves to it.)
+if [ "${V4:-1}" = 1 ] && [ "${V5:-1}" = 1 ] && [ "${V7:-1}" = 1 ] && [ "${V13:-1}" = 1 ] && [ "${V15:-1}" = 1 ] && [ "${V16:-1}" = 1 ]; then
+    history_set selfplay-110 110 57350
+    FKLMN=("${FKLM[@]}" --source "$W/selfplay-110")
+    $MC dataset build --config configs/dataset/scratch-windows.yaml "${FKLMN[@]}" --out "$W/windows-v16" \
+        examples.positions_per_game=0
+    $MC train --config configs/train/scratch-medium.yaml data.path="$W/windows-v16" train.output_dir="$W/run-v16" \
+        model.init=pretrained model.path="$W/v15-int8" model.tokenizer= train.learning_rate=1e-4 \
+        train.warmup_steps=100 train.min_lr_ratio=0.0 train.max_steps=3600 train.save_steps=400 \
+        eval.eval_steps=400 train.save_total_limit=0
+    $MC export-int8 "$W/run-v16" "$W/v16-int8" --group 64
+    echo "v16: $W/v16-int8"
 fi
 echo "(to ship: copy config.json, engine_prompt.yaml (v13 on), generation_config.json, model.int8.safetensors and"
 echo " tokenizer*.json of the int8 folder into engine/data/bundled-model; export-int8 makes the int8 folder)"

@@ -273,6 +273,26 @@ class ExampleTokenizer:
             n += 1
         return ids, n
 
+    def _direct_batch(self, examples: list[Example]) -> None:
+        """:meth:`direct` for many examples in one batch call per kind (board windows, each with
+        its own FEN, all come here: one call for all of them instead of one per example)."""
+        encode = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)
+        for add in (True, False):
+            group = [ex for ex in examples if ex.prompt.add_special_tokens is add]
+            if not group:
+                continue
+            full = encode([ex.text for ex in group], add_special_tokens=add)
+            head = encode([ex.prompt.text for ex in group], add_special_tokens=add)
+            for ex, f, h in zip(group, full, head, strict=True):
+                ids, pids = f.ids, h.ids
+                n = 0
+                for a, b in zip(ids, pids, strict=False):
+                    if a != b:
+                        break
+                    n += 1
+                ex.input_ids, ex.prompt_tokens = ids, n
+                self.counts["direct"] += 1
+
     def tokenize(self, games: list[list[Example]]) -> None:
         """Fill ``input_ids`` / ``prompt_tokens`` of every example (EOS appended where it ends a game).
 
@@ -313,9 +333,7 @@ class ExampleTokenizer:
                     self._seen += 1
                     if self.verify_every and (self._seen - 1) % self.verify_every == 0:
                         self._verify(ex)
-        for ex in slow:
-            ex.input_ids, ex.prompt_tokens = self.direct(ex)
-            self.counts["direct"] += 1
+        self._direct_batch(slow)
         for exs in games:
             for ex in exs:
                 if ex.eos and self.eos_id is not None and ex.input_ids is not None:

@@ -439,6 +439,11 @@ def save_for_engine(model: Any, tokenizer: Any, cfg: TrainConfig, output_dir: Pa
             save_quantized(state_dict, output_dir / INT8_FILE, group=cfg.qat.int8_group,
                            int4_modules=cfg.qat.int4_modules, int4_group=cfg.qat.int4_group)
             (output_dir / "model.safetensors").unlink()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and backend.padding is not None:
+        # Left by the batched generation of the evaluation (padding=True); a model folder's
+        # tokenizer.json carries no padding state, so the same model saves the same file.
+        backend.no_padding()
     tokenizer.save_pretrained(str(output_dir))
     write_engine_prompt(cfg, output_dir)
 
@@ -465,7 +470,8 @@ def write_engine_prompt(cfg: TrainConfig, output_dir: Path) -> None:
 
 def export_checkpoint(run_dir: Path, checkpoint: Path, dest: Path) -> None:
     """A checkpoint of the run in ``run_dir`` (its trained tensors) as a folder the engine
-    loads, written to ``dest`` through a temporary folder, so it is never left half-written."""
+    loads, written to ``dest`` through a temporary folder, so it is never left half-written.
+    An existing ``dest`` (an earlier export of the same checkpoint) is replaced."""
     import shutil
 
     from safetensors.torch import load_file
@@ -479,7 +485,14 @@ def export_checkpoint(run_dir: Path, checkpoint: Path, dest: Path) -> None:
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     save_for_engine(model, tok, cfg, tmp)
-    tmp.replace(dest)
+    if dest.is_dir():  # rename() cannot replace a non-empty folder: move the old one aside first
+        old = dest.with_name(dest.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        dest.replace(old)
+        tmp.replace(dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.replace(dest)
 
 
 def _absolute_base(adapter_config: Path, base: str) -> None:

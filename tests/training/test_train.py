@@ -250,6 +250,8 @@ def test_scratch_model_with_chess_tokenizer(tmp_path: Path, train_dataset: Path)
     ]
     summary = train(load_train_config(None, overrides))
     assert summary["parameters"]["trainable"] == summary["parameters"]["total"]
+    assert "legal_rate" in summary["final_eval"]  # the batched generation ran before the save...
+    assert json.loads((out / "tokenizer.json").read_text())["padding"] is None  # ...and left no padding in the file
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
     weights = load_file(str(out / "model.safetensors"))
     assert all(t.dtype == torch.bfloat16 for t in weights.values())
@@ -269,6 +271,11 @@ def test_scratch_model_with_chess_tokenizer(tmp_path: Path, train_dataset: Path)
     assert again.keys() == weights.keys()
     assert all(torch.equal(again[k], weights[k]) for k in weights)
     play([f"model.path={exported}", "model.device=cpu"])
+    # Exporting again over an earlier export (a resumed evaluation) replaces it whole.
+    (exported / "stale.txt").write_text("from an earlier export")
+    export_checkpoint(out, out / "checkpoints" / "step-0000012", exported)
+    assert not (exported / "stale.txt").exists() and (exported / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("exported")) == ["exported"]
     # Continuing with more steps picks up the checkpoint of step 12.
     more = train(load_train_config(None, [*overrides, "train.max_steps=15"]))
     assert more["resumed_at_step"] == 12 and more["steps"] == 15
