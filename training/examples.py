@@ -46,7 +46,7 @@ import chess
 
 from engine.prompt import STANDARD_FEN, Prompt, PromptBuilder, PromptTemplate, movetext, play_variables
 from training.config import DatasetConfig
-from training.sources import Game
+from training.sources import Game, uci_move
 
 _ANY_BOARD = chess.Board()  # play_variables reads the side to move only when no engine_color is given
 
@@ -233,10 +233,21 @@ def positions_fen(game: Game, plies: list[int]) -> dict[int, str]:
         return {}
     board = chess.Board(game.root_fen)
     out: dict[int, str] = {}
+    last = max(wanted)
+    if game.uci is not None and len(game.uci) >= len(game.sans):
+        # The source's UCI moves, checked legal when the game was read: pushed as they are.
+        push = board.push
+        for k, uci in enumerate(game.uci[: len(game.sans)]):
+            if k in wanted:
+                out[k] = board.fen()
+            if k >= last:
+                break
+            push(uci_move(uci))
+        return out
     for k, san in enumerate(game.sans):
         if k in wanted:
             out[k] = board.fen()
-        if k >= max(wanted):
+        if k >= last:
             break
         board.push_san(san)
     return out

@@ -75,6 +75,9 @@ class Game:
     black: str | None = None
     white_elo: int | None = None
     black_elo: int | None = None
+    # The moves as the source gave them in UCI, when it did (LAION ``Moves``): replaying the
+    # game again (FENs of board windows) pushes these instead of parsing SAN, several times faster.
+    uci: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.n_plies < 0:
@@ -287,6 +290,11 @@ class _MoveCache(dict):  # type: ignore[type-arg]
 _MOVES = _MoveCache()
 
 
+def uci_move(uci: str) -> chess.Move:
+    """A UCI string as a ``chess.Move`` (cached: a few thousand strings cover all games)."""
+    return _MOVES[uci]
+
+
 class IllegalMove(ValueError):
     def __init__(self, ply: int, move: str, fen: str, why: str) -> None:
         super().__init__(f"ply {ply + 1}: {why} {move!r} in {fen}")
@@ -392,7 +400,7 @@ def _convert_laion(raw: RawGame, src: SourceConfig, san_needed: SanNeeded | None
     why = check_ending(board, termination, result)
     if why is not None:
         return bad("bad_termination" if "not a standard" in why else "truncated", why)
-    return Game(raw.source, raw.index, sans, result, key, n_plies=n, termination=termination)
+    return Game(raw.source, raw.index, sans, result, key, n_plies=n, termination=termination, uci=raw.moves)
 
 
 def speed_category(time_control: str) -> str:

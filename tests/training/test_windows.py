@@ -37,6 +37,20 @@ def maker(**examples: object) -> ExampleMaker:
     return ExampleMaker(DatasetConfig(examples=ExamplesConfig(**examples)))  # type: ignore[arg-type]
 
 
+def test_window_fens_from_uci_moves_equal_those_from_san() -> None:
+    from training.examples import positions_fen
+
+    plies = list(range(len(GAME_UCI)))
+    by_san = positions_fen(game(), plies)
+    with_uci = game()
+    with_uci.uci = list(GAME_UCI)
+    assert positions_fen(with_uci, plies) == by_san
+    assert by_san == {k: board_after(k).fen() for k in plies}
+    # SAN kept for the first 10 plies only (san_until): no FEN past them, either way.
+    short = Game("mem", 0, game().sans[:10], "1-0", game().key, n_plies=len(GAME_UCI), uci=list(GAME_UCI))
+    assert positions_fen(short, plies) == {k: by_san[k] for k in range(10)}
+
+
 def test_next_move_prompts_start_at_the_window_root() -> None:
     exs = maker(positions_per_game=0, window_plies=8).examples(game())
     assert [e.ply for e in exs] == list(range(len(GAME_UCI)))
