@@ -284,6 +284,33 @@ class ExampleTokenizer:
             n += 1
         return ids, n
 
+    def _own_text_batch(self, examples: list[Example]) -> None:
+        """Examples no longer text of their game holds (board windows: each has its own FEN):
+        each is cut from its own whole text's tokens (one encoding with offsets, the prompt's
+        end on a token boundary; the module docstring's argument, sampled verification included),
+        the rest tokenized directly."""
+        if not self.fast:
+            self._direct_batch(examples)
+            return
+        rest: list[Example] = []
+        for add in (True, False):
+            group = [ex for ex in examples if ex.prompt.add_special_tokens is add]
+            if not group:
+                continue
+            for ex, enc in zip(group, self.tok.encode_batch([ex.text for ex in group], add_special_tokens=add), strict=True):
+                offsets = enc.offsets
+                starts, ends = [a for a, _ in offsets], [b for _, b in offsets]
+                n_prompt = _boundary(starts, ends, len(ex.prompt.text))
+                if n_prompt is None or not ends or ends[-1] != len(ex.text):
+                    rest.append(ex)
+                    continue
+                ex.input_ids, ex.prompt_tokens = enc.ids, n_prompt
+                self.counts["fast"] += 1
+                self._seen += 1
+                if self.verify_every and (self._seen - 1) % self.verify_every == 0:
+                    self._verify(ex)
+        self._direct_batch(rest)
+
     def _direct_batch(self, examples: list[Example]) -> None:
         """:meth:`direct` for many examples in one batch call per kind (board windows, each with
         its own FEN, all come here: one call for all of them instead of one per example)."""
@@ -344,7 +371,7 @@ class ExampleTokenizer:
                     self._seen += 1
                     if self.verify_every and (self._seen - 1) % self.verify_every == 0:
                         self._verify(ex)
-        self._direct_batch(slow)
+        self._own_text_batch(slow)
         for exs in games:
             for ex in exs:
                 if ex.eos and self.eos_id is not None and ex.input_ids is not None:

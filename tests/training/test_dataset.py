@@ -207,3 +207,35 @@ def test_cli_build_and_bad_key(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert summary["games"]["used"] == 2 and (out / "stats.json").is_file()
     assert main([*args, "examples.position_per_game=2"]) == 2
     assert "unknown config key examples.position_per_game" in capsys.readouterr().err
+
+
+def test_board_windows_are_cut_from_their_own_tokens(tmp_path: Path, selfplay_dir: Path) -> None:
+    """Each board window has its own FEN, so no longer text holds it: it is cut from its own
+    whole text's tokens (one encoding) and every cut, checked here, equals direct tokenization."""
+    from transformers import AutoTokenizer
+
+    bundled = Path(__file__).resolve().parents[2] / "engine" / "data" / "bundled-model"
+    cfg = load_dataset_config(
+        "configs/dataset/scratch-windows.yaml",
+        [
+            f"sources=[{{path: {selfplay_dir}}}]",
+            f"out={tmp_path / 'ds'}",
+            "workers=1",
+            "max_games=6",
+            "examples.positions_per_game=0",
+            "split.validation_fraction=0",
+            "verify_tokens_every=1",
+            f"tokenizer={bundled}",
+        ],
+    )
+    stats = build_dataset(cfg, progress_bar=False)
+    tk = stats["tokenizer"]
+    assert tk["verify_mismatches"] == 0 and tk["direct"] == 0
+    assert tk["verified"] == tk["fast_cut"] >= stats["examples"]["train"]["total"] > 30
+    tok = AutoTokenizer.from_pretrained(str(bundled))
+    got = rows(tmp_path / "ds", "train")
+    assert sum("[FEN " in r["prompt"] for r in got) > 20  # all but each game's first window
+    for r in got:
+        full = tok(r["prompt"] + r["completion"]).input_ids + ([tok.eos_token_id] if r["eos"] else [])
+        assert r["input_ids"] == full
+        assert r["input_ids"][: r["prompt_tokens"]] == tok(r["prompt"]).input_ids
