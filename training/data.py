@@ -157,16 +157,23 @@ def tokenize_texts(
         head = encode(p, add_special_tokens=add_special_tokens)
         for f, h, e in zip(full, head, eos[start : start + step], strict=True):
             ids = list(f.ids)
-            n = 0
-            for a, b in zip(ids, h.ids, strict=False):
-                if a != b:
-                    break
-                n += 1
+            n = shared_prefix_len(ids, h.ids)
             if e and eos_id is not None:
                 ids.append(eos_id)
             seqs.append(ids)
             plens.append(n)
     return seqs, plens
+
+
+def shared_prefix_len(ids: list[int], prompt_ids: list[int]) -> int:
+    """How many leading tokens of ``tokenize(prompt + completion)`` are ``tokenize(prompt)``'s:
+    the prompt's share of an example, as the engine counts it."""
+    n = 0
+    for a, b in zip(ids, prompt_ids, strict=False):
+        if a != b:
+            break
+        n += 1
+    return n
 
 
 def pack_rows(lengths: np.ndarray, max_length: int, *, packing: bool) -> list[np.ndarray]:

@@ -40,12 +40,14 @@ import dataclasses
 import hashlib
 import json
 import random
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import chess
 
 from engine.prompt import STANDARD_FEN, Prompt, PromptBuilder, PromptTemplate, movetext, play_variables
 from training.config import DatasetConfig
+from training.data import shared_prefix_len
 from training.sources import Game, uci_move
 
 _ANY_BOARD = chess.Board()  # play_variables reads the side to move only when no engine_color is given
@@ -227,29 +229,25 @@ def _root_turn(fen: str) -> chess.Color:
 
 
 def positions_fen(game: Game, plies: list[int]) -> dict[int, str]:
-    """FEN of the positions before the given plies (one replay of the SAN moves)."""
+    """FEN of the positions before the given plies: one replay, of the source's UCI moves where
+    the game has them, else of its SAN."""
     wanted = set(plies)
     if not wanted:
         return {}
     board = chess.Board(game.root_fen)
     out: dict[int, str] = {}
     last = max(wanted)
+    moves: Iterable[Any] = game.sans
+    push: Callable[[Any], Any] = board.push_san
     if game.uci is not None and len(game.uci) >= len(game.sans):
         # The source's UCI moves, checked legal when the game was read: pushed as they are.
-        push = board.push
-        for k, uci in enumerate(game.uci[: len(game.sans)]):
-            if k in wanted:
-                out[k] = board.fen()
-            if k >= last:
-                break
-            push(uci_move(uci))
-        return out
-    for k, san in enumerate(game.sans):
+        moves, push = map(uci_move, game.uci[: len(game.sans)]), board.push
+    for k, move in enumerate(moves):
         if k in wanted:
             out[k] = board.fen()
         if k >= last:
             break
-        board.push_san(san)
+        push(move)
     return out
 
 
@@ -276,13 +274,7 @@ class ExampleTokenizer:
         add = ex.prompt.add_special_tokens
         encode = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)  # _fast: no offsets (tokenizers >= 0.21)
         full, head = encode([ex.text, ex.prompt.text], add_special_tokens=add)
-        ids, pids = full.ids, head.ids
-        n = 0
-        for a, b in zip(ids, pids, strict=False):
-            if a != b:
-                break
-            n += 1
-        return ids, n
+        return full.ids, shared_prefix_len(full.ids, head.ids)
 
     def _own_text_batch(self, examples: list[Example]) -> None:
         """Examples no longer text of their game holds (board windows: each has its own FEN):
@@ -293,10 +285,7 @@ class ExampleTokenizer:
             self._direct_batch(examples)
             return
         rest: list[Example] = []
-        for add in (True, False):
-            group = [ex for ex in examples if ex.prompt.add_special_tokens is add]
-            if not group:
-                continue
+        for add, group in _by_special_tokens(examples):
             for ex, enc in zip(group, self.tok.encode_batch([ex.text for ex in group], add_special_tokens=add), strict=True):
                 offsets = enc.offsets
                 starts, ends = [a for a, _ in offsets], [b for _, b in offsets]
@@ -315,20 +304,11 @@ class ExampleTokenizer:
         """:meth:`direct` for many examples in one batch call per kind (board windows, each with
         its own FEN, all come here: one call for all of them instead of one per example)."""
         encode = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)
-        for add in (True, False):
-            group = [ex for ex in examples if ex.prompt.add_special_tokens is add]
-            if not group:
-                continue
+        for add, group in _by_special_tokens(examples):
             full = encode([ex.text for ex in group], add_special_tokens=add)
             head = encode([ex.prompt.text for ex in group], add_special_tokens=add)
             for ex, f, h in zip(group, full, head, strict=True):
-                ids, pids = f.ids, h.ids
-                n = 0
-                for a, b in zip(ids, pids, strict=False):
-                    if a != b:
-                        break
-                    n += 1
-                ex.input_ids, ex.prompt_tokens = ids, n
+                ex.input_ids, ex.prompt_tokens = f.ids, shared_prefix_len(f.ids, h.ids)
                 self.counts["direct"] += 1
 
     def tokenize(self, games: list[list[Example]]) -> None:
@@ -477,6 +457,14 @@ def words_tokenize_alone(tok: Any) -> bool:
                 return False
             i = token.find(mark, i + 1)
     return True
+
+
+def _by_special_tokens(examples: list[Example]) -> list[tuple[bool, list[Example]]]:
+    """The examples in (at most) two groups, with and without special tokens: one batch call each."""
+    groups: dict[bool, list[Example]] = {}
+    for ex in examples:
+        groups.setdefault(ex.prompt.add_special_tokens, []).append(ex)
+    return [(add, groups[add]) for add in (True, False) if add in groups]
 
 
 def _boundary(starts: list[int], ends: list[int], pos: int) -> int | None:

@@ -485,14 +485,12 @@ def export_checkpoint(run_dir: Path, checkpoint: Path, dest: Path) -> None:
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     save_for_engine(model, tok, cfg, tmp)
+    old = dest.with_name(dest.name + ".old")
     if dest.is_dir():  # rename() cannot replace a non-empty folder: move the old one aside first
-        old = dest.with_name(dest.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         dest.replace(old)
-        tmp.replace(dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.replace(dest)
+    tmp.replace(dest)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _absolute_base(adapter_config: Path, base: str) -> None:

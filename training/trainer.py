@@ -535,8 +535,7 @@ class Trainer:
         t_start = time.perf_counter()
         window_tokens_here = 0.0  # tokens of the window trained by this run (for tokens/s)
         window_time = 0.0  # seconds in train steps (evaluation and saving not counted)
-        last_eval: dict[str, float] = {}
-        self._last_eval = last_eval
+        self._last_eval: dict[str, float] = {}
         bar = tqdm(total=self.total_steps, initial=self.state.step, unit="step", desc="train", disable=not self.main)
         st = self.state
         while st.step < self.total_steps:
@@ -568,9 +567,9 @@ class Trainer:
                 st.window_steps, st.window_loss, st.window_tokens, st.window_completion_tokens = 0, 0.0, 0.0, 0.0
                 window_tokens_here, window_time = 0.0, 0.0
             if (ev.eval_steps and step % ev.eval_steps == 0) or step == self.total_steps:
-                last_eval = self._last_eval = self.evaluate()
-                self.log(last_eval)
-                logger.info("step {}: {}", step, {k: round(v, 4) for k, v in last_eval.items()})
+                self._last_eval = self.evaluate()
+                self.log(self._last_eval)
+                logger.info("step {}: {}", step, {k: round(v, 4) for k, v in self._last_eval.items()})
             saved = False
             if (tc.save_steps and step % tc.save_steps == 0) or step == self.total_steps:
                 self.state.seconds += time.perf_counter() - t_start
