@@ -8,6 +8,12 @@ that models trained on different sets are compared on positions none of them saw
 
     python benchmarks/legal_rate.py --data DATA --positions 1024 \\
         --model v3=OLD_DIR --model v4=engine/data/bundled-model --json OUT.json
+
+``--breakdown`` adds, for each model, why its illegal outputs are illegal
+(``training.evaluation.classify_output``: a piece that cannot reach the square, a pinned
+piece, a move that ignores check, ...), the legal rate by the position's ply within its
+board window (plies since the prompt's ``[FEN]``, or since the start without one) and
+the first ``--examples`` illegal outputs with their positions.
 """
 
 from __future__ import annotations
@@ -15,11 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+_FEN_TAG = re.compile(r'\[FEN "([^"]+)"\]')
 
 
 def main() -> int:
@@ -32,6 +41,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--template", default="pgn-base")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--breakdown", action="store_true", help="classify illegal outputs; legal rate by ply in window")
+    ap.add_argument("--examples", type=int, default=40, help="illegal outputs listed with --breakdown")
     args = ap.parse_args()
 
     import torch
@@ -69,17 +80,61 @@ def main() -> int:
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
         t = time.perf_counter()
-        m = generation_metrics(
+        outputs: list[str] = []
+        m: dict[str, object] = dict(generation_metrics(
             model, tok, positions, device=torch.device("cpu"), max_new_tokens=args.max_new_tokens,
-            batch_size=args.batch_size, add_special_tokens=add,
-        )  # fmt: skip
+            batch_size=args.batch_size, add_special_tokens=add, outputs=outputs,
+        ))  # fmt: skip
         m["seconds"] = round(time.perf_counter() - t, 1)
         m["path"] = path
+        if args.breakdown:
+            m.update(breakdown(positions, outputs, args.examples))
         res["models"][name] = m  # type: ignore[index]
         print(name, json.dumps(m), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
     return 0
+
+
+def window_ply(prompt: str, fen: str) -> int:
+    """Plies from the prompt's first position (its ``[FEN]`` tag, else the standard start)
+    to ``fen``, the position the model answers in."""
+    import chess
+
+    tag = _FEN_TAG.search(prompt)
+    root = chess.Board(tag.group(1)) if tag else chess.Board()
+    board = chess.Board(fen)
+    return (board.fullmove_number - root.fullmove_number) * 2 + (board.turn == chess.BLACK) - (root.turn == chess.BLACK)
+
+
+def breakdown(positions: list, outputs: list[str], examples: int) -> dict[str, object]:
+    """Classes of the outputs, legal rate by ply in window, the first illegal examples."""
+    import collections
+
+    import chess
+
+    from training.evaluation import OUTPUT_CLASSES, classify_output
+
+    classes: collections.Counter[str] = collections.Counter()
+    by_ply: dict[int, list[int]] = {}
+    listed = []
+    for pos, text in zip(positions, outputs, strict=True):
+        board = chess.Board(pos.fen)
+        kind = classify_output(board, " " + text)
+        classes[kind] += 1
+        ply = window_ply(pos.prompt, pos.fen)
+        row = by_ply.setdefault(ply, [0, 0])
+        row[0] += 1
+        row[1] += kind == "legal"
+        if kind != "legal" and len(listed) < examples:
+            listed.append({"fen": pos.fen, "ply_in_window": ply, "output": text, "class": kind, "played": pos.completion})
+    return {
+        "classes": {k: classes[k] for k in OUTPUT_CLASSES if classes[k]},
+        "by_ply_in_window": {
+            str(p): {"positions": n, "legal_rate": round(ok / n, 4)} for p, (n, ok) in sorted(by_ply.items())
+        },
+        "illegal_examples": listed,
+    }
 
 
 if __name__ == "__main__":

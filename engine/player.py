@@ -77,6 +77,22 @@ def probability_to_cp(p: float) -> int:
     return int(max(-CP_LIMIT, min(CP_LIMIT, round(cp))))
 
 
+def first_move_token(text: str) -> str | None:
+    """The word of generated text that should be the move: the first one, or the one
+    after a move number the model repeated (``"12."``/``"12..."``); None if there is none."""
+    parts = text.split()
+    if not parts:
+        return None
+    token = parts[0]
+    m = _MOVE_NUMBER_RE.match(token)
+    if m:
+        rest = token[m.end() :]
+        if rest:
+            return rest
+        return parts[1] if len(parts) > 1 else None
+    return token
+
+
 def parse_model_move(board: chess.Board, text: str) -> tuple[chess.Move | None, str]:
     """Read the first move of generated text.
 
@@ -84,21 +100,9 @@ def parse_model_move(board: chess.Board, text: str) -> tuple[chess.Move | None, 
     ``resign`` (the side to move wrote its own loss), ``result`` (another result),
     or ``invalid``.
     """
-    stripped = text.strip()
-    if not stripped:
+    token = first_move_token(text)
+    if token is None:
         return None, "invalid"
-    token = stripped.split()[0]
-    # A move number the model repeated ("12." / "12...") before the move.
-    m = _MOVE_NUMBER_RE.match(token)
-    if m:
-        rest = token[m.end() :]
-        if rest:
-            token = rest
-        else:
-            parts = stripped.split()
-            if len(parts) < 2:
-                return None, "invalid"
-            token = parts[1]
     r = _RESULT_RE.match(token)
     if r:
         return None, "resign" if r.group(1) == own_loss_result(board.turn) else "result"

@@ -21,7 +21,7 @@ from typing import Any
 
 import chess
 
-from engine.player import parse_model_move
+from engine.player import first_move_token, parse_model_move
 from training.data import EvalPosition
 
 
@@ -67,7 +67,11 @@ def generation_metrics(
     synced_gpus: bool = False,
     autocast: Callable[[], Any] = contextlib.nullcontext,
     all_reduce: Callable[[list[float]], list[float]] = lambda x: x,
+    outputs: list[str] | None = None,
 ) -> dict[str, float]:
+    """Legal, exact and resignation rates of greedy generation on ``positions``.
+    ``outputs``, when given, receives the decoded text generated for each of this rank's
+    positions, in order (the parser reads ``" " + text``)."""
     import torch
 
     # Equal-length slices per rank (padded with repeats that are not counted).
@@ -103,6 +107,8 @@ def generation_metrics(
                     if start + i >= counted:
                         continue
                     board = chess.Board(pos.fen)
+                    if outputs is not None:
+                        outputs.append(text)
                     move, kind = parse_model_move(board, " " + text)
                     played, _ = parse_model_move(board, pos.completion)
                     if move is not None:
@@ -122,3 +128,74 @@ def generation_metrics(
         "resign_rate": resign_f / n,
         "eval_positions": n,
     }
+
+
+# What classify_output answers, in the order a report lists them.
+OUTPUT_CLASSES = (
+    "legal",
+    "resign",
+    "result",
+    "no-move",  # nothing, or a word that is not SAN or UCI at all
+    "castling-not-allowed",
+    "no-such-piece",  # the side to move has no piece of that kind
+    "own-piece-on-square",  # the target square holds one of the mover's own pieces
+    "unreachable",  # no piece of that kind reaches the square (board misread)
+    "wrong-disambiguation",  # a piece of that kind reaches it, not the one named
+    "ambiguous",  # two pieces reach it and the SAN does not say which
+    "ignores-check",  # the move exists but leaves the king in the check it is in
+    "king-into-check",
+    "pinned-piece",  # the move exists but uncovers the king
+)
+
+_SAN_PIECES = {"N": chess.KNIGHT, "B": chess.BISHOP, "R": chess.ROOK, "Q": chess.QUEEN, "K": chess.KING}
+
+
+def classify_output(board: chess.Board, text: str) -> str:
+    """Why ``text`` (generated after a prompt ending at ``board``) is or is not a legal
+    move: one of :data:`OUTPUT_CLASSES`. Outputs the engine's parser reads as a legal move
+    (repairs included) are ``legal``; the others are sorted by the first rule of chess
+    they break, from "not a move at all" to "a move that exists but is illegal"."""
+    move, kind = parse_model_move(board, text)
+    if move is not None:
+        return "legal"
+    if kind in ("resign", "result"):
+        return kind
+    token = first_move_token(text)
+    if token is None:
+        return "no-move"
+    token = token.rstrip("!?+#,;.").replace("0", "O")
+    if token in ("O-O", "O-O-O"):
+        return "castling-not-allowed"
+    m = chess.SAN_REGEX.match(token)
+    if not m:
+        return "no-move"
+    piece = _SAN_PIECES.get(m.group(1) or "", chess.PAWN)
+    from_file = chess.FILE_NAMES.index(m.group(2)) if m.group(2) else None
+    from_rank = int(m.group(3)) - 1 if m.group(3) else None
+    to_square = chess.parse_square(m.group(4))
+    if not board.pieces(piece, board.turn):
+        return "no-such-piece"
+    own = board.color_at(to_square) == board.turn
+    reaching = [
+        mv
+        for mv in board.generate_pseudo_legal_moves()
+        if mv.to_square == to_square and board.piece_type_at(mv.from_square) == piece and not board.is_castling(mv)
+    ]
+    if not reaching:
+        return "own-piece-on-square" if own else "unreachable"
+    named = [
+        mv
+        for mv in reaching
+        if (from_file is None or chess.square_file(mv.from_square) == from_file)
+        and (from_rank is None or chess.square_rank(mv.from_square) == from_rank)
+    ]
+    if not named:
+        # A pawn's file is where it stands, not a choice among pieces: none of them gets there.
+        return "wrong-disambiguation" if piece != chess.PAWN else "unreachable"
+    legal = [mv for mv in named if board.is_legal(mv)]
+    if legal:
+        # Legal moves that the parser still refused: several pieces fit the SAN.
+        return "ambiguous"
+    if board.is_check():
+        return "ignores-check"
+    return "king-into-check" if piece == chess.KING else "pinned-piece"

@@ -1,0 +1,147 @@
+"""Why a generated move is not legal: training.evaluation.classify_output."""
+
+from __future__ import annotations
+
+import chess
+import pytest
+
+from engine.player import first_move_token
+from training.evaluation import OUTPUT_CLASSES, classify_output
+
+START = chess.STARTING_FEN
+# White: Ke1, Re2 pinned by Black's Re8; Black king on h8. White to move.
+PIN = "4r2k/8/8/8/8/8/4R3/4K3 w - - 0 1"
+# White king on e1 in check from Black's Qe7 (e-file open); White has Nb1, Ra1.
+CHECK = "4k3/4q3/8/8/8/8/8/RN2K3 w Q - 0 1"
+# Two white knights (b1, f1) both reach d2; a rook on a1; White's king on h1.
+TWO_KNIGHTS = "4k3/8/8/8/8/8/8/RN3N1K w - - 0 1"
+
+
+@pytest.mark.parametrize(
+    ("fen", "text", "expected"),
+    [
+        (START, " e4", "legal"),
+        (START, " 1. e4", "legal"),  # a repeated move number
+        (START, " e2e4", "legal"),  # UCI is read too
+        (START, " 0-1", "resign"),  # White to move writes its own loss
+        (START, " 1-0", "result"),
+        (START, " 1/2-1/2", "result"),
+        (START, "", "no-move"),
+        (START, " hello", "no-move"),
+        (START, " O-O", "castling-not-allowed"),
+        (START, " Qh5", "unreachable"),  # the queen is boxed in
+        (START, " e5", "unreachable"),  # a pawn cannot go three squares
+        (START, " exd3", "unreachable"),  # a pawn capture onto an empty square
+        (START, " Nd2", "own-piece-on-square"),  # d2 holds White's own pawn
+        ("4k3/8/8/8/8/8/8/4K3 w - - 0 1", " Nf3", "no-such-piece"),
+        (TWO_KNIGHTS, " Nd2", "ambiguous"),
+        (TWO_KNIGHTS, " Nbd2", "legal"),
+        (TWO_KNIGHTS, " Nhd2", "wrong-disambiguation"),  # a knight on the h-file? none reaches d2
+        (PIN, " Ra2", "pinned-piece"),
+        (PIN, " Re7", "legal"),  # along the pin
+        ("4k3/8/8/8/8/8/3r4/4K3 w - - 0 1", " Kf1", "legal"),
+        ("4k3/8/8/8/8/8/3r4/4K3 w - - 0 1", " Kd1", "king-into-check"),  # the rook holds the d-file
+        ("4k3/8/8/8/8/8/3r4/4K3 w - - 0 1", " Kf2", "king-into-check"),  # and the second rank
+        (CHECK, " Nc3", "ignores-check"),
+        (CHECK, " Kd1", "legal"),
+    ],
+)
+def test_classify_output(fen: str, text: str, expected: str) -> None:
+    assert classify_output(chess.Board(fen), text) == expected
+
+
+def test_classes_are_listed() -> None:
+    # Every answer above is one of the listed classes, which a report prints in order.
+    assert len(set(OUTPUT_CLASSES)) == len(OUTPUT_CLASSES)
+    board = chess.Board(PIN)
+    assert classify_output(board, " Ra2") in OUTPUT_CLASSES
+
+
+@pytest.mark.parametrize(
+    ("text", "token"),
+    [(" e4 e5", "e4"), (" 12. Nf3", "Nf3"), (" 12...Nf6", "Nf6"), (" 12.", None), ("   ", None), (" 1-0", "1-0")],
+)
+def test_first_move_token(text: str, token: str | None) -> None:
+    assert first_move_token(text) == token
+
+
+def _legal_rate_module():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "legal_rate", Path(__file__).resolve().parents[2] / "benchmarks" / "legal_rate.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_window_ply_counts_from_the_prompts_fen() -> None:
+    legal_rate = _legal_rate_module()
+    board = chess.Board()
+    for san in ["e4", "e5", "Nf3"]:
+        board.push_san(san)
+    # No [FEN] tag: plies from the standard start.
+    assert legal_rate.window_ply('[Event "?"]\n\n1. e4 e5 2. Nf3', board.fen()) == 3
+    # A window that starts after 1. e4 (Black to move): two plies later.
+    root = chess.Board()
+    root.push_san("e4")
+    prompt = f'[SetUp "1"]\n[FEN "{root.fen()}"]\n\n1... e5 2. Nf3'
+    assert legal_rate.window_ply(prompt, board.fen()) == 2
+    assert legal_rate.window_ply(prompt, root.fen()) == 0
+
+
+def test_breakdown_counts_classes_and_plies() -> None:
+    from training.data import EvalPosition
+
+    legal_rate = _legal_rate_module()
+    after_e4 = chess.Board()
+    after_e4.push_san("e4")
+    positions = [
+        EvalPosition('[Event "?"]\n\n1.', " e4", START),
+        EvalPosition('[Event "?"]\n\n1.', " e4", START),
+        EvalPosition('[Event "?"]\n\n1. e4', " e5", after_e4.fen()),
+    ]
+    out = legal_rate.breakdown(positions, [" e4", " Qh5", " e5"], examples=5)
+    assert out["classes"] == {"legal": 2, "unreachable": 1}
+    assert out["by_ply_in_window"] == {
+        "0": {"positions": 2, "legal_rate": 0.5},
+        "1": {"positions": 1, "legal_rate": 1.0},
+    }
+    assert [e["output"] for e in out["illegal_examples"]] == [" Qh5"]
+
+
+def test_generation_outputs_agree_with_the_legal_rate() -> None:
+    """The texts generation_metrics hands back are the ones it counted: classifying them
+    gives its legal rate (the bundled model on early positions of a real game)."""
+    torch = pytest.importorskip("torch")
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from engine.int8store import load_causal_lm
+    from engine.prompt import PromptBuilder, PromptTemplate
+    from training.data import EvalPosition
+    from training.evaluation import generation_metrics
+
+    folder = Path(__file__).resolve().parents[2] / "engine" / "data" / "bundled-model"
+    tok = AutoTokenizer.from_pretrained(folder)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    model = load_causal_lm(folder, dtype=torch.float32)
+    builder = PromptBuilder(PromptTemplate.load("pgn-base"), tok)
+    board, sans, positions = chess.Board(), [], []
+    for uci in ["e2e4", "c7c5", "g1f3", "d7d6", "d2d4", "c5d4"]:
+        positions.append(EvalPosition(builder.from_sans(sans).text, "", board.fen()))
+        move = chess.Move.from_uci(uci)
+        sans.append(board.san(move))
+        board.push(move)
+    outputs: list[str] = []
+    m = generation_metrics(
+        model, tok, positions, device=torch.device("cpu"), max_new_tokens=4, batch_size=4, outputs=outputs
+    )
+    assert len(outputs) == len(positions)
+    legal = sum(classify_output(chess.Board(p.fen), " " + t) == "legal" for p, t in zip(positions, outputs, strict=True))
+    assert m["legal_rate"] == pytest.approx(legal / len(positions))
