@@ -36,7 +36,8 @@ that the trainer's kernel-launching process keeps its core), EVAL_OPPONENTS
 (3+0.05), WORKERS (15 for self-play, 16 for the build), NODES (600), WORK (/tmp/bw),
 GAMES (what to train on: globs under the repository or absolute, space-separated, of selfplay-*.tgz
 tarballs, of folders holding games-*.parquet chunks, or of packed sets ``*.mcg`` from
-``gpu_carry.sh --games ... --pack``, 2.3 times more games a call; default .gpu2/selfplay-*.tgz),
+``gpu_carry.sh --games ... --pack``, 2.3 times more games a call, which the build decodes as they are;
+default .gpu2/selfplay-*.tgz),
 TRAIN_CONFIG (configs/train/scratch-medium.yaml), TRAIN_OVERRIDES (more key=value words),
 BUILD_OVERRIDES (key=value words for the data-set build of configs/dataset/scratch-games.yaml, e.g.
 ``examples.positions_per_game=1``: one example a game, its header naming the side to move at ply 0
@@ -229,8 +230,9 @@ def phase_selfplay(seed: int, seconds: float) -> int:
 # -- train + evaluate -------------------------------------------------------------------------------------
 
 
-def unpack_games(work: Path) -> list[Path]:
-    """Every .gpu2/selfplay-*.tgz, each in its own folder; the folders holding parquet chunks."""
+def game_sources(work: Path) -> list[Path]:
+    """Every .gpu2/selfplay-*.tgz, each in its own folder; the folders holding parquet chunks,
+    and the packed sets (``*.mcg``) as they are: the build's workers decode them."""
     games = work / "games"
     shutil.rmtree(games, ignore_errors=True)
     sources = []
@@ -240,13 +242,12 @@ def unpack_games(work: Path) -> list[Path]:
     for path in sorted(p for paths in found for p in paths):
         root = path  # a folder of parquet chunks, such as a set restored from the history
         if path.suffix == ".mcg":  # a set packed by gpu_carry.sh --pack (training/packgames.py)
-            from training.packgames import unpack_games as unpack_packed
+            from training.packgames import packed_header
 
-            root = games / path.stem
-            t = time.monotonic()
-            info = unpack_packed(path, root, workers=env_int("WORKERS", 16))
-            say(f"games: {path.name}: unpacked {info['games']} games in {time.monotonic() - t:.0f} s")
-        elif not path.is_dir():
+            say(f"games: {path.name}: {packed_header(path)['games']} packed games (decoded by the build)")
+            sources.append(path)
+            continue
+        if not path.is_dir():
             root = games / path.name.removesuffix(".tgz")
             root.mkdir(parents=True)
             with tarfile.open(path) as tar:
@@ -608,7 +609,7 @@ def phase_train() -> int:
     if resume and not (data / "stats.json").is_file():
         sys.exit(f"RESUME=1: no data set at {data} (an earlier train call on this warm machine builds it)")
     if not resume:
-        sources = unpack_games(work)
+        sources = game_sources(work)
         shutil.rmtree(data, ignore_errors=True)
         cmd = build_command(sources, data)
         say("build: " + " ".join(cmd[3:]))

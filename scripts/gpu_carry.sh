@@ -17,7 +17,8 @@
 #                        E 12 MB) with the 40 MB tree are more than one call may carry.
 #   with --pack:         each set of --games packed into .gpu2/datasets/NAME.mcg (a byte a move, xz:
 #                        ~82 bytes a game instead of ~186; training/packgames.py), about 2.3 times
-#                        the games a call carries; bundled_gpu.py unpacks GAMES='.gpu2/datasets/*'.
+#                        the games a call carries; bundled_gpu.py builds from GAMES='.gpu2/datasets/*'
+#                        (dataset build decodes .mcg files in its workers).
 #                        A packed copy kept in the history (datasets/packed/NAME.mcg) is taken as it
 #                        is, with no packing (F, K, L, M and N: 1 s instead of 12.5 minutes).
 # A new session's checkout starts without .gpu2: run this before the first GPU call.

@@ -110,8 +110,9 @@ class SelfPlayConfig:
 
 @dataclasses.dataclass
 class SourceConfig:
-    path: str = ""  # a file, a folder (its *.parquet / *.pgn / *.pgn.zst files) or a glob
-    format: Literal["auto", "laion", "pgn"] = "auto"  # auto: by file suffix
+    path: str = ""  # a file, a folder (its *.parquet / *.pgn / *.pgn.zst / *.mcg files) or a glob
+    # auto: by file suffix; packed: games packed by `dataset pack-games` (*.mcg)
+    format: Literal["auto", "laion", "pgn", "packed"] = "auto"
     max_games: int = 0  # games read from this source (after filters); 0 = all
     # Filters (counted in the stats as `filtered`, not as corrupt):
     min_plies: int = 0  # games shorter than this are skipped

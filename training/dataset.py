@@ -383,17 +383,21 @@ def build_dataset(cfg: DatasetConfig, *, progress_bar: bool = True) -> dict[str,
 
 
 def _known_total(cfg: DatasetConfig, files: list[tuple[int, Path, str]]) -> int | None:
-    """Records to read, when every file is parquet (its footer says); None for PGN."""
-    if any(fmt != "laion" for _, _, fmt in files):
+    """Records to read, when every file is parquet (its footer says) or packed (its header
+    says); None for PGN."""
+    if any(fmt == "pgn" for _, _, fmt in files):
         return None
     import pyarrow.parquet as pq
 
+    from training.packgames import packed_header
+
     per_source: dict[int, int] = {}
-    for i, path, _ in files:
+    for i, path, fmt in files:
         try:
-            per_source[i] = per_source.get(i, 0) + pq.ParquetFile(path).metadata.num_rows
+            n = int(packed_header(path)["games"]) if fmt == "packed" else pq.ParquetFile(path).metadata.num_rows
         except Exception:  # an unreadable file is reported when it is read
             continue
+        per_source[i] = per_source.get(i, 0) + n
     total = sum(min(n, cfg.sources[i].max_games) if cfg.sources[i].max_games else n for i, n in per_source.items())
     return min(total, cfg.max_games) if cfg.max_games else total
 

@@ -150,6 +150,27 @@ def pack_games(sources: Sequence[str | Path], out: str | Path, *, workers: int =
             "parquet_bytes": sum(f.stat().st_size for f in files)}  # fmt: skip
 
 
+def packed_header(path: str | Path) -> dict[str, Any]:
+    """The JSON header of a packed file (``games``, ...), decompressing only its start."""
+    path = Path(path)
+    dec = lzma.LZMADecompressor()
+    raw = b""
+    try:
+        with path.open("rb") as f:
+            while len(raw) < len(MAGIC) + 4 or len(raw) < len(MAGIC) + 4 + struct.unpack_from("<I", raw, len(MAGIC))[0]:
+                block = f.read(1 << 16)
+                if not block:
+                    raise EOFError("the file ends inside its header")
+                raw += dec.decompress(block)
+        if not raw.startswith(MAGIC):
+            raise DataError(f"{path}: not a packed games file (no {MAGIC!r} at the start)")
+        (n,) = struct.unpack_from("<I", raw, len(MAGIC))
+        header: dict[str, Any] = json.loads(raw[len(MAGIC) + 4 : len(MAGIC) + 4 + n])
+        return header
+    except (lzma.LZMAError, EOFError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: not a packed games file ({type(exc).__name__}: {exc})") from None
+
+
 def read_packed(path: str | Path) -> tuple[dict[str, Any], list[tuple[bytes, str | None, str]]]:
     """The header and the packed records of a file written by :func:`pack_games`."""
     path = Path(path)

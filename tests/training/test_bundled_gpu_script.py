@@ -98,20 +98,24 @@ def test_strength_plot_is_redrawn_from_its_json(driver: ModuleType, tmp_path: Pa
     assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_packed_sets_are_unpacked_for_the_build(
+def test_packed_sets_go_to_the_build_as_they_are(
     driver: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, selfplay_dir: Path
 ) -> None:
+    # No unpacking: the build's workers decode .mcg files (tests/training/test_packgames.py).
     from training.packgames import pack_games
 
     repo = tmp_path / "repo"
-    pack_games([selfplay_dir], repo / ".gpu2" / "datasets" / "selfplay-x.mcg")
+    packed = repo / ".gpu2" / "datasets" / "selfplay-x.mcg"
+    pack_games([selfplay_dir], packed)
     monkeypatch.setattr(driver, "ROOT", repo)
     monkeypatch.setenv("GAMES", ".gpu2/datasets/*")
     monkeypatch.setenv("WORK", str(tmp_path / "work"))
     monkeypatch.setenv("WORKERS", "1")
-    sources = driver.unpack_games(tmp_path / "work")
-    assert sources == [tmp_path / "work" / "games" / "selfplay-x"]
-    assert driver.games_in(sources[0]) == 24
+    sources = driver.game_sources(tmp_path / "work")
+    assert sources == [packed]
+    assert not (tmp_path / "work" / "games" / "selfplay-x").exists()
+    cmd = driver.build_command(sources, tmp_path / "data")
+    assert cmd[cmd.index("--source") + 1] == str(packed)
 
 
 def test_games_may_be_absolute_globs_of_unpacked_folders(
@@ -120,11 +124,11 @@ def test_games_may_be_absolute_globs_of_unpacked_folders(
     # Sets unpacked by an earlier call outside the repository: taken as they are, not copied.
     monkeypatch.setattr(driver, "ROOT", tmp_path / "repo")
     monkeypatch.setenv("GAMES", f"{selfplay_dir.parent}/{selfplay_dir.name[:-1]}? {tmp_path}/missing-*")
-    sources = driver.unpack_games(tmp_path / "work")
+    sources = driver.game_sources(tmp_path / "work")
     assert sources == sorted({p.parent for p in selfplay_dir.rglob("games-*.parquet")})
     monkeypatch.setenv("GAMES", f"{tmp_path}/missing-*")
     with pytest.raises(SystemExit, match="no games in"):
-        driver.unpack_games(tmp_path / "work")
+        driver.game_sources(tmp_path / "work")
 
 
 def test_build_overrides_reach_the_data_set_build(

@@ -79,3 +79,56 @@ def test_cli_pack_unpack(selfplay_dir: Path, tmp_path: Path, python_exe: str) ->
     (tmp_path / "junk.mcg").write_text("junk")
     bad = cli("unpack-games", str(tmp_path / "junk.mcg"), "--out", str(tmp_path / "x"))
     assert bad.returncode != 0 and "not a packed games file" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_data_set_builds_from_packed_games_as_from_their_parquet(selfplay_dir: Path, tmp_path: Path) -> None:
+    """`dataset build` reads .mcg files itself (no unpacking): the examples are the ones the
+    parquet chunks give, row for row; only the game's location (file and index) differs."""
+    from training.config import load_dataset_config
+    from training.dataset import build_dataset
+
+    packed = tmp_path / "games.mcg"
+    pack_games([selfplay_dir], packed)
+    built = {}
+    for name, source in (("parquet", selfplay_dir), ("packed", packed)):
+        cfg = load_dataset_config(
+            "configs/dataset/scratch-windows.yaml",
+            [f"sources=[{{path: {source}}}]", f"out={tmp_path / name}", "workers=2", "examples.positions_per_game=0",
+             "split.validation_fraction=0.2", "batch_games=5"],
+        )  # fmt: skip
+        stats = build_dataset(cfg, progress_bar=False)
+        assert stats["games"]["read"] == 24 and stats["games"]["used"] == 24
+        built[name] = {split: rows_of(tmp_path / name, split) for split in ("train", "validation", "eval")}
+    for split, parquet_rows in built["parquet"].items():
+        assert parquet_rows, split
+        strip = lambda rs: [{k: v for k, v in r.items() if k != "game"} for r in rs]  # noqa: E731
+        assert strip(built["packed"][split]) == strip(parquet_rows), split
+    assert all(r["game"].startswith(str(packed)) for r in built["packed"]["train"])
+
+
+def test_a_broken_packed_file_is_reported_and_the_build_goes_on(selfplay_dir: Path, tmp_path: Path) -> None:
+    from training.config import load_dataset_config
+    from training.dataset import build_dataset
+
+    folder = tmp_path / "sets"
+    folder.mkdir()
+    pack_games([selfplay_dir], folder / "a-good.mcg")
+    (folder / "b-broken.mcg").write_bytes(b"not xz")
+    # A game whose move index is past the position's legal moves: that game alone is corrupt.
+    raw = bytearray(lzma.decompress((folder / "a-good.mcg").read_bytes()))
+    raw[-1] = 250  # the last ply of the last game
+    (folder / "c-one-bad-game.mcg").write_bytes(lzma.compress(bytes(raw)))
+    cfg = load_dataset_config(
+        "configs/dataset/scratch-windows.yaml",
+        [f"sources=[{{path: {folder}}}]", f"out={tmp_path / 'out'}", "workers=1", "examples.positions_per_game=1"],
+    )
+    stats = build_dataset(cfg, progress_bar=False)
+    assert stats["games"]["used"] == 24 + 23
+    assert stats["games"]["corrupt"] == {"unreadable": 1, "illegal_move": 1}
+    log = (tmp_path / "out" / "corrupt.jsonl").read_text()
+    assert "b-broken.mcg" in log and "not a packed games file" in log
+    assert "c-one-bad-game.mcg" in log and "index 250" in log
+
+
+def rows_of(folder: Path, split: str) -> list[dict]:
+    return [r for f in sorted(folder.glob(f"{split}-*.parquet")) for r in pq.read_table(f).to_pylist()]
