@@ -32,7 +32,9 @@ Phases
 Settings (environment): TRAIN_STEPS (1800), SAVE_STEPS (300), BUDGET_S (510: the phase
 ends by then), EVAL_GAMES (40 per opponent), EVAL_CONCURRENCY (10; the matches run under nice so
 that the trainer's kernel-launching process keeps its core), EVAL_OPPONENTS
-(``random,sf1350``; also ``skill0`` = Stockfish Skill Level 0 at depth 1), EVAL_TC
+(``random,sf1350``; also ``skill0`` = Stockfish Skill Level 0 at depth 1, ``bundled`` = the model
+the repository ships; ``none``: no matches, which leaves the CPU cores to the trainer, the
+checkpoints rated afterwards on the development machine), EVAL_TC
 (3+0.05), WORKERS (15 for self-play, 16 for the build), NODES (600), WORK (/tmp/bw),
 GAMES (what to train on: globs under the repository or absolute, space-separated, of selfplay-*.tgz
 tarballs, of folders holding games-*.parquet chunks, or of packed sets ``*.mcg`` from
@@ -272,8 +274,11 @@ OPPONENTS: dict[str, list[str]] = {
 
 
 def eval_opponents() -> list[str]:
-    """EVAL_OPPONENTS, checked against OPPONENTS."""
-    opponents = [o for o in (os.environ.get("EVAL_OPPONENTS") or "random,sf1350").split(",") if o]
+    """EVAL_OPPONENTS, checked against OPPONENTS; ``none``: no matches."""
+    raw = os.environ.get("EVAL_OPPONENTS") or "random,sf1350"
+    if raw.strip().lower() == "none":
+        return []
+    opponents = [o for o in raw.split(",") if o]
     bad = [o for o in opponents if o not in OPPONENTS]
     if bad:
         sys.exit(f"EVAL_OPPONENTS: unknown {bad} (known: {sorted(OPPONENTS)})")
@@ -334,6 +339,8 @@ class Evaluator(threading.Thread):
             say(f"evaluator stopped: {type(exc).__name__}: {exc}")
 
     def evaluate(self, step: int, ckpt: Path) -> None:
+        if not self.opponents:  # EVAL_OPPONENTS=none: nothing to play, nothing to export
+            return
         engine_dir = self.work / "engines" / f"step-{step:07d}"
         t = time.monotonic()
         from training.modeling import export_checkpoint
@@ -492,6 +499,9 @@ def plot_strength(doc: dict[str, Any], out_png: Path) -> None:
         say("no matplotlib: no PNG (the numbers are in the JSON)")
         return
     rows = doc["results"]
+    if not any(r["games"] for r in rows):
+        say("no match was played (EVAL_OPPONENTS=none?): no strength plot")
+        return
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for opp in doc["opponents"]:
         pts = [r for r in rows if r["opponent"] == opp and r["games"]]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -53,6 +54,30 @@ def test_eval_opponents_are_checked(driver: ModuleType, monkeypatch: pytest.Monk
     monkeypatch.setenv("EVAL_OPPONENTS", "random,stockfish-9000")
     with pytest.raises(SystemExit, match="stockfish-9000"):
         driver.eval_opponents()
+
+
+def test_no_matches_with_eval_opponents_none(driver: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EVAL_OPPONENTS=none leaves the CPU cores to the trainer: no export, no match, no plot."""
+    monkeypatch.setenv("EVAL_OPPONENTS", "none")
+    assert driver.eval_opponents() == []
+    assert not driver.needs_stockfish(driver.eval_opponents())
+    monkeypatch.setenv("FINAL_PICK", "score:bundled")  # a pick by score needs matches
+    with pytest.raises(SystemExit, match="FINAL_PICK"):
+        driver.final_pick()
+    ckpt = tmp_path / "work" / "run" / "checkpoints" / "step-0000400"
+    ckpt.mkdir(parents=True)
+    (ckpt / "state.json").write_text("{}")
+    import training.modeling
+
+    exported: list[Path] = []
+    monkeypatch.setattr(training.modeling, "export_checkpoint", lambda run, ckpt, out: exported.append(ckpt))
+    ev = driver.Evaluator(tmp_path / "work" / "run", tmp_path / "work", "", time.monotonic() + 60)
+    ev.training_done.set()
+    ev.run()
+    assert ev.done_steps == {400} and ev.results == [] and exported == []
+    doc = {"model_tag": "v9", "time_control": "3+0.05", "games_per_match": 40, "opponents": {}, "results": []}
+    driver.plot_strength(doc, tmp_path / "s.png")
+    assert not (tmp_path / "s.png").exists()
 
 
 def test_final_pick_by_score_against_an_opponent(driver: ModuleType, tmp_path: Path) -> None:
