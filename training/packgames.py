@@ -155,9 +155,12 @@ def packed_header(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     dec = lzma.LZMADecompressor()
     raw = b""
+    start = len(MAGIC) + 4  # the header follows the magic and its 4-byte length
     try:
         with path.open("rb") as f:
-            while len(raw) < len(MAGIC) + 4 or len(raw) < len(MAGIC) + 4 + struct.unpack_from("<I", raw, len(MAGIC))[0]:
+            while len(raw) < start or len(raw) < start + struct.unpack_from("<I", raw, len(MAGIC))[0]:
+                if len(raw) >= len(MAGIC) and not raw.startswith(MAGIC):
+                    break
                 block = f.read(1 << 16)
                 if not block:
                     raise EOFError("the file ends inside its header")
@@ -165,7 +168,7 @@ def packed_header(path: str | Path) -> dict[str, Any]:
         if not raw.startswith(MAGIC):
             raise DataError(f"{path}: not a packed games file (no {MAGIC!r} at the start)")
         (n,) = struct.unpack_from("<I", raw, len(MAGIC))
-        header: dict[str, Any] = json.loads(raw[len(MAGIC) + 4 : len(MAGIC) + 4 + n])
+        header: dict[str, Any] = json.loads(raw[start : start + n])
         return header
     except (lzma.LZMAError, EOFError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: not a packed games file ({type(exc).__name__}: {exc})") from None

@@ -67,6 +67,24 @@ def test_corrupt_files_are_refused_clearly(mixed_games_dir: Path, tmp_path: Path
         pack_games([tmp_path / "missing"], tmp_path / "x.mcg")
 
 
+def test_packed_header_is_read_from_the_start_alone(mixed_games_dir: Path, tmp_path: Path) -> None:
+    from training.packgames import packed_header
+
+    good = tmp_path / "good.mcg"
+    info = pack_games([mixed_games_dir], good)
+    assert packed_header(good)["games"] == info["games"]
+    bad = tmp_path / "bad.mcg"
+    for content, why in [
+        (b"not xz at all", "not a packed games file"),
+        (lzma.compress(b"PGN? no, a longer text than the magic"), "no b'MCGAMES1"),
+        (lzma.compress(MAGIC + b"\xff\x00\x00\x00{"), "ends inside its header"),
+        (lzma.compress(MAGIC + b"\x03\x00\x00\x00{{{"), "JSONDecodeError"),
+    ]:
+        bad.write_bytes(content)
+        with pytest.raises(DataError, match=why):
+            packed_header(bad)
+
+
 def test_cli_pack_unpack(selfplay_dir: Path, tmp_path: Path, python_exe: str) -> None:
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([python_exe, "-m", "training", "dataset", *args], capture_output=True, text=True, timeout=300)
