@@ -38,7 +38,7 @@ checkpoints rated afterwards on the development machine), EVAL_TC
 (3+0.05), WORKERS (15 for self-play, 16 for the build), NODES (600), WORK (/tmp/bw),
 GAMES (what to train on: globs under the repository or absolute, space-separated, of selfplay-*.tgz
 tarballs, of folders holding games-*.parquet chunks, or of packed sets ``*.mcg`` from
-``gpu_carry.sh --games ... --pack``, 2.3 times more games a call, which the build decodes as they are;
+``gpu_carry.sh --games ... --pack``, 1.7-2.3 times more games a call, which the build decodes as they are;
 default .gpu2/selfplay-*.tgz),
 TRAIN_CONFIG (configs/train/scratch-medium.yaml), TRAIN_OVERRIDES (more key=value words),
 BUILD_OVERRIDES (key=value words for the data-set build of configs/dataset/scratch-games.yaml, e.g.

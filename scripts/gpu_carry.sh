@@ -15,8 +15,8 @@
 #                        (GAMES='.gpu2/datasets/*' for bundled_gpu.py train); --games NAME[,NAME...]
 #                        (selfplay-20) or COMMIT[,...] takes those sets only. All sets (D 24 MB,
 #                        E 12 MB) with the 40 MB tree are more than one call may carry.
-#   with --pack:         each set of --games packed into .gpu2/datasets/NAME.mcg (a byte a move, xz:
-#                        ~82 bytes a game instead of ~186; training/packgames.py), about 2.3 times
+#   with --pack:         each set of --games packed into .gpu2/datasets/NAME.mcg (xz, format version 2:
+#                        ~111 bytes a game instead of ~186; training/packgames.py), about 1.7 times
 #                        the games a call carries; bundled_gpu.py builds from GAMES='.gpu2/datasets/*'
 #                        (dataset build decodes .mcg files in its workers).
 #                        A packed copy kept in the history (datasets/packed/NAME.mcg) is taken as it

@@ -49,11 +49,15 @@ def register(sub: Any) -> None:
 
     pk = dsub.add_parser(
         "pack-games",
-        help="pack LAION parquet games into one small file (a byte a move, xz): about 2.3x more games per GPU call",
+        help="pack LAION parquet games into one small file (xz): 1.7-2.3x more games per GPU call",
     )
     pk.add_argument("sources", nargs="+", help="parquet files or folders of them")
     pk.add_argument("--out", required=True, help="the packed file to write (e.g. .gpu2/packed/selfplay-80.mcg)")
     pk.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+    pk.add_argument(
+        "--version", type=int, choices=(1, 2), default=2,
+        help="2 (default): two bytes a move, decoded 3x faster; 1: a byte a move, about 27%% smaller",
+    )  # fmt: skip
     pk.set_defaults(func=_pack_games)
 
     up = dsub.add_parser("unpack-games", help="write the games of a packed file as LAION parquet chunks again")
@@ -134,7 +138,7 @@ def _pack_games(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise DataError(f"--workers must be >= 1, not {args.workers}")
-    print(json.dumps(pack_games(args.sources, args.out, workers=args.workers), indent=1))
+    print(json.dumps(pack_games(args.sources, args.out, workers=args.workers, version=args.version), indent=1))
     return 0
 
 

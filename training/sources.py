@@ -174,7 +174,8 @@ class WorkUnit:
     start: int  # index of the first game in the file
     batch: Any = None  # pyarrow.RecordBatch with the LAION columns
     pgns: list[str] | None = None
-    packed: list[tuple[bytes, str | None, str]] | None = None  # (move indices, termination, result)
+    packed: list[tuple[bytes, str | None, str]] | None = None  # (move bytes, termination, result)
+    packed_version: int = 1  # training.packgames format of ``packed``
 
     def __len__(self) -> int:
         if self.batch is not None:
@@ -187,7 +188,7 @@ class WorkUnit:
 
             for i, (data, term, result) in enumerate(self.packed):
                 try:
-                    moves: list[Any] | None = decode_moves(data)
+                    moves: list[Any] | None = decode_moves(data, self.packed_version)
                     error = None
                 except DataError as exc:
                     moves, error = None, str(exc)
@@ -252,12 +253,12 @@ def _iter_packed(path: Path, unit_games: int) -> Iterator[WorkUnit | CorruptReco
     from training.packgames import read_packed
 
     try:
-        _, records = read_packed(path)
+        header, records = read_packed(path)
     except DataError as exc:  # not xz, no magic, cut off: the file is reported, the build goes on
         yield CorruptRecord(str(path), -1, "unreadable", str(exc))
         return
     for start in range(0, len(records), unit_games):
-        yield WorkUnit(str(path), start, packed=records[start : start + unit_games])
+        yield WorkUnit(str(path), start, packed=records[start : start + unit_games], packed_version=header["version"])
 
 
 def open_text(path: Path) -> io.TextIOBase:

@@ -10,7 +10,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from training.errors import DataError
-from training.packgames import MAGIC, decode_moves, encode_moves, pack_games, read_packed, unpack_games
+from training.packgames import (
+    MAGIC,
+    MAGIC2,
+    decode_moves,
+    encode_moves,
+    encode_pieces,
+    pack_games,
+    read_packed,
+    unpack_games,
+)
 
 from .conftest import CORRUPT_ROWS, SCHOLAR_UCI
 
@@ -31,9 +40,67 @@ def test_a_game_round_trips_a_byte_a_move() -> None:
         decode_moves(bytes([200]))
 
 
-def test_pack_and_unpack_give_the_games_back(mixed_games_dir: Path, tmp_path: Path) -> None:
+# Castling on both sides (White O-O, Black O-O-O), en passant (e5xd6) and captures.
+SPECIAL_UCI = ["e2e4", "g8f6", "e4e5", "d7d5", "e5d6", "e7d6", "g1f3", "f8e7", "f1e2", "b8c6", "e1g1", "c8e6",
+               "b1c3", "d8d7", "d2d3", "e8c8"]  # fmt: skip
+
+
+def random_game(seed: int) -> list[str]:
+    """A game of random legal moves (chosen from the UCI-sorted list: the same on any version)."""
+    import random
+
+    import chess
+
+    rng, board, moves = random.Random(seed), chess.Board(), []
+    while not board.is_game_over() and len(moves) < 600:
+        move = rng.choice(sorted(board.legal_moves, key=lambda m: m.uci()))
+        moves.append(move.uci())
+        board.push(move)
+    return moves
+
+
+def test_both_formats_round_trip() -> None:
+    promoting = random_game(25)  # 291 plies with all four promotions and an en passant capture
+    assert {u[4] for u in promoting if len(u) == 5} == {"q", "r", "b", "n"}
+    for moves in (SCHOLAR_UCI, SPECIAL_UCI, promoting):
+        assert decode_moves(encode_moves(moves)) == moves
+        data = encode_pieces(moves)
+        assert len(data) == 2 * len(moves)
+        assert decode_moves(data, 2) == moves
+
+
+def test_version_2_refuses_what_it_cannot_decode() -> None:
+    with pytest.raises(DataError, match="ply 3: 'e1e3' is not a legal move"):
+        encode_pieces(["e2e4", "e7e5", "e1e3"])
+    with pytest.raises(DataError, match="piece 16 but the side to move has 16 pieces"):
+        decode_moves(bytes([16, 0]), 2)
+    with pytest.raises(DataError, match="destination 5 of 2"):
+        decode_moves(bytes([1, 5]), 2)  # the b1 knight (second white piece) reaches a3 and c3 only
+    with pytest.raises(DataError, match="two bytes a ply"):
+        decode_moves(bytes([1]), 2)
+    with pytest.raises(DataError, match="destination 0 of 0"):
+        decode_moves(bytes([4, 0]), 2)  # the king (fifth white piece, e1) has nowhere to go
+    # A pseudo-legal move that leaves the king in check: 1. e4 d5 2. Ke2 dxe4 3. Kd3?? is
+    # pseudo-legal for the king yet illegal (the e4 pawn attacks d3).
+    moves = ["e2e4", "d7d5", "e1e2", "d5e4"]
+    data = encode_pieces(moves)
+    import chess
+
+    board = chess.Board()
+    for uci in moves:
+        board.push_uci(uci)
+    king = sorted(chess.scan_forward(board.occupied_co[chess.WHITE])).index(chess.E2)
+    dests = sorted({m.to_square for m in board.generate_pseudo_legal_moves(from_mask=chess.BB_E2)})
+    with pytest.raises(DataError, match="ply 5: e2d3 is not a legal move"):
+        decode_moves(data + bytes([king, dests.index(chess.D3)]), 2)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_pack_and_unpack_give_the_games_back(mixed_games_dir: Path, tmp_path: Path, version: int) -> None:
     packed = tmp_path / "games.mcg"
-    info = pack_games([mixed_games_dir], packed)
+    info = pack_games([mixed_games_dir], packed, version=version)
+    assert lzma.decompress(packed.read_bytes()).startswith(MAGIC if version == 1 else MAGIC2)
+    assert read_packed(packed)[0]["version"] == version
     source = rows(mixed_games_dir)
     illegal = sum(1 for *_, kind in CORRUPT_ROWS if kind == "illegal_move")
     assert info["skipped"] == illegal and "not a legal move" in info["skipped_first"][0]
@@ -54,7 +121,7 @@ def test_corrupt_files_are_refused_clearly(mixed_games_dir: Path, tmp_path: Path
     with pytest.raises(DataError, match="no b'MCGAMES1"):
         read_packed(bad)
     good = tmp_path / "good.mcg"
-    pack_games([mixed_games_dir], good)
+    pack_games([mixed_games_dir], good, version=1)
     raw = lzma.decompress(good.read_bytes())
     assert raw.startswith(MAGIC)
     bad.write_bytes(lzma.compress(raw[:-20]))
@@ -106,9 +173,11 @@ def test_a_data_set_builds_from_packed_games_as_from_their_parquet(selfplay_dir:
     from training.dataset import build_dataset
 
     packed = tmp_path / "games.mcg"
-    pack_games([selfplay_dir], packed)
+    pack_games([selfplay_dir], packed)  # version 2, the default
+    packed_v1 = tmp_path / "games-v1.mcg"
+    pack_games([selfplay_dir], packed_v1, version=1)
     built = {}
-    for name, source in (("parquet", selfplay_dir), ("packed", packed)):
+    for name, source in (("parquet", selfplay_dir), ("packed", packed), ("packed-v1", packed_v1)):
         cfg = load_dataset_config(
             "configs/dataset/scratch-windows.yaml",
             [f"sources=[{{path: {source}}}]", f"out={tmp_path / name}", "workers=2", "examples.positions_per_game=0",
@@ -121,6 +190,7 @@ def test_a_data_set_builds_from_packed_games_as_from_their_parquet(selfplay_dir:
         assert parquet_rows, split
         strip = lambda rs: [{k: v for k, v in r.items() if k != "game"} for r in rs]  # noqa: E731
         assert strip(built["packed"][split]) == strip(parquet_rows), split
+        assert strip(built["packed-v1"][split]) == strip(parquet_rows), split
     assert all(r["game"].startswith(str(packed)) for r in built["packed"]["train"])
 
 
@@ -130,7 +200,7 @@ def test_a_broken_packed_file_is_reported_and_the_build_goes_on(selfplay_dir: Pa
 
     folder = tmp_path / "sets"
     folder.mkdir()
-    pack_games([selfplay_dir], folder / "a-good.mcg")
+    pack_games([selfplay_dir], folder / "a-good.mcg", version=1)
     (folder / "b-broken.mcg").write_bytes(b"not xz")
     # A game whose move index is past the position's legal moves: that game alone is corrupt.
     raw = bytearray(lzma.decompress((folder / "a-good.mcg").read_bytes()))
