@@ -20,25 +20,32 @@
 #                        the games a call carries; bundled_gpu.py builds from GAMES='.gpu2/datasets/*'
 #                        (dataset build decodes .mcg files in its workers).
 #                        A packed copy kept in the history (datasets/packed/NAME.mcg) is taken as it
-#                        is, with no packing (F, K, L, M and N: 1 s instead of 12.5 minutes).
+#                        is, with no packing (F, K, L, M and N: 1 s instead of 12.5 minutes); those
+#                        copies are version 1 (a byte a move, decoded 3 times slower on the GPU
+#                        machine's slow cores): --repack makes them version 2 here (about 3 ms a
+#                        game on this machine's 2 cores: sets F-O, 20 minutes; 36% more bytes).
 # A new session's checkout starts without .gpu2: run this before the first GPU call.
 # Mind the 64 MiB a call may carry: the tracked tree is about 40 MB (the bundled model).
-#   bash scripts/gpu_carry.sh [--stockfish] [--gpu-libs] [--games [NAME|COMMIT[,...]] [--pack]]
+#   bash scripts/gpu_carry.sh [--stockfish] [--gpu-libs] [--games [NAME|COMMIT[,...]] [--pack [--repack]]]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-stockfish=0 libs=0 games="" pack=0
+stockfish=0 libs=0 games="" pack=0 repack=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --stockfish) stockfish=1 ;;
         --gpu-libs) libs=1 ;;
         --pack) pack=1 ;;
+        --repack) repack=1 ;;
         --games)
             games=auto
             if [ $# -gt 1 ] && [ "${2#--}" = "$2" ]; then games=$2; shift; fi ;;
-        *) echo "unknown option $1 (use --stockfish, --gpu-libs, --games [NAME|COMMIT[,...]], --pack)" >&2; exit 2 ;;
+        *) echo "unknown option $1 (use --stockfish, --gpu-libs, --games [NAME|COMMIT[,...]], --pack, --repack)" >&2; exit 2 ;;
     esac
     shift
 done
+if [ "$repack" = 1 ] && [ "$pack" = 0 ]; then
+    echo "--repack makes the packed copies of --pack version 2: use it with --pack" >&2; exit 2
+fi
 mkdir -p .gpu2
 py=python3
 [ -x .venv/bin/python ] && py=.venv/bin/python
@@ -101,6 +108,12 @@ if [ -n "$games" ]; then
                     mkdir -p .gpu2/datasets
                     git show "$pc:datasets/packed/${set#datasets/}.mcg" > ".gpu2/$set.mcg"
                     echo "packed: .gpu2/$set.mcg ($(du -h ".gpu2/$set.mcg" | cut -f1)), kept in $(git log -1 --format=%h "$pc")"
+                    if [ "$repack" = 1 ]; then
+                        "$py" -m training dataset pack-games ".gpu2/$set.mcg" --out ".gpu2/$set.v2.mcg" \
+                            --workers "$(nproc)" --version 2 >/dev/null
+                        mv ".gpu2/$set.v2.mcg" ".gpu2/$set.mcg"
+                        echo "repacked: .gpu2/$set.mcg as version 2 ($(du -h ".gpu2/$set.mcg" | cut -f1))"
+                    fi
                     continue
                 fi
             fi

@@ -51,7 +51,7 @@ def register(sub: Any) -> None:
         "pack-games",
         help="pack LAION parquet games into one small file (xz): 1.7-2.3x more games per GPU call",
     )
-    pk.add_argument("sources", nargs="+", help="parquet files or folders of them")
+    pk.add_argument("sources", nargs="+", help="parquet or packed (.mcg: repacked) files, or folders of them")
     pk.add_argument("--out", required=True, help="the packed file to write (e.g. .gpu2/packed/selfplay-80.mcg)")
     pk.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     pk.add_argument(

@@ -155,6 +155,23 @@ def _decode_chunk(
     return [(decode_moves(data, version), term, result) for data, term, result in records]
 
 
+def _pack_task(
+    games: list[Any], from_version: int, version: int
+) -> tuple[list[tuple[bytes, str | None, str]], list[str]]:
+    """Encode a chunk of games: LAION rows (``from_version`` 0) or packed records of another
+    file (decoded first: repacking)."""
+    if from_version:
+        decoded, problems = [], []
+        for data, term, result in games:
+            try:
+                decoded.append((decode_moves(data, from_version), term, result))
+            except DataError as exc:
+                problems.append(str(exc))
+        packed, more = _encode_chunk(decoded, version)
+        return packed, problems + more
+    return _encode_chunk(games, version)
+
+
 def read_laion(paths: Iterable[Path]) -> Iterator[tuple[list[str], str | None, str]]:
     import pyarrow.parquet as pq
 
@@ -165,18 +182,19 @@ def read_laion(paths: Iterable[Path]) -> Iterator[tuple[list[str], str | None, s
         yield from zip(*(table.column(c).to_pylist() for c in PARQUET_COLUMNS), strict=True)
 
 
-def parquet_files(sources: Sequence[str | Path]) -> list[Path]:
+def game_files(sources: Sequence[str | Path]) -> list[Path]:
+    """The LAION parquet files and packed files (``.mcg``) of ``sources`` (files or folders)."""
     files: list[Path] = []
     for src in sources:
         p = Path(src)
         if p.is_dir():
-            files += sorted(p.rglob("*.parquet"))
+            files += sorted(f for f in p.rglob("*") if f.suffix in (".parquet", ".mcg") and f.is_file())
         elif p.is_file():
             files.append(p)
         else:
             raise DataError(f"{src}: no such file or folder")
     if not files:
-        raise DataError(f"no parquet file in {', '.join(map(str, sources))}")
+        raise DataError(f"no parquet or .mcg file in {', '.join(map(str, sources))}")
     return files
 
 
@@ -185,17 +203,24 @@ def _chunks(items: list[Any], size: int) -> list[list[Any]]:
 
 
 def pack_games(sources: Sequence[str | Path], out: str | Path, *, workers: int = 1, version: int = 2) -> dict[str, Any]:
-    """Pack the LAION parquet games of ``sources`` (files or folders) into ``out`` (format
-    ``version`` 1 or 2: the module docstring)."""
+    """Pack the games of ``sources`` (LAION parquet or packed files, or folders of them) into
+    ``out`` (format ``version`` 1 or 2: the module docstring). Packed sources are decoded and
+    encoded again: a version 1 file becomes version 2 so."""
     if version not in BYTES_PER_PLY:
         raise DataError(f"packed format version {version}: there are versions 1 and 2")
-    files = parquet_files(sources)
-    games = list(read_laion(files))
+    files = game_files(sources)
+    tasks: list[tuple[list[Any], int, int]] = []
+    for f in files:
+        if f.suffix == ".mcg":  # repack: another version, or several files into one
+            header, records = read_packed(f)
+            tasks += [(c, header["version"], version) for c in _chunks(records, 1000)]
+        else:
+            tasks += [(c, 0, version) for c in _chunks(list(read_laion([f])), 1000)]
     if workers > 1:
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            parts = pool.starmap(_encode_chunk, [(c, version) for c in _chunks(games, 1000)])
+            parts = pool.starmap(_pack_task, tasks)
     else:
-        parts = [_encode_chunk(games, version)]
+        parts = [_pack_task(*t) for t in tasks]
     packed = [g for part, _ in parts for g in part]
     problems = [p for _, part in parts for p in part]
     results = sorted({r for _, _, r in packed})
@@ -224,7 +249,7 @@ def pack_games(sources: Sequence[str | Path], out: str | Path, *, workers: int =
     tmp.replace(out)
     return {"games": len(packed), "skipped": len(problems), "skipped_first": problems[:3],
             "bytes": out.stat().st_size, "bytes_per_game": round(out.stat().st_size / max(1, len(packed)), 1),
-            "parquet_bytes": sum(f.stat().st_size for f in files)}  # fmt: skip
+            "source_bytes": sum(f.stat().st_size for f in files)}  # fmt: skip
 
 
 def packed_header(path: str | Path) -> dict[str, Any]:

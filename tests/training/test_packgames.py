@@ -105,11 +105,22 @@ def test_pack_and_unpack_give_the_games_back(mixed_games_dir: Path, tmp_path: Pa
     illegal = sum(1 for *_, kind in CORRUPT_ROWS if kind == "illegal_move")
     assert info["skipped"] == illegal and "not a legal move" in info["skipped_first"][0]
     assert info["games"] == len(source) - illegal
-    assert info["bytes"] < info["parquet_bytes"]
+    assert info["bytes"] < info["source_bytes"]
     out = unpack_games(packed, tmp_path / "back", chunk_games=10, workers=2)
     assert out["games"] == info["games"] and out["chunks"] == -(-info["games"] // 10)
     kept = [r for r in source if not any(r["Moves"] == m for m, *_ , kind in CORRUPT_ROWS if kind == "illegal_move")]
     assert rows(tmp_path / "back") == kept, "moves, termination (None too) and result as they were, in order"
+
+
+def test_a_version_1_file_is_repacked_as_version_2(mixed_games_dir: Path, tmp_path: Path) -> None:
+    v1, v2 = tmp_path / "v1.mcg", tmp_path / "v2.mcg"
+    first = pack_games([mixed_games_dir], v1, version=1)
+    again = pack_games([v1], v2, workers=2)
+    assert again["games"] == first["games"] and again["skipped"] == 0
+    assert read_packed(v2)[0]["version"] == 2
+    unpack_games(v1, tmp_path / "from-v1")
+    unpack_games(v2, tmp_path / "from-v2")
+    assert rows(tmp_path / "from-v2") == rows(tmp_path / "from-v1")
 
 
 def test_corrupt_files_are_refused_clearly(mixed_games_dir: Path, tmp_path: Path) -> None:
