@@ -24,22 +24,30 @@
 #                        copies are version 1 (a byte a move, decoded 3 times slower on the GPU
 #                        machine's slow cores): --repack makes them version 2 here (about 3 ms a
 #                        game on this machine's 2 cores: sets F-O, 20 minutes; 36% more bytes).
+#   with --split MB:     more packed sets than one call carries: the sets are spread over .gpu2,
+#                        .gpu3, ... (git-ignored, /.gpu*/), none holding more than MB megabytes with
+#                        what else it holds (e.g. --split 19: a call carries 64 MiB with the ~47 MB
+#                        tree). Call k carries [".gpuK"] (the earlier folders stay on the warm
+#                        machine), the last one trains with GAMES='.gpu*/datasets/*'.
 # A new session's checkout starts without .gpu2: run this before the first GPU call.
 # Mind the 64 MiB a call may carry: the tracked tree is about 40 MB (the bundled model).
-#   bash scripts/gpu_carry.sh [--stockfish] [--gpu-libs] [--games [NAME|COMMIT[,...]] [--pack [--repack]]]
+#   bash scripts/gpu_carry.sh [--stockfish] [--gpu-libs] [--games [NAME|COMMIT[,...]] [--pack [--repack]]] [--split MB]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-stockfish=0 libs=0 games="" pack=0 repack=0
+stockfish=0 libs=0 games="" pack=0 repack=0 split=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --stockfish) stockfish=1 ;;
         --gpu-libs) libs=1 ;;
         --pack) pack=1 ;;
         --repack) repack=1 ;;
+        --split)
+            [ $# -gt 1 ] && [ "$2" -gt 0 ] 2>/dev/null || { echo "--split needs a size in MB (e.g. --split 19)" >&2; exit 2; }
+            split=$2; shift ;;
         --games)
             games=auto
             if [ $# -gt 1 ] && [ "${2#--}" = "$2" ]; then games=$2; shift; fi ;;
-        *) echo "unknown option $1 (use --stockfish, --gpu-libs, --games [NAME|COMMIT[,...]], --pack, --repack)" >&2; exit 2 ;;
+        *) echo "unknown option $1 (use --stockfish, --gpu-libs, --games [NAME|COMMIT[,...]], --pack, --repack, --split MB)" >&2; exit 2 ;;
     esac
     shift
 done
@@ -129,5 +137,28 @@ if [ -n "$games" ]; then
 elif [ "$pack" = 1 ]; then
     echo "--pack packs the sets of --games: name them" >&2; exit 2
 fi
-du -sh .gpu2/* 2>/dev/null
-echo "total to carry: $(du -sh .gpu2 | cut -f1) (+ the tracked tree, $(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1) bytes)"
+rm -rf .gpu[3-9] .gpu[1-9][0-9]
+if [ "$split" -gt 0 ] && [ -d .gpu2/datasets ]; then
+    # First fit, largest set first: .gpu2 keeps what it holds besides the sets (site/, ...).
+    limit=$((split * 1000000))
+    used2=$(du -cb .gpu2 --exclude=datasets | tail -1 | cut -f1)
+    declare -A used=([2]=$used2)
+    for f in $(ls -S .gpu2/datasets/); do
+        size=$(stat -c %s ".gpu2/datasets/$f")
+        [ "$size" -le "$limit" ] || { echo "--split $split: .gpu2/datasets/$f alone is larger" >&2; exit 1; }
+        k=2
+        while [ $((${used[$k]:-0} + size)) -gt "$limit" ]; do k=$((k + 1)); done
+        used[$k]=$((${used[$k]:-0} + size))
+        if [ "$k" != 2 ]; then
+            mkdir -p ".gpu$k/datasets"
+            mv ".gpu2/datasets/$f" ".gpu$k/datasets/$f"
+        fi
+    done
+fi
+for d in .gpu[2-9] .gpu[1-9][0-9]; do
+    [ -d "$d" ] || continue
+    for e in "$d"/* "$d"/datasets/*; do
+        [ -e "$e" ] && [ "$e" != "$d/datasets" ] && du -sh "$e"
+    done
+    echo "$d: $(du -sh "$d" | cut -f1) to carry (+ the tracked tree, $(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1) bytes)"
+done
