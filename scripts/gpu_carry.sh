@@ -20,10 +20,11 @@
 #                        the games a call carries; bundled_gpu.py builds from GAMES='.gpu2/datasets/*'
 #                        (dataset build decodes .mcg files in its workers).
 #                        A packed copy kept in the history (datasets/packed/NAME.mcg) is taken as it
-#                        is, with no packing (F, K, L, M and N: 1 s instead of 12.5 minutes); those
-#                        copies are version 1 (a byte a move, decoded 3 times slower on the GPU
-#                        machine's slow cores): --repack makes them version 2 here (about 3 ms a
-#                        game on this machine's 2 cores: sets F-O, 20 minutes; 36% more bytes).
+#                        is, with no packing (F, K, L, M and N: 1 s instead of 12.5 minutes), the
+#                        newest copy where there are several (F-O: version 2 since session 15);
+#                        --repack makes a version 1 copy (a byte a move, decoded 3 times slower on
+#                        the GPU machine's slow cores) version 2 here (about 3 ms a game on this
+#                        machine's 2 cores; 36% more bytes).
 #   with --split MB:     more packed sets than one call carries: the sets are spread over .gpu2,
 #                        .gpu3, ... (git-ignored, /.gpu*/), none holding more than MB megabytes with
 #                        what else it holds (e.g. --split 19: a call carries 64 MiB with the ~47 MB
@@ -111,12 +112,13 @@ if [ -n "$games" ]; then
             if [ "$pack" = 1 ]; then
                 # A packed copy kept in the history (datasets/packed/NAME.mcg, datasets/README.md)
                 # saves packing again (about 2 minutes per 35,000 games on 2 cores).
-                pc=$(git log --diff-filter=A --format=%H -- "datasets/packed/${set#datasets/}.mcg" | head -1)
+                pc=$(git log -1 --diff-filter=A --format=%H -- "datasets/packed/${set#datasets/}.mcg")  # the newest copy
                 if [ -n "$pc" ]; then
                     mkdir -p .gpu2/datasets
                     git show "$pc:datasets/packed/${set#datasets/}.mcg" > ".gpu2/$set.mcg"
                     echo "packed: .gpu2/$set.mcg ($(du -h ".gpu2/$set.mcg" | cut -f1)), kept in $(git log -1 --format=%h "$pc")"
-                    if [ "$repack" = 1 ]; then
+                    version=$("$py" -c "from training.packgames import packed_header as h; print(h('.gpu2/$set.mcg')['version'])")
+                    if [ "$repack" = 1 ] && [ "$version" != 2 ]; then
                         "$py" -m training dataset pack-games ".gpu2/$set.mcg" --out ".gpu2/$set.v2.mcg" \
                             --workers "$(nproc)" --version 2 >/dev/null
                         mv ".gpu2/$set.v2.mcg" ".gpu2/$set.mcg"

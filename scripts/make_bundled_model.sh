@@ -59,7 +59,7 @@ history_set() {
     local d="$W/$1"
     [ -d "$d" ] && return 0
     local c
-    c=$(git log --diff-filter=A --format=%H -- "datasets/$1/manifest.json" | head -1)
+    c=$(git log -1 --diff-filter=A --format=%H -- "datasets/$1/manifest.json")
     if [ -n "$c" ]; then
         mkdir -p "$W/history" && git archive "$c" "datasets/$1" | tar -x -C "$W/history"
         mv "$W/history/datasets/$1" "$d"
