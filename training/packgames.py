@@ -252,6 +252,20 @@ def pack_games(sources: Sequence[str | Path], out: str | Path, *, workers: int =
             "source_bytes": sum(f.stat().st_size for f in files)}  # fmt: skip
 
 
+def _parse_header(raw: bytes, path: Path) -> tuple[dict[str, Any], int]:
+    """The header at the start of a packed file's decompressed bytes (its ``version`` the one
+    its magic says), and where the games start. DataError for a wrong magic; a header cut
+    short or not JSON raises ``struct.error`` / ``json.JSONDecodeError`` for the caller."""
+    version = MAGICS.get(raw[: len(MAGIC)])
+    if version is None:
+        raise DataError(f"{path}: not a packed games file (no {MAGIC!r} or {MAGIC2!r} at the start)")
+    (n,) = struct.unpack_from("<I", raw, len(MAGIC))
+    start = len(MAGIC) + 4
+    header: dict[str, Any] = json.loads(raw[start : start + n])
+    header["version"] = version
+    return header, start + n
+
+
 def packed_header(path: str | Path) -> dict[str, Any]:
     """The JSON header of a packed file (``games``, ...), decompressing only its start."""
     path = Path(path)
@@ -262,17 +276,12 @@ def packed_header(path: str | Path) -> dict[str, Any]:
         with path.open("rb") as f:
             while len(raw) < start or len(raw) < start + struct.unpack_from("<I", raw, len(MAGIC))[0]:
                 if len(raw) >= len(MAGIC) and raw[: len(MAGIC)] not in MAGICS:
-                    break
+                    break  # not a packed file: _parse_header says so
                 block = f.read(1 << 16)
                 if not block:
                     raise EOFError("the file ends inside its header")
                 raw += dec.decompress(block)
-        if raw[: len(MAGIC)] not in MAGICS:
-            raise DataError(f"{path}: not a packed games file (no {MAGIC!r} or {MAGIC2!r} at the start)")
-        (n,) = struct.unpack_from("<I", raw, len(MAGIC))
-        header: dict[str, Any] = json.loads(raw[start : start + n])
-        header["version"] = MAGICS[raw[: len(MAGIC)]]
-        return header
+        return _parse_header(raw, path)[0]
     except (lzma.LZMAError, EOFError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: not a packed games file ({type(exc).__name__}: {exc})") from None
 
@@ -285,16 +294,9 @@ def read_packed(path: str | Path) -> tuple[dict[str, Any], list[tuple[bytes, str
         raw = lzma.decompress(path.read_bytes())
     except (lzma.LZMAError, EOFError) as exc:
         raise DataError(f"{path}: not a packed games file (xz: {exc})") from None
-    version = MAGICS.get(raw[: len(MAGIC)])
-    if version is None:
-        raise DataError(f"{path}: not a packed games file (no {MAGIC!r} or {MAGIC2!r} at the start)")
-    width = BYTES_PER_PLY[version]
-    pos = len(MAGIC)
     try:
-        (n,) = struct.unpack_from("<I", raw, pos)
-        header = json.loads(raw[pos + 4 : pos + 4 + n])
-        header["version"] = version
-        pos += 4 + n
+        header, pos = _parse_header(raw, path)
+        width = BYTES_PER_PLY[header["version"]]
         results, terminations = header["results"], header["terminations"]
         records = []
         for g in range(int(header["games"])):
