@@ -116,14 +116,40 @@ def engine_config() -> Any:
 
 
 def next_board(board: chess.Board, move: chess.Move | None, rng_moves: list[chess.Move]) -> None:
-    """Push the move; keep the game going to the ply count (a mate or stalemate is stepped back)."""
+    """Push the move; keep the game going to the ply count: a move that mates or stalemates is
+    replaced by another (chosen by the ply, so runs repeat) after which the game can go on for
+    two more plies, stepping further back where no move here can (a forced mate)."""
     if move is not None:
         board.push(move)
     while not any(board.legal_moves):
-        last = board.pop()
-        others = [m for m in board.legal_moves if m != last]
-        board.push(others[len(board.move_stack) % len(others)] if others else last)
-        rng_moves.append(board.peek())
+        step_back(board, rng_moves)
+
+
+def step_back(board: chess.Board, rng_moves: list[chess.Move]) -> None:
+    """Replace the last move by one after which the side to move has a reply that does not end
+    the game either; where no move of that position has one, replace the move before it."""
+    if not board.move_stack:
+        raise RuntimeError("no move from the start position keeps the game going")  # cannot happen in chess
+    last = board.pop()
+    moves = list(board.legal_moves)
+    k = len(board.move_stack) % len(moves)
+    for m in moves[k:] + moves[:k]:
+        if m == last:
+            continue
+        board.push(m)
+        if any(_goes_on(board, r) for r in board.legal_moves):
+            rng_moves.append(m)
+            return
+        board.pop()
+    step_back(board, rng_moves)
+
+
+def _goes_on(board: chess.Board, move: chess.Move) -> bool:
+    board.push(move)
+    try:
+        return any(board.legal_moves)
+    finally:
+        board.pop()
 
 
 def play_game(scorer: Any, plies: int, *, on_ply: Any = None) -> tuple[list[float], list[int]]:

@@ -16,6 +16,9 @@ Phases
 ``plot STRENGTH_JSON OUT_PNG``
     Redraws the plot of a returned ``strength_vs_steps.json`` (MODEL_TAG names the model
     when the JSON does not).
+``strength --log LOG --train-games N --out OUT.json STEP=MATCH_JSON[:ENGINE] ...``
+    ``strength_vs_steps.json``, ``.png`` and ``.md`` from arena matches of the run's checkpoints
+    played after it (an ``EVAL_OPPONENTS=none`` run rated on the development machine's CPU).
 ``train``
     Unpacks every ``.gpu2/selfplay-*.tgz`` (set A, ``selfplay-35k.tgz``, and those the
     selfplay calls returned), builds the data set on all cores, trains
@@ -405,18 +408,22 @@ class Evaluator(threading.Thread):
             say(f"eval: resumed: matches of steps {sorted(self.done_steps)} kept from the earlier call")
 
     def add_report(self, step: int, opp: str, report: Path, secs: float) -> dict[str, Any]:
-        r = json.loads(report.read_text())
-        elo = r.get("elo") or {}
-        mine = (r.get("per_engine") or {}).get(f"step-{step}", {})
-        row = {
-            "step": step, "opponent": opp, "games": r.get("wins", 0) + r.get("draws", 0) + r.get("losses", 0),
-            "wins": r.get("wins"), "draws": r.get("draws"), "losses": r.get("losses"), "score": r.get("score"),
-            "elo_diff": elo.get("diff"), "elo_lower": elo.get("lower"), "elo_upper": elo.get("upper"),
-            "complete": r.get("complete"), "illegal": mine.get("illegal_moves"), "time_losses": mine.get("time_losses"),
-            "fallbacks": mine.get("fallbacks"), "seconds": round(secs, 1),
-        }  # fmt: skip
+        row = match_row(step, opp, json.loads(report.read_text()), secs, me=f"step-{step}")
         self.results.append(row)
         return row
+
+
+def match_row(step: int, opp: str, r: dict[str, Any], secs: float | None, *, me: str) -> dict[str, Any]:
+    """One row of ``strength_vs_steps.json`` from an arena match report whose engine ME is the checkpoint."""
+    elo = r.get("elo") or {}
+    mine = (r.get("per_engine") or {}).get(me, {})
+    return {
+        "step": step, "opponent": opp, "games": r.get("wins", 0) + r.get("draws", 0) + r.get("losses", 0),
+        "wins": r.get("wins"), "draws": r.get("draws"), "losses": r.get("losses"), "score": r.get("score"),
+        "elo_diff": elo.get("diff"), "elo_lower": elo.get("lower"), "elo_upper": elo.get("upper"),
+        "complete": r.get("complete"), "illegal": mine.get("illegal_moves"), "time_losses": mine.get("time_losses"),
+        "fallbacks": mine.get("fallbacks"), "seconds": None if secs is None else round(secs, 1),
+    }  # fmt: skip
 
 
 def score_interval(w: int, d: int, n: int) -> tuple[float, float, float]:
@@ -430,43 +437,61 @@ def score_interval(w: int, d: int, n: int) -> tuple[float, float, float]:
 
 
 def write_strength(ev: Evaluator, run_dir: Path, train_games: int, out_json: Path, out_png: Path, table: Path) -> None:
-    log = run_dir / "log.jsonl"
-    epochs: dict[int, float] = {}
-    evals: dict[int, dict[str, Any]] = {}
-    if log.is_file():
-        for line in log.read_text().splitlines():
-            e = json.loads(line)
-            if "epoch" in e:
-                epochs[e["step"]] = e["epoch"]
-            if "legal_rate" in e:
-                evals[e["step"]] = e
     state = {}
     for step, ckpt in ev.checkpoints().items():
         with contextlib.suppress(OSError, ValueError):
             state[step] = json.loads((ckpt / "state.json").read_text())
+    doc = strength_doc(
+        ev.results, run_dir / "log.jsonl", train_games, tc=ev.tc, games_per_match=ev.games,
+        opponents=ev.opponents, skipped=ev.skipped, tokens={s: st.get("tokens") for s, st in state.items()},
+    )  # fmt: skip
+    out_json.write_text(json.dumps(doc, indent=1))
+    table.write_text(strength_table(doc["results"]))
+    plot_strength(doc, out_png)
+
+
+def strength_doc(
+    results: list[dict[str, Any]], log: Path, train_games: int, *, tc: str, games_per_match: int | str,
+    opponents: list[str], skipped: list[int] | tuple[int, ...] = (), tokens: dict[int, Any] | None = None,
+    what: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """``strength_vs_steps.json``'s document: each match row with its score interval, and, from the
+    run's ``log.jsonl``, the games seen at its step and the validation figures logged there."""
+    epochs: dict[int, float] = {}
+    evals: dict[int, dict[str, Any]] = {}
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                e = json.loads(line)
+                if "epoch" in e:
+                    epochs[e["step"]] = e["epoch"]
+                if "legal_rate" in e:
+                    evals[e["step"]] = e
 
     def games_seen(step: int) -> int | None:
         known = [s for s in epochs if s <= step]
         return round(epochs[max(known)] * train_games) if known and train_games else None
 
-    rows = sorted(ev.results, key=lambda r: (r["step"], r["opponent"]))
+    rows = sorted(results, key=lambda r: (r["step"], r["opponent"]))
     for r in rows:
         s, lo, hi = score_interval(r["wins"] or 0, r["draws"] or 0, r["games"])
         r.update(score_lower=round(lo, 4), score_upper=round(hi, 4), games_seen=games_seen(r["step"]))
-        r["tokens_seen"] = state.get(r["step"], {}).get("tokens")
+        r["tokens_seen"] = (tokens or {}).get(r["step"])
         e = evals.get(r["step"], {})
         r.update(eval_loss=e.get("eval_loss"), legal_rate=e.get("legal_rate"), exact_move=e.get("exact_move_accuracy"))
-    doc = {
-        "what": f"each training checkpoint of the {model_tag()} run against fixed opponents, arena match",
+    return {
+        "what": what or f"each training checkpoint of the {model_tag()} run against fixed opponents, arena match",
         "model_tag": model_tag(),
-        "time_control": ev.tc, "games_per_match": ev.games,
-        "opponents": {o: OPPONENT_TEXT[o] for o in ev.opponents},
+        "time_control": tc, "games_per_match": games_per_match,
+        "opponents": {o: OPPONENT_TEXT[o] for o in opponents},
         "score": "wins + draws/2 over games, with a 95% normal-approximation interval; "
         "elo_*: the arena's Elo difference to the opponent (trinomial, 95%)",
         "games_seen": "epoch at the step x training games",
-        "train_games": train_games, "skipped_steps": sorted(set(ev.skipped)), "results": rows,
+        "train_games": train_games, "skipped_steps": sorted(set(skipped)), "results": rows,
     }  # fmt: skip
-    out_json.write_text(json.dumps(doc, indent=1))
+
+
+def strength_table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| step | games seen | opponent | games | W | D | L | score (95%) | Elo diff (95%) | val loss | legal rate |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -479,8 +504,50 @@ def write_strength(ev: Evaluator, run_dir: Path, train_games: int, out_json: Pat
             f"{'' if r['eval_loss'] is None else round(r['eval_loss'], 3)} | "
             f"{'' if r['legal_rate'] is None else round(r['legal_rate'], 3)} |"
         )
-    table.write_text("\n".join(lines) + "\n")
-    plot_strength(doc, out_png)
+    return "\n".join(lines) + "\n"
+
+
+def strength_from_matches(argv: list[str]) -> int:
+    """``strength``: strength_vs_steps.json/.png from arena matches played elsewhere (the
+    development machine's CPU, after an ``EVAL_OPPONENTS=none`` run)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="bundled_gpu.py strength", description=strength_from_matches.__doc__)
+    ap.add_argument("--log", type=Path, required=True, help="the run's log.jsonl (games seen, validation figures)")
+    ap.add_argument("--train-games", type=int, required=True, help="training games of the run's data set")
+    ap.add_argument("--opponent", default="bundled", choices=sorted(OPPONENT_TEXT), help="whom every match played")
+    ap.add_argument("--out", type=Path, required=True, help="the JSON to write; the PNG and table beside it")
+    ap.add_argument("matches", nargs="+", metavar="STEP=MATCH_JSON[:ENGINE]",
+                    help="a checkpoint's step and its arena match report (ENGINE: its name there; default the "
+                    "report's point of view)")  # fmt: skip
+    args = ap.parse_args(argv)
+    rows, tcs, counts = [], set(), set()
+    for spec in args.matches:
+        step_text, sep, rest = spec.partition("=")
+        path_text, _, engine = rest.partition(":")
+        if not sep or not step_text.isdigit() or not path_text:
+            ap.error(f"{spec!r} is not STEP=MATCH_JSON[:ENGINE]")
+        try:
+            report = json.loads(Path(path_text).read_text())
+        except (OSError, ValueError) as e:
+            ap.error(f"{path_text}: not a readable match report ({e})")
+        me = engine or report.get("point_of_view")
+        if report.get("kind") != "match" or me not in (report.get("per_engine") or {}):
+            ap.error(f"{path_text}: not an arena match report with the engine {me!r}")
+        rows.append(match_row(int(step_text), args.opponent, report, None, me=me))
+        tcs.add(report.get("time_control"))
+        counts.add(rows[-1]["games"])
+    doc = strength_doc(
+        rows, args.log, args.train_games, tc=" / ".join(sorted(str(t) for t in tcs)),
+        games_per_match=counts.pop() if len(counts) == 1 else " / ".join(str(c) for c in sorted(counts)),
+        opponents=[args.opponent],
+        what=f"checkpoints of the {model_tag()} run against fixed opponents, arena matches played after the run",
+    )  # fmt: skip
+    args.out.write_text(json.dumps(doc, indent=1))
+    args.out.with_suffix(".md").write_text(strength_table(doc["results"]))
+    plot_strength(doc, args.out.with_suffix(".png"))
+    print(strength_table(doc["results"]), end="")
+    return 0
 
 
 def model_tag() -> str:
@@ -778,6 +845,8 @@ def main(argv: list[str]) -> int:
         return phase_selfplay(int(argv[1]), float(argv[2]))
     if argv == ["train"]:
         return phase_train()
+    if argv[:1] == ["strength"]:  # strength_vs_steps from matches played after the run
+        return strength_from_matches(argv[1:])
     if len(argv) == 3 and argv[0] == "plot":  # redraw a returned strength_vs_steps.json
         plot_strength(json.loads(Path(argv[1]).read_text()), Path(argv[2]))
         return 0

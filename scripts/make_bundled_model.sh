@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the bundled model (engine/data/bundled-model, v16; v3, v4, v5, v7, v13 and v15 on the way) with the project's own pipeline:
+# Reproduce the bundled model (engine/data/bundled-model, v17; v3, v4, v5, v7, v13, v15 and v16 on the way) with the project's own pipeline:
 # Stockfish self-play -> whole-game data set -> an 18.8M-parameter Mistral-architecture model
 # from scratch (configs/train/scratch-medium.yaml) = v3, then v3 trained further on set D
 # (seed 20) = v4, then v4 trained further on sets E (its first 32,000 games), F, G and H
@@ -182,6 +182,25 @@ if [ "${V4:-1}" = 1 ] && [ "${V5:-1}" = 1 ] && [ "${V7:-1}" = 1 ] && [ "${V13:-1
         eval.eval_steps=400 train.save_total_limit=0
     $MC export-int8 "$W/run-v16" "$W/v16-int8" --group 64
     echo "v16: $W/v16-int8"
+fi
+# v17: v16 as shipped trained on four board windows a game (sampled, seeded by the game) of sets F
+# and K-P (518,905 games, seeds 40, 80, 90, 100, 110, 120 and 130; O and P new), lr 1e-4 with 100
+# warm-up steps, cosine to 0 over 3,600 steps, on the lent GPU machine (the model card, "v17"); v17
+# ships the final model, as int8 with a scale per 64 weights. (The GPU build read the history's
+# packed copies of the sets, datasets/packed/*.mcg, which hold the same games.)
+if [ "${V4:-1}" = 1 ] && [ "${V5:-1}" = 1 ] && [ "${V7:-1}" = 1 ] && [ "${V13:-1}" = 1 ] && [ "${V15:-1}" = 1 ] &&
+    [ "${V16:-1}" = 1 ] && [ "${V17:-1}" = 1 ]; then
+    history_set selfplay-120 120 103758
+    history_set selfplay-130 130 122271
+    FKP=("${FKLMN[@]}" --source "$W/selfplay-120" --source "$W/selfplay-130")
+    $MC dataset build --config configs/dataset/scratch-windows.yaml "${FKP[@]}" --out "$W/windows-v17" \
+        examples.positions_per_game=4
+    $MC train --config configs/train/scratch-medium.yaml data.path="$W/windows-v17" train.output_dir="$W/run-v17" \
+        model.init=pretrained model.path="$W/v16-int8" model.tokenizer= train.learning_rate=1e-4 \
+        train.warmup_steps=100 train.min_lr_ratio=0.0 train.max_steps=3600 train.save_steps=400 \
+        eval.eval_steps=400 train.save_total_limit=0
+    $MC export-int8 "$W/run-v17" "$W/v17-int8" --group 64
+    echo "v17: $W/v17-int8"
 fi
 echo "(to ship: copy config.json, engine_prompt.yaml (v13 on), generation_config.json, model.int8.safetensors and"
 echo " tokenizer*.json of the int8 folder into engine/data/bundled-model; export-int8 makes the int8 folder)"

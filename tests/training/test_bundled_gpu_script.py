@@ -123,6 +123,43 @@ def test_strength_plot_is_redrawn_from_its_json(driver: ModuleType, tmp_path: Pa
     assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_strength_from_matches_played_after_the_run(driver: ModuleType, tmp_path: Path) -> None:
+    """An EVAL_OPPONENTS=none run rated afterwards: arena match reports become strength_vs_steps."""
+
+    def report(path: Path, w: int, d: int, losses: int, me: str = "new") -> Path:
+        path.write_text(json.dumps({
+            "kind": "match", "point_of_view": me, "time_control": "3+0.05", "complete": True,
+            "wins": w, "draws": d, "losses": losses, "score": (w + d / 2) / (w + d + losses),
+            "elo": {"diff": 10.0, "lower": -5.0, "upper": 25.0},
+            "per_engine": {me: {"illegal_moves": 0, "time_losses": 1, "fallbacks": 0}, "old": {}},
+        }))  # fmt: skip
+        return path
+
+    write_log(tmp_path / "run", [
+        {"step": 100, "loss": 2.0, "epoch": 0.25}, {"step": 200, "loss": 1.9, "epoch": 0.5},
+        {"step": 200, "eval_loss": 1.8, "legal_rate": 0.96, "exact_move_accuracy": 0.25},
+    ])  # fmt: skip
+    a = report(tmp_path / "a.json", 80, 80, 40)
+    b = report(tmp_path / "b.json", 50, 30, 20, me="step-200")
+    out = tmp_path / "strength.json"
+    argv = ["strength", "--log", str(tmp_path / "run" / "log.jsonl"), "--train-games", "1000", "--out", str(out)]
+    assert driver.main([*argv, f"200={b}:step-200", f"100={a}"]) == 0
+    doc = json.loads(out.read_text())
+    first, second = doc["results"]
+    assert (first["step"], first["games"], first["score"], first["games_seen"]) == (100, 200, 0.6, 250)
+    assert first["time_losses"] == 1 and first["eval_loss"] is None
+    assert (second["step"], second["games_seen"], second["eval_loss"], second["legal_rate"]) == (200, 500, 1.8, 0.96)
+    assert first["score_lower"] < 0.6 < first["score_upper"]
+    assert doc["games_per_match"] == "100 / 200" and doc["opponents"] == {"bundled": driver.OPPONENT_TEXT["bundled"]}
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| 200 | 500 | bundled | 100 | 50 | 30 | 20 |" in out.with_suffix(".md").read_text()
+    # a report without that engine, or a spec without a step, is an error that names it
+    with pytest.raises(SystemExit):
+        driver.main([*argv, f"100={a}:nobody"])
+    with pytest.raises(SystemExit):
+        driver.main([*argv, str(a)])
+
+
 def test_packed_sets_go_to_the_build_as_they_are(
     driver: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, selfplay_dir: Path
 ) -> None:
