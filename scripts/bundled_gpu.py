@@ -296,7 +296,7 @@ OPPONENT_TEXT = {
     "random": "a uniformly random legal mover (tests/arena/engines/random_engine.py)",
     "sf1350": "Stockfish UCI_LimitStrength UCI_Elo 1350 (the lowest it accepts)",
     "skill0": "Stockfish full strength settings but Skill Level 0, depth 1",
-    "bundled": "the bundled model shipped in the repository when the call was made (engine/data/bundled-model)",
+    "bundled": "the bundled model the repository shipped when the matches were played (engine/data/bundled-model)",
 }
 
 
@@ -543,6 +543,7 @@ def strength_from_matches(argv: list[str]) -> int:
         opponents=[args.opponent],
         what=f"checkpoints of the {model_tag()} run against fixed opponents, arena matches played after the run",
     )  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1))
     args.out.with_suffix(".md").write_text(strength_table(doc["results"]))
     plot_strength(doc, args.out.with_suffix(".png"))
