@@ -27,7 +27,7 @@
 #                        machine's 2 cores; 36% more bytes).
 #   with --split MB:     more packed sets than one call carries: the sets are spread over .gpu2,
 #                        .gpu3, ... (git-ignored, /.gpu*/), none holding more than MB megabytes with
-#                        what else it holds (e.g. --split 19: a call carries 64 MiB with the ~47 MB
+#                        what else it holds (e.g. --split 18: a call carries 64 MiB with the ~48 MB
 #                        tree). Call k carries [".gpuK"] (the earlier folders stay on the warm
 #                        machine), the last one trains with GAMES='.gpu*/datasets/*'.
 # A new session's checkout starts without .gpu2: run this before the first GPU call.
@@ -43,7 +43,7 @@ while [ $# -gt 0 ]; do
         --pack) pack=1 ;;
         --repack) repack=1 ;;
         --split)
-            [ $# -gt 1 ] && [ "$2" -gt 0 ] 2>/dev/null || { echo "--split needs a size in MB (e.g. --split 19)" >&2; exit 2; }
+            [ $# -gt 1 ] && [ "$2" -gt 0 ] 2>/dev/null || { echo "--split needs a size in MB (e.g. --split 18)" >&2; exit 2; }
             split=$2; shift ;;
         --games)
             games=auto
@@ -157,10 +157,19 @@ if [ "$split" -gt 0 ] && [ -d .gpu2/datasets ]; then
         fi
     done
 fi
+tree=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
+over=0
 for d in .gpu[2-9] .gpu[1-9][0-9]; do
     [ -d "$d" ] || continue
     for e in "$d"/* "$d"/datasets/*; do
         [ -e "$e" ] && [ "$e" != "$d/datasets" ] && du -sh "$e"
     done
-    echo "$d: $(du -sh "$d" | cut -f1) to carry (+ the tracked tree, $(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1) bytes)"
+    echo "$d: $(du -sh "$d" | cut -f1) to carry (+ the tracked tree, $tree bytes)"
+    # A device call carries 64 MiB in all: the tracked tree (and untracked files git does not ignore) plus the folder.
+    total=$(($(du -sb "$d" | cut -f1) + tree))
+    if [ "$total" -gt $((64 * 1024 * 1024)) ]; then
+        echo "WARNING: $d with the tracked tree is $total bytes, over the 64 MiB (67108864) a call carries: use a smaller --split" >&2
+        over=1
+    fi
 done
+[ "$over" = 0 ] || exit 1
