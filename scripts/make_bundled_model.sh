@@ -166,6 +166,21 @@ if [ "${V4:-1}" = 1 ] && [ "${V5:-1}" = 1 ] && [ "${V7:-1}" = 1 ] && [ "${V13:-1
     $MC export-int8 "$W/run-v15/bundled" "$W/v15-int8" --group 64
     echo "v15: $W/v15-int8"
 fi
+# anneal TAG FROM PER_GAME SOURCE_ARGS...: the int8 model FROM trained further on PER_GAME board
+# windows a game (0: every window) of the sources, lr 1e-4 with 100 warm-up steps, cosine to 0 over
+# 3,600 steps, its final model stored as int8 with a scale per 64 weights in $W/TAG-int8 (v16, v17).
+anneal() {
+    local tag=$1 from=$2 per_game=$3
+    shift 3
+    $MC dataset build --config configs/dataset/scratch-windows.yaml "$@" --out "$W/windows-$tag" \
+        examples.positions_per_game="$per_game"
+    $MC train --config configs/train/scratch-medium.yaml data.path="$W/windows-$tag" train.output_dir="$W/run-$tag" \
+        model.init=pretrained model.path="$from" model.tokenizer= train.learning_rate=1e-4 \
+        train.warmup_steps=100 train.min_lr_ratio=0.0 train.max_steps=3600 train.save_steps=400 \
+        eval.eval_steps=400 train.save_total_limit=0
+    $MC export-int8 "$W/run-$tag" "$W/$tag-int8" --group 64
+    echo "$tag: $W/$tag-int8"
+}
 # v16: v15 as shipped trained on every board window of sets F, K, L, M and N (293,093 games, seeds
 # 40, 80, 90, 100 and 110), lr 1e-4 with 100 warm-up steps, cosine to 0 over 3,600 steps, on the
 # lent GPU machine (the model card, "v16"); v16 ships the final model, as int8 with a scale per 64
@@ -174,14 +189,7 @@ fi
 if [ "${V4:-1}" = 1 ] && [ "${V5:-1}" = 1 ] && [ "${V7:-1}" = 1 ] && [ "${V13:-1}" = 1 ] && [ "${V15:-1}" = 1 ] && [ "${V16:-1}" = 1 ]; then
     history_set selfplay-110 110 57350
     FKLMN=("${FKLM[@]}" --source "$W/selfplay-110")
-    $MC dataset build --config configs/dataset/scratch-windows.yaml "${FKLMN[@]}" --out "$W/windows-v16" \
-        examples.positions_per_game=0
-    $MC train --config configs/train/scratch-medium.yaml data.path="$W/windows-v16" train.output_dir="$W/run-v16" \
-        model.init=pretrained model.path="$W/v15-int8" model.tokenizer= train.learning_rate=1e-4 \
-        train.warmup_steps=100 train.min_lr_ratio=0.0 train.max_steps=3600 train.save_steps=400 \
-        eval.eval_steps=400 train.save_total_limit=0
-    $MC export-int8 "$W/run-v16" "$W/v16-int8" --group 64
-    echo "v16: $W/v16-int8"
+    anneal v16 "$W/v15-int8" 0 "${FKLMN[@]}"
 fi
 # v17: v16 as shipped trained on four board windows a game (sampled, seeded by the game) of sets F
 # and K-P (518,905 games, seeds 40, 80, 90, 100, 110, 120 and 130; O and P new), lr 1e-4 with 100
@@ -192,15 +200,7 @@ if [ "${V4:-1}" = 1 ] && [ "${V5:-1}" = 1 ] && [ "${V7:-1}" = 1 ] && [ "${V13:-1
     [ "${V16:-1}" = 1 ] && [ "${V17:-1}" = 1 ]; then
     history_set selfplay-120 120 103758
     history_set selfplay-130 130 122271
-    FKP=("${FKLMN[@]}" --source "$W/selfplay-120" --source "$W/selfplay-130")
-    $MC dataset build --config configs/dataset/scratch-windows.yaml "${FKP[@]}" --out "$W/windows-v17" \
-        examples.positions_per_game=4
-    $MC train --config configs/train/scratch-medium.yaml data.path="$W/windows-v17" train.output_dir="$W/run-v17" \
-        model.init=pretrained model.path="$W/v16-int8" model.tokenizer= train.learning_rate=1e-4 \
-        train.warmup_steps=100 train.min_lr_ratio=0.0 train.max_steps=3600 train.save_steps=400 \
-        eval.eval_steps=400 train.save_total_limit=0
-    $MC export-int8 "$W/run-v17" "$W/v17-int8" --group 64
-    echo "v17: $W/v17-int8"
+    anneal v17 "$W/v16-int8" 4 "${FKLMN[@]}" --source "$W/selfplay-120" --source "$W/selfplay-130"
 fi
 echo "(to ship: copy config.json, engine_prompt.yaml (v13 on), generation_config.json, model.int8.safetensors and"
 echo " tokenizer*.json of the int8 folder into engine/data/bundled-model; export-int8 makes the int8 folder)"
