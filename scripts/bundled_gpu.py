@@ -445,9 +445,16 @@ def write_strength(ev: Evaluator, run_dir: Path, train_games: int, out_json: Pat
         ev.results, run_dir / "log.jsonl", train_games, tc=ev.tc, games_per_match=ev.games,
         opponents=ev.opponents, skipped=ev.skipped, tokens={s: st.get("tokens") for s, st in state.items()},
     )  # fmt: skip
+    save_strength(doc, out_json, table, out_png)
+
+
+def save_strength(doc: dict[str, Any], out_json: Path, table: Path, out_png: Path) -> str:
+    """Writes ``strength_vs_steps.json``'s document, its Markdown table and its plot; returns the table."""
+    text = strength_table(doc["results"])
     out_json.write_text(json.dumps(doc, indent=1))
-    table.write_text(strength_table(doc["results"]))
+    table.write_text(text)
     plot_strength(doc, out_png)
+    return text
 
 
 def strength_doc(
@@ -544,10 +551,7 @@ def strength_from_matches(argv: list[str]) -> int:
         what=f"checkpoints of the {model_tag()} run against fixed opponents, arena matches played after the run",
     )  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1))
-    args.out.with_suffix(".md").write_text(strength_table(doc["results"]))
-    plot_strength(doc, args.out.with_suffix(".png"))
-    print(strength_table(doc["results"]), end="")
+    print(save_strength(doc, args.out, args.out.with_suffix(".md"), args.out.with_suffix(".png")), end="")
     return 0
 
 
