@@ -528,6 +528,8 @@ def strength_from_matches(argv: list[str]) -> int:
                     help="a checkpoint's step and its arena match report (ENGINE: its name there; default the "
                     "report's point of view)")  # fmt: skip
     args = ap.parse_args(argv)
+    if not args.log.is_file():
+        ap.error(f"--log {args.log}: no such file (the run's log.jsonl)")
     rows, tcs, counts = [], set(), set()
     for spec in args.matches:
         step_text, sep, rest = spec.partition("=")

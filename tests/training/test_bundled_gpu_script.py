@@ -158,6 +158,8 @@ def test_strength_from_matches_played_after_the_run(driver: ModuleType, tmp_path
         driver.main([*argv, f"100={a}:nobody"])
     with pytest.raises(SystemExit):
         driver.main([*argv, str(a)])
+    with pytest.raises(SystemExit):  # a log that is not there
+        driver.main(["strength", "--log", str(tmp_path / "nolog.jsonl"), "--train-games", "1", "--out", str(out), f"100={a}"])
 
 
 def test_packed_sets_go_to_the_build_as_they_are(
