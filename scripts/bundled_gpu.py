@@ -63,7 +63,12 @@ shipped model to N layers, ``mistral-chess grow-model --dtype bfloat16``, and tr
 (unset: the trainer's final model, else the newest checkpoint; ``eval_loss``: the checkpoint
 with the lowest logged validation loss; ``score:OPPONENT``: the checkpoint with the highest
 match score against OPPONENT, one of EVAL_OPPONENTS, e.g. ``score:bundled`` with
-``EVAL_OPPONENTS=bundled``: each checkpoint plays the model the repository ships now).
+``EVAL_OPPONENTS=bundled``: each checkpoint plays the model the repository ships now),
+SELFPLAY_BESIDE (unset; SEED: self-play on the CPU cores, at the lowest priority, while the GPU
+trains, into WORK/selfplay-SEED, a RESUME call going on where it stopped; each call returns the
+whole set so far as ``selfplay-SEED.tgz``. Needs EVAL_OPPONENTS=none and Stockfish, which with
+the ~48 MB tree travels in parts: ``gpu_carry.sh --stockfish --games ... --pack --split 18``),
+SELFPLAY_WORKERS (12: the trainer keeps the other cores).
 
 The device calls, in order (made by the lead with the ``run`` tool; any kind with one GPU)
 ----------------------------------------------------------------------------------------
@@ -90,7 +95,8 @@ timeout_s 540 for each call.
    The log prints the trainer's tokens/s: if training was cut well before TRAIN_STEPS, or
    finished with minutes to spare, TRAIN_STEPS=N in front of the command resizes a rerun.
 Never more than 8 files come back: the train call returns 3 model parts at most plus
-strength_vs_steps.json/.png, eval_table.md, report.tgz and phase.log.
+strength_vs_steps.json/.png, eval_table.md, report.tgz and phase.log (with SELFPLAY_BESIDE,
+selfplay-SEED.tgz in place of the plot, which needs matches).
 
 Local check of the same code at toy sizes (2-core CPU, the local Stockfish):
     bash scripts/bundled_gpu_smoke.sh
@@ -149,18 +155,47 @@ def say(msg: str) -> None:
             f.write(line + "\n")
 
 
+def stockfish_parts(root: Path) -> list[Path]:
+    """The xz-compressed Stockfish that ``gpu_carry.sh --stockfish`` made: ``.gpu2/stockfish.xz``,
+    or with ``--split`` its parts ``.gpuK/stockfish.xz.part-NN-of-MM`` over several folders (and
+    so several calls), in order; exits naming what is missing when a part has not come yet."""
+    whole = root / ".gpu2" / "stockfish.xz"
+    if whole.is_file():
+        return [whole]
+    import re
+
+    parts: dict[int, Path] = {}
+    counts: set[int] = set()
+    for p in root.glob(".gpu*/stockfish.xz.part-*"):
+        m = re.fullmatch(r"stockfish\.xz\.part-(\d+)-of-(\d+)", p.name)
+        if m:
+            parts[int(m.group(1))] = p
+            counts.add(int(m.group(2)))
+    if not parts:
+        sys.exit(f"no Stockfish: {whole} is missing, no .gpu*/stockfish.xz.part-* either, and STOCKFISH_PATH is not set")
+    if len(counts) != 1:
+        sys.exit(f"Stockfish parts of different splits: {sorted(p.name for p in parts.values())} (rerun gpu_carry.sh)")
+    missing = [i for i in range(counts.pop()) if i not in parts]
+    if missing:
+        sys.exit(
+            f"Stockfish parts {missing} are not here (have {sorted(p.name for p in parts.values())}): "
+            "carry every .gpuK folder gpu_carry.sh made before this call"
+        )
+    return [parts[i] for i in sorted(parts)]
+
+
 def stockfish() -> str:
-    """The Stockfish binary: $STOCKFISH_PATH, else .gpu2/stockfish.xz unpacked to /tmp/sf."""
+    """The Stockfish binary: $STOCKFISH_PATH, else the carried ``stockfish.xz`` (whole or in
+    parts, ``stockfish_parts``) unpacked to /tmp/sf."""
     if os.environ.get("STOCKFISH_PATH"):
         return os.environ["STOCKFISH_PATH"]
     sf = Path("/tmp/sf")
-    packed = ROOT / ".gpu2" / "stockfish.xz"
     if not sf.is_file():
-        if not packed.is_file():
-            sys.exit(f"no Stockfish: {packed} is missing and STOCKFISH_PATH is not set")
+        packed = stockfish_parts(ROOT)
         tmp = sf.with_suffix(".tmp")
         with open(tmp, "wb") as f:
-            subprocess.run(["xz", "-dc", str(packed)], stdout=f, check=True)
+            joined = b"".join(p.read_bytes() for p in packed)
+            subprocess.run(["xz", "-dc"], input=joined, stdout=f, check=True)
         tmp.chmod(0o755)
         tmp.replace(sf)
     out = subprocess.run([str(sf)], input="uci\nquit\n", capture_output=True, text=True, timeout=20).stdout
@@ -194,18 +229,90 @@ def games_in(folder: Path) -> int:
 # -- selfplay ---------------------------------------------------------------------------------------------
 
 
-def phase_selfplay(seed: int, seconds: float) -> int:
-    sf = stockfish()
-    name = f"selfplay-{seed}"
-    folder = work_dir() / name
-    workers = env_int("WORKERS", 15)
-    cmd = mc(
+def selfplay_command(seed: int, folder: Path, workers: int, seconds: float, sf: str) -> list[str]:
+    """The project's self-play recipe (datasets/README.md) on ``workers`` cores for ``seconds``;
+    run again on the same folder, it goes on where the finished chunks stop."""
+    return mc(
         "dataset", "selfplay", "--config", "configs/dataset/selfplay.yaml", "--out", str(folder),
         "--games", "1000000", "--workers", str(workers), "--no-progress",
         f"seed={seed}", f"nodes={env_int('NODES', 600)}", "nodes_jitter=0.25",
         "random_plies_min=4", "random_plies_max=8", "book_fraction=0.2",
-        "chunk_games=100", f"max_seconds={seconds}", f"stockfish={sf}",
+        "chunk_games=100", f"max_seconds={seconds:.0f}", f"stockfish={sf}",
     )  # fmt: skip
+
+
+def pack_selfplay(folder: Path) -> None:
+    """Log what a self-play folder holds and put it into $OUT as ``selfplay-SEED.tgz``."""
+    manifest = json.loads((folder / "manifest.json").read_text()) if (folder / "manifest.json").is_file() else {}
+    last = manifest.get("last_run")
+    if last:
+        say(
+            f"self-play: {manifest.get('games_written')} games written, {last.get('games_played')} played in "
+            f"{last.get('seconds')} s ({last.get('games_per_s')} games/s), {last.get('discarded_too_long')} discarded"
+        )
+    else:  # stopped by a signal: the manifest lists the finished chunks only
+        say(f"self-play: {manifest.get('games_written')} games written in finished chunks (the run was stopped)")
+    tgz = work_dir() / f"{folder.name}.tgz"
+    with tarfile.open(tgz, "w:gz") as tar:
+        tar.add(folder, arcname=folder.name)
+    put_out(tgz)
+    say(f"wrote $OUT/{tgz.name}: {tgz.stat().st_size / 2**20:.2f} MiB (copy it into .gpu2/ for the train call)")
+
+
+def selfplay_beside() -> int | None:
+    """SELFPLAY_BESIDE, checked: the seed of self-play on the CPU cores while the GPU trains."""
+    raw = os.environ.get("SELFPLAY_BESIDE") or ""
+    if not raw:
+        return None
+    if not raw.isdigit():
+        sys.exit(f"SELFPLAY_BESIDE: {raw!r} is not a seed (a whole number, e.g. 160)")
+    if eval_opponents():
+        sys.exit(
+            "SELFPLAY_BESIDE needs EVAL_OPPONENTS=none: the checkpoint matches and the self-play "
+            "would share the same CPU cores"
+        )
+    return int(raw)
+
+
+def start_selfplay_beside(seed: int | None, work: Path, sf: str, until: float) -> subprocess.Popen[bytes] | None:
+    """With SELFPLAY_BESIDE, self-play on SELFPLAY_WORKERS (12) cores at the lowest priority while
+    the GPU trains, until ``until`` (time.monotonic()) at the latest, into WORK/selfplay-SEED: a
+    RESUME call on the warm machine goes on where the chunks stop (resume is exact)."""
+    if seed is None:
+        return None
+    seconds = until - time.monotonic()
+    if seconds < 60:
+        say(f"self-play beside training: only {seconds:.0f} s left, not started")
+        return None
+    folder = work / f"selfplay-{seed}"
+    cmd = selfplay_command(seed, folder, env_int("SELFPLAY_WORKERS", 12), seconds, sf)
+    say(f"self-play beside training (nice 19), {games_in(folder)} games there already: " + " ".join(cmd[3:]))
+    log = open(work / f"selfplay-{seed}.log", "a")  # noqa: SIM115 - the child holds it
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, preexec_fn=lambda: os.nice(19))
+
+
+def stop_selfplay_beside(proc: subprocess.Popen[bytes], until: float) -> None:
+    """Training is over: let the self-play reach its own time limit ``until`` when that is at
+    most 45 s away (its workers then write the games of the chunks they had begun), else stop
+    it now (SIGINT: it keeps its finished chunks and writes its manifest; the chunks its workers
+    had begun are played again by the next run)."""
+    if proc.poll() is None and until - time.monotonic() <= 45:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=max(1.0, until - time.monotonic() + 15))
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    say(f"self-play beside training: exit {proc.returncode}")
+
+
+def phase_selfplay(seed: int, seconds: float) -> int:
+    sf = stockfish()
+    folder = work_dir() / f"selfplay-{seed}"
+    cmd = selfplay_command(seed, folder, env_int("WORKERS", 15), seconds, sf)
     say("self-play: " + " ".join(cmd[3:]))
     t = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=ROOT)
@@ -217,17 +324,7 @@ def phase_selfplay(seed: int, seconds: float) -> int:
             say(f"self-play: {n} games in finished chunks ({n / (time.monotonic() - t):.1f} games/s)")
     if proc.returncode != 0:
         say(f"self-play exited with {proc.returncode}; packing the finished chunks anyway")
-    manifest = json.loads((folder / "manifest.json").read_text()) if (folder / "manifest.json").is_file() else {}
-    last = manifest.get("last_run", {})
-    say(
-        f"self-play: {manifest.get('games_written')} games written, {last.get('games_played')} played in "
-        f"{last.get('seconds')} s ({last.get('games_per_s')} games/s), {last.get('discarded_too_long')} discarded"
-    )
-    tgz = work_dir() / f"{name}.tgz"
-    with tarfile.open(tgz, "w:gz") as tar:
-        tar.add(folder, arcname=name)
-    put_out(tgz)
-    say(f"wrote $OUT/{tgz.name}: {tgz.stat().st_size / 2**20:.2f} MiB (copy it into .gpu2/ for the train call)")
+    pack_selfplay(folder)
     put_out(work_dir() / "phase.log")
     return 0 if proc.returncode == 0 else 1
 
@@ -602,15 +699,35 @@ def plot_strength(doc: dict[str, Any], out_png: Path) -> None:
     plt.close(fig)
 
 
-def tail_train_log(run_dir: Path, seen: int) -> int:
-    """Print the trainer's new log.jsonl entries; returns how many lines were seen."""
+def passes_note(step: int, epoch: float, total_steps: int, pick_kind: str) -> str:
+    """How many passes over the training windows TRAIN_STEPS makes, from the trainer's epoch at
+    ``step``; with a warning when it is more than one and FINAL_PICK does not pick a checkpoint
+    (v18: validation loss went from 1.725 at 0.96 passes to 1.740 at 1.2, the training loss
+    dropping from 1.47 to 1.39 as the windows came round again)."""
+    passes = epoch / step * total_steps
+    note = f"train: TRAIN_STEPS={total_steps} is {passes:.2f} passes over the training windows"
+    if passes > 1.0 and not pick_kind:
+        note += (
+            "; WARNING: windows seen twice lowered the validation loss no more (v18): "
+            "set FINAL_PICK=eval_loss or fewer TRAIN_STEPS"
+        )
+    return note
+
+
+def tail_train_log(run_dir: Path, seen: int, total_steps: int = 0, pick_kind: str = "") -> int:
+    """Print the trainer's new log.jsonl entries; returns how many lines were seen. The first
+    training line of a run (``seen`` 0) also says how many passes ``total_steps`` make."""
     log = run_dir / "log.jsonl"
     if not log.is_file():
         return seen
     lines = log.read_text().splitlines()
+    told = seen > 0
     for line in lines[seen:]:
         with contextlib.suppress(ValueError):
             e = json.loads(line)
+            if not told and total_steps and e.get("epoch") and e.get("step"):
+                say(passes_note(int(e["step"]), float(e["epoch"]), total_steps, pick_kind))
+                told = True
             if "legal_rate" in e:
                 say(
                     f"train: step {e['step']}: val loss {e.get('eval_loss', 0):.3f}, legal rate {e['legal_rate']:.3f}, "
@@ -685,9 +802,12 @@ def phase_train() -> int:
     steps = env_int("TRAIN_STEPS", 1800)
     save_steps = env_int("SAVE_STEPS", 300)
     pick_kind, pick_opp = final_pick()  # checked before any work
+    beside = selfplay_beside()
+    if beside is not None:
+        pack_reserve += 15.0  # stopping the self-play and its tar.gz
     work = work_dir()
-    # Only Stockfish opponents need the 21 MB binary: without them .gpu2 can leave it behind.
-    sf = stockfish() if needs_stockfish(eval_opponents()) else ""
+    # Only Stockfish opponents and self-play need the 21 MB binary: without them .gpu2 can leave it behind.
+    sf = stockfish() if needs_stockfish(eval_opponents()) or beside is not None else ""
     data = work / "data"
     resume = os.environ.get("RESUME") == "1"
     if resume and not (data / "stats.json").is_file():
@@ -731,6 +851,7 @@ def phase_train() -> int:
     say("train: " + " ".join(cmd[3:]))
     train_log = open(work / "train.log", "w")  # noqa: SIM115 - open while the trainer runs
     trainer = subprocess.Popen(cmd, cwd=ROOT, stdout=train_log, stderr=subprocess.STDOUT)
+    selfplay = start_selfplay_beside(beside, work, sf, deadline - pack_reserve)
     ev = Evaluator(run_dir, work, sf, deadline - pack_reserve)
     if resume:
         ev.adopt_earlier()
@@ -741,7 +862,7 @@ def phase_train() -> int:
     stopped_by_watchdog = False
     while trainer.poll() is None:
         time.sleep(5)
-        seen = tail_train_log(run_dir, seen)
+        seen = tail_train_log(run_dir, seen, steps, pick_kind)
         guess = max(ev.match_seconds) * len(ev.opponents) + 10 if ev.match_seconds else eval_round
         if time.monotonic() > deadline - pack_reserve - guess and trainer.poll() is None:
             say(f"train: watchdog: stopping training at {elapsed():.0f} s to leave {guess:.0f} s for the last evaluation")
@@ -752,10 +873,13 @@ def phase_train() -> int:
             except subprocess.TimeoutExpired:
                 trainer.kill()
                 trainer.wait()
-    tail_train_log(run_dir, seen)
+    tail_train_log(run_dir, seen, steps, pick_kind)
     train_log.close()
     say(f"train: exit {trainer.returncode}{' (stopped by the watchdog)' if stopped_by_watchdog else ''}")
     ev.training_done.set()
+    if selfplay is not None:
+        stop_selfplay_beside(selfplay, deadline - pack_reserve)
+        pack_selfplay(work / f"selfplay-{beside}")
 
     # The final model: the trainer's own output when it finished, else the newest checkpoint.
     tag = model_tag()

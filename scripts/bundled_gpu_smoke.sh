@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Both phases of scripts/bundled_gpu.py at toy sizes on a CPU (about 3 minutes on 2 cores):
 # the code the GPU calls run, with a few games, 6 training steps of batch 1 and 2-game matches.
-# FINAL_PICK and EVAL_OPPONENTS pass through, e.g. FINAL_PICK=score:bundled EVAL_OPPONENTS=bundled.
+# FINAL_PICK and EVAL_OPPONENTS pass through, e.g. FINAL_PICK=score:bundled EVAL_OPPONENTS=bundled;
+# so does SELFPLAY_BESIDE (self-play while the model trains; EVAL_OPPONENTS is then none), e.g.
+# SELFPLAY_BESIDE=11 bash scripts/bundled_gpu_smoke.sh: the train call also returns selfplay-11.tgz.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=${1:-/tmp/bundled-gpu-smoke}
 rm -rf "$S" runs/bundled-gpu-smoke && mkdir -p "$S" runs/bundled-gpu-smoke
-export PYTHONUNBUFFERED=1 WORK="$S/w" WORKERS=2 NODES=60 PY=${PY:-.venv/bin/python}
+export PYTHONUNBUFFERED=1 WORK="$S/w" WORKERS=2 SELFPLAY_WORKERS=1 NODES=60 PY=${PY:-.venv/bin/python}
+if [ -n "${SELFPLAY_BESIDE:-}" ]; then export EVAL_OPPONENTS=${EVAL_OPPONENTS:-none}; fi
 # the local Stockfish (the GPU calls unpack .gpu2/stockfish.xz instead)
 export STOCKFISH_PATH=${STOCKFISH_PATH:-$(command -v stockfish || echo /usr/games/stockfish)}
 OUT="$S/out-selfplay" "$PY" scripts/bundled_gpu.py selfplay 10 30
 cp "$S/out-selfplay/selfplay-10.tgz" runs/bundled-gpu-smoke/
-OUT="$S/out-train" MODEL_TAG=smoke FINAL_PICK=${FINAL_PICK:-eval_loss} GAMES='runs/bundled-gpu-smoke/selfplay-*.tgz' TRAIN_STEPS=6 SAVE_STEPS=2 BUDGET_S=420 \
+OUT="$S/out-train" MODEL_TAG=smoke FINAL_PICK=${FINAL_PICK:-eval_loss} GAMES='runs/bundled-gpu-smoke/selfplay-*.tgz' TRAIN_STEPS=${TRAIN_STEPS:-6} SAVE_STEPS=${SAVE_STEPS:-2} BUDGET_S=420 \
     EVAL_GAMES=2 EVAL_CONCURRENCY=2 \
     TRAIN_OVERRIDES="train.per_device_train_batch_size=1 train.device=cpu eval.generation_positions=16 data.max_eval_examples=16 train.warmup_steps=1 train.logging_steps=1 train.threads=1 train.compile=true" \
     "$PY" scripts/bundled_gpu.py train

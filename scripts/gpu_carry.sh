@@ -4,7 +4,9 @@
 # pyarrow, tokenizers, matplotlib), for the device tool's `carry: [".gpu2"]`:
 #   .gpu2/site/          python-chess and loguru (pure Python): PYTHONPATH=$PWD/.gpu2/site:$PWD
 #   .gpu2/stockfish.xz   with --stockfish: this machine's Stockfish (Debian's x86-64 build,
-#                        21 MB), for self-play and Stockfish opponents (scripts/bundled_gpu.py)
+#                        21 MB), for self-play and Stockfish opponents (scripts/bundled_gpu.py);
+#                        with --split, in parts (stockfish.xz.part-NN-of-MM) spread over the
+#                        folders with the sets, since 21 MB and the tree no longer fit one call
 #   with --gpu-libs:     bitsandbytes (its CUDA 13.0 library only: the whole wheel is 43 MB)
 #                        and liger-kernel in site/, and .gpu2/tokenizer, the real Mistral-7B
 #                        tokenizer as a Hugging Face folder (the fast-path and QLoRA benchmarks:
@@ -66,9 +68,19 @@ rm -rf .gpu2/site
 if [ "$stockfish" = 1 ]; then
     sf=${STOCKFISH_PATH:-$(command -v stockfish || echo /usr/games/stockfish)}
     [ -x "$sf" ] || { echo "no Stockfish at $sf (apt-get install stockfish, or set STOCKFISH_PATH)" >&2; exit 1; }
+    rm -f .gpu2/stockfish.xz.part-*
     [ -s .gpu2/stockfish.xz ] || { xz -6 -T0 -c "$sf" > .gpu2/stockfish.xz.tmp && mv .gpu2/stockfish.xz.tmp .gpu2/stockfish.xz; }
+    if [ "$split" -gt 0 ]; then
+        # 21 MB with the ~48 MB tree is more than one call carries: parts of half a folder
+        # (stockfish.xz.part-00-of-03, ...), spread over the folders like the sets below;
+        # bundled_gpu.py joins them once every part is on the machine.
+        split -b $((split * 500000)) -d -a 2 .gpu2/stockfish.xz .gpu2/stockfish.xz.part-
+        n=$(ls .gpu2/stockfish.xz.part-* | wc -l)
+        for p in .gpu2/stockfish.xz.part-*; do mv "$p" "$p-of-$(printf %02d "$n")"; done
+        rm .gpu2/stockfish.xz
+    fi
 else
-    rm -f .gpu2/stockfish.xz
+    rm -f .gpu2/stockfish.xz .gpu2/stockfish.xz.part-*
 fi
 
 if [ "$libs" = 1 ]; then
@@ -140,20 +152,22 @@ elif [ "$pack" = 1 ]; then
     echo "--pack packs the sets of --games: name them" >&2; exit 2
 fi
 rm -rf .gpu[3-9] .gpu[1-9][0-9]
-if [ "$split" -gt 0 ] && [ -d .gpu2/datasets ]; then
-    # First fit, largest set first: .gpu2 keeps what it holds besides the sets (site/, ...).
+if [ "$split" -gt 0 ] && { [ -d .gpu2/datasets ] || ls .gpu2/stockfish.xz.part-* >/dev/null 2>&1; }; then
+    # First fit, largest first: .gpu2 keeps what it holds besides the sets and the Stockfish
+    # parts (site/, ...); a set goes to .gpuK/datasets/, a Stockfish part to .gpuK/.
     limit=$((split * 1000000))
-    used2=$(du -cb .gpu2 --exclude=datasets | tail -1 | cut -f1)
+    used2=$(du -cb .gpu2 --exclude=datasets --exclude='stockfish.xz.part-*' | tail -1 | cut -f1)
     declare -A used=([2]=$used2)
-    for f in $(ls -S .gpu2/datasets/); do
-        size=$(stat -c %s ".gpu2/datasets/$f")
-        [ "$size" -le "$limit" ] || { echo "--split $split: .gpu2/datasets/$f alone is larger" >&2; exit 1; }
+    for f in $(ls -S .gpu2/datasets/* .gpu2/stockfish.xz.part-* 2>/dev/null); do
+        size=$(stat -c %s "$f")
+        [ "$size" -le "$limit" ] || { echo "--split $split: $f alone is larger" >&2; exit 1; }
         k=2
         while [ $((${used[$k]:-0} + size)) -gt "$limit" ]; do k=$((k + 1)); done
         used[$k]=$((${used[$k]:-0} + size))
         if [ "$k" != 2 ]; then
-            mkdir -p ".gpu$k/datasets"
-            mv ".gpu2/datasets/$f" ".gpu$k/datasets/$f"
+            dest=".gpu$k/${f#.gpu2/}"
+            mkdir -p "$(dirname "$dest")"
+            mv "$f" "$dest"
         fi
     done
 fi

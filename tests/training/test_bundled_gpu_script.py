@@ -240,3 +240,79 @@ def test_resume_needs_the_earlier_data_set(driver: ModuleType, tmp_path: Path, m
     monkeypatch.setenv("EVAL_OPPONENTS", "bundled")
     with pytest.raises(SystemExit, match="RESUME=1: no data set"):
         driver.phase_train()
+
+
+def test_passes_over_the_windows_are_told_and_a_second_pass_warned(
+    driver: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WORK", str(tmp_path / "work"))  # say() also writes phase.log there
+    # v18's numbers: epoch 0.02 at step 100, 6,000 steps
+    note = driver.passes_note(100, 0.02, 6000, "")
+    assert "1.20 passes" in note and "WARNING" in note and "FINAL_PICK=eval_loss" in note
+    assert "WARNING" not in driver.passes_note(100, 0.02, 6000, "eval_loss")
+    assert driver.passes_note(100, 0.02, 3600, "").endswith("0.72 passes over the training windows")
+
+    run = tmp_path / "run"
+    write_log(run, [
+        {"step": 100, "loss": 1.5, "epoch": 0.02, "tokens_per_s": 6.8e5},
+        {"step": 200, "loss": 1.5, "epoch": 0.04, "tokens_per_s": 6.8e5},
+        {"step": 400, "eval_loss": 1.77, "legal_rate": 0.95, "exact_move_accuracy": 0.25},
+    ])  # fmt: skip
+    seen = driver.tail_train_log(run, 0, 6000, "")
+    out = capsys.readouterr().out
+    assert seen == 4
+    assert out.count("passes over the training windows") == 1 and "1.20 passes" in out
+    assert "step 400: val loss 1.770" in out
+    # later polls of the same run say it no more
+    (run / "log.jsonl").open("a").write(json.dumps({"step": 500, "loss": 1.4, "epoch": 0.1}) + "\n")
+    driver.tail_train_log(run, seen, 6000, "")
+    assert "passes" not in capsys.readouterr().out
+
+
+def test_stockfish_in_parts_is_joined_in_order_once_all_have_come(driver: ModuleType, tmp_path: Path) -> None:
+    # gpu_carry.sh --stockfish --split spreads stockfish.xz over .gpuK folders (one call each)
+    blob = bytes(range(256)) * 40
+    pieces = [blob[:4000], blob[4000:8000], blob[8000:]]
+    for folder, i in ((".gpu3", 0), (".gpu2", 2)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / f"stockfish.xz.part-{i:02d}-of-03").write_bytes(pieces[i])
+    with pytest.raises(SystemExit, match=r"Stockfish parts \[1\] are not here"):
+        driver.stockfish_parts(tmp_path)
+    (tmp_path / ".gpu4").mkdir()
+    (tmp_path / ".gpu4" / "stockfish.xz.part-01-of-03").write_bytes(pieces[1])
+    parts = driver.stockfish_parts(tmp_path)
+    assert [p.name for p in parts] == [f"stockfish.xz.part-{i:02d}-of-03" for i in range(3)]
+    assert b"".join(p.read_bytes() for p in parts) == blob
+    # a whole stockfish.xz in .gpu2 is taken as it is
+    (tmp_path / ".gpu2" / "stockfish.xz").write_bytes(b"whole")
+    assert driver.stockfish_parts(tmp_path) == [tmp_path / ".gpu2" / "stockfish.xz"]
+
+
+def test_stockfish_parts_of_two_splits_or_none_are_refused(driver: ModuleType, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="no Stockfish"):
+        driver.stockfish_parts(tmp_path)
+    (tmp_path / ".gpu2").mkdir()
+    (tmp_path / ".gpu2" / "stockfish.xz.part-00-of-02").write_bytes(b"a")
+    (tmp_path / ".gpu2" / "stockfish.xz.part-01-of-03").write_bytes(b"b")
+    with pytest.raises(SystemExit, match="different splits"):
+        driver.stockfish_parts(tmp_path)
+
+
+def test_selfplay_beside_training_is_checked(driver: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SELFPLAY_BESIDE", raising=False)
+    monkeypatch.delenv("NODES", raising=False)
+    assert driver.selfplay_beside() is None
+    monkeypatch.setenv("SELFPLAY_BESIDE", "16O")
+    with pytest.raises(SystemExit, match="'16O' is not a seed"):
+        driver.selfplay_beside()
+    monkeypatch.setenv("SELFPLAY_BESIDE", "160")
+    monkeypatch.setenv("EVAL_OPPONENTS", "random")
+    with pytest.raises(SystemExit, match="needs EVAL_OPPONENTS=none"):
+        driver.selfplay_beside()
+    monkeypatch.setenv("EVAL_OPPONENTS", "none")
+    assert driver.selfplay_beside() == 160
+    cmd = driver.selfplay_command(160, Path("/w/selfplay-160"), 12, 431.6, "/tmp/sf")
+    for word in ("seed=160", "nodes=600", "chunk_games=100", "max_seconds=432", "stockfish=/tmp/sf"):
+        assert word in cmd
+    assert cmd[cmd.index("--out") + 1] == "/w/selfplay-160"
+    assert "--workers" in cmd and cmd[cmd.index("--workers") + 1] == "12" and "seed=160" in cmd
