@@ -204,6 +204,17 @@ def stockfish() -> str:
     return str(sf)
 
 
+def stop_process(proc: subprocess.Popen[Any], sig: int, grace: float) -> None:
+    """Send ``sig`` (the child then finishes what it must: a checkpoint, a manifest) and wait up
+    to ``grace`` seconds, then kill it."""
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def mc(*args: str) -> list[str]:
     return [PY, "-m", "training", *args]
 
@@ -300,12 +311,7 @@ def stop_selfplay_beside(proc: subprocess.Popen[bytes], until: float) -> None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=max(1.0, until - time.monotonic() + 15))
     if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, signal.SIGINT, 30)
     say(f"self-play beside training: exit {proc.returncode}")
 
 
@@ -475,12 +481,7 @@ class Evaluator(threading.Thread):
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 say(f"eval: step {step} vs {opp}: out of time, stopping the match")
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                stop_process(proc, signal.SIGINT, 15)
         secs = time.monotonic() - t
         self.match_seconds.append(secs)
         report = Path(f"{stem}.json")
@@ -867,12 +868,8 @@ def phase_train() -> int:
         if time.monotonic() > deadline - pack_reserve - guess and trainer.poll() is None:
             say(f"train: watchdog: stopping training at {elapsed():.0f} s to leave {guess:.0f} s for the last evaluation")
             stopped_by_watchdog = True
-            trainer.terminate()  # SIGTERM: the trainer saves a checkpoint at the step in hand and exits
-            try:
-                trainer.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                trainer.kill()
-                trainer.wait()
+            # SIGTERM: the trainer saves a checkpoint at the step in hand and exits
+            stop_process(trainer, signal.SIGTERM, 60)
     tail_train_log(run_dir, seen, steps, pick_kind)
     train_log.close()
     say(f"train: exit {trainer.returncode}{' (stopped by the watchdog)' if stopped_by_watchdog else ''}")
