@@ -298,8 +298,8 @@ def start_selfplay_beside(seed: int | None, work: Path, sf: str, until: float) -
     folder = work / f"selfplay-{seed}"
     cmd = selfplay_command(seed, folder, env_int("SELFPLAY_WORKERS", 12), seconds, sf)
     say(f"self-play beside training (nice 19), {games_in(folder)} games there already: " + " ".join(cmd[3:]))
-    log = open(work / f"selfplay-{seed}.log", "a")  # noqa: SIM115 - the child holds it
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, preexec_fn=lambda: os.nice(19))
+    with open(work / f"selfplay-{seed}.log", "a") as log:  # the child keeps its own copy of the handle
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, preexec_fn=lambda: os.nice(19))
 
 
 def stop_selfplay_beside(proc: subprocess.Popen[bytes], until: float) -> None:

@@ -315,4 +315,4 @@ def test_selfplay_beside_training_is_checked(driver: ModuleType, monkeypatch: py
     for word in ("seed=160", "nodes=600", "chunk_games=100", "max_seconds=432", "stockfish=/tmp/sf"):
         assert word in cmd
     assert cmd[cmd.index("--out") + 1] == "/w/selfplay-160"
-    assert "--workers" in cmd and cmd[cmd.index("--workers") + 1] == "12" and "seed=160" in cmd
+    assert cmd[cmd.index("--workers") + 1] == "12"
