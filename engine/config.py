@@ -64,8 +64,14 @@ class PromptConfig:
     # (examples.window_plies) reads games; 0: the whole game; -1: as the model folder's
     # engine_prompt.yaml says (0 without one).
     window_plies: int = -1
+    # Where the windows start: at plies window_offset, window_offset + N, ... of the game (and
+    # ply 0 before the first). 0, the default, is how every bundled model was trained; a model
+    # trained on windows at every offset (examples.window_offset: -1) reads any of them.
+    window_offset: int = 0
 
     def __post_init__(self) -> None:
+        if self.window_offset < 0:
+            raise ConfigError(f"prompt.window_offset must be >= 0, not {self.window_offset}")
         if self.result not in ("auto", "1-0", "0-1", "1/2-1/2", "*"):
             raise ConfigError(f"prompt.result must be auto, 1-0, 0-1, 1/2-1/2 or *, not {self.result!r}")
         if self.window_plies < -1:

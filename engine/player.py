@@ -31,8 +31,16 @@ import chess
 from loguru import logger
 
 from engine.config import EngineConfig
-from engine.errors import MoveParseError, PromptError
-from engine.prompt import Prompt, PromptBuilder, PromptTemplate, legal_sans, own_loss_result, play_variables
+from engine.errors import ConfigError, MoveParseError, PromptError
+from engine.prompt import (
+    Prompt,
+    PromptBuilder,
+    PromptTemplate,
+    legal_sans,
+    own_loss_result,
+    play_variables,
+    window_start,
+)
 from engine.scoring import Cancelled, LMScorer
 
 # Confidence -> centipawns: cp = CP_SCALE * log10(p / (1 - p)), clamped.
@@ -177,6 +185,12 @@ class Player:
         self.window_plies = config.prompt.window_plies
         if self.window_plies < 0:
             self.window_plies = int(getattr(scorer, "window_plies", 0) or 0)
+        self.window_offset = config.prompt.window_offset
+        if self.window_offset and self.window_offset >= max(self.window_plies, 1):
+            raise ConfigError(
+                f"prompt.window_offset {self.window_offset} needs board windows longer than it "
+                f"(prompt.window_plies is {self.window_plies})"
+            )
 
     # -- game state -------------------------------------------------------------
     def new_game(self) -> None:
@@ -206,9 +220,9 @@ class Player:
         )
         root, sans = self._board_sans(board)
         window = self.window_plies
-        if window and len(sans) >= window:
+        cut = window_start(len(sans), window, self.window_offset) if window else 0
+        if cut:
             # Board windows: the move text restarts at the window's first position.
-            cut = (len(sans) // window) * window
             moves = board.move_stack
             root = self._window_root(root, moves[:cut])
             board = root.copy(stack=False)

@@ -174,6 +174,23 @@ def _may_give_check(board: chess.Board) -> Callable[[chess.Move, int], bool]:
     return test
 
 
+def window_start(ply: int, window: int, offset: int = 0) -> int:
+    """The ply a prompt for the position after ``ply`` plies starts at, with board windows of
+    ``window`` plies (0: the whole game, so ply 0) whose roots lie at plies ``offset``,
+    ``offset + window``, ... of the game (and at ply 0, for the plies before ``offset``).
+
+    The engine and the data set builder both use it, so a model trained with an offset
+    (``examples.window_offset``) is prompted as it was trained (``prompt.window_offset``).
+    """
+    if not window:
+        return 0
+    if not 0 <= offset < window:
+        raise PromptError(f"window offset must be in 0..{window - 1} for windows of {window} plies, not {offset}")
+    if ply < offset:
+        return 0
+    return offset + ((ply - offset) // window) * window
+
+
 def board_sans(board: chess.Board) -> tuple[chess.Board, list[str]]:
     """The root position of ``board`` and the SAN of every move played since."""
     root = board.root()

@@ -188,6 +188,13 @@ class ExamplesConfig:
     # with prompt.window_plies; continuations then start at window starts and end with their
     # window. 0: the whole game from its start.
     window_plies: int = 0
+    # Where a game's windows start. 0: at plies 0, window_plies, 2 * window_plies, ..., where the
+    # engine starts them (prompt.window_offset: 0). -1: at plies k, k + window_plies, ... (and
+    # ply 0 before k) with k drawn for each game from 0..window_plies-1 (seeded by the game and
+    # examples.seed), so a game's windows start anywhere: a model trained at offset 0 only reads
+    # windows that start elsewhere much worse (the bundled model's card). Such a model is played
+    # at the engine's offset 0, one of those it was trained on.
+    window_offset: int = 0
     seed: int = 0  # position sampling; example choice for a game depends only on (seed, game id)
 
     def __post_init__(self) -> None:
@@ -204,6 +211,13 @@ class ExamplesConfig:
             raise ConfigError("positions_per_game, min_ply, max_ply and continuation_plies must be >= 0")
         if self.window_plies < 0:
             raise ConfigError(f"window_plies must be >= 0 (0: the whole game), not {self.window_plies}")
+        if self.window_offset not in (0, -1):
+            raise ConfigError(
+                f"window_offset must be 0 (windows where the engine starts them) or -1 (drawn for "
+                f"each game), not {self.window_offset}"
+            )
+        if self.window_offset == -1 and self.window_plies < 2:
+            raise ConfigError(f"window_offset -1 needs board windows of 2 plies or more (window_plies is {self.window_plies})")
         if self.max_ply and self.max_ply <= self.min_ply:
             raise ConfigError(f"max_ply ({self.max_ply}) must be > min_ply ({self.min_ply}) or 0")
 

@@ -87,11 +87,11 @@ class _Worker:
 
         def san_needed(n: int, result: str, key: bytes, root_fen: str) -> int:
             plans[0] = self.maker.plan(n, result, key, root_fen)
-            need = self.maker.sans_needed(plans[0], n)
+            need = self.maker.sans_needed(plans[0], n, key)
             plans[1] = []
             if split_cfg.eval_positions_per_game and split_of(key, split_cfg.validation_fraction, split_cfg.seed) != "train":
                 plans[1] = self.eval_maker.plan(n, result, key, root_fen)
-                need = max(need, self.eval_maker.sans_needed(plans[1], n))
+                need = max(need, self.eval_maker.sans_needed(plans[1], n, key))
             return need
 
         for seq, raw in enumerate(unit.raw_games()):

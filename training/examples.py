@@ -45,7 +45,15 @@ from typing import Any
 
 import chess
 
-from engine.prompt import STANDARD_FEN, Prompt, PromptBuilder, PromptTemplate, movetext, play_variables
+from engine.prompt import (
+    STANDARD_FEN,
+    Prompt,
+    PromptBuilder,
+    PromptTemplate,
+    movetext,
+    play_variables,
+    window_start,
+)
 from training.config import DatasetConfig
 from training.data import shared_prefix_len
 from training.sources import Game, uci_move
@@ -118,8 +126,14 @@ class ExampleMaker:
             # its second (that move is read, not trained), so that the header's engine name
             # (on the side to move) sits on both colours as at play time.
             coin = random.Random(int.from_bytes(key[8:16] or key[:8], "little") ^ self.ex.seed)
-            starts = [k for k in plies if k % window == 0]
-            plies = [k + 1 if window > 1 and coin.random() < 0.5 and k + 1 < hi else k for k in starts]
+            offset = self.window_offset(key)
+            starts = [k for k in plies if window_start(k, window, offset) == k]
+            # (Only where the second ply is still in the window: a window before the first
+            # offset's can be one ply long.)
+            plies = [
+                k + 1 if window > 1 and coin.random() < 0.5 and k + 1 < hi and window_start(k + 1, window, offset) == k else k
+                for k in starts
+            ]
         if self.ex.moves == "winner":
             if result == "1/2-1/2":
                 if self.ex.draws == "skip":
@@ -138,17 +152,29 @@ class ExampleMaker:
             return [(k, self.kinds[0]) for k in plies]
         return [(k, rng.choices(self.kinds, self.weights)[0]) for k in plies]
 
-    def continuation_end(self, ply: int, n: int) -> int:
+    def window_offset(self, key: bytes) -> int:
+        """Where the game's windows start: 0, or with ``examples.window_offset: -1`` a ply in
+        0..window_plies-1 drawn from the game's key and the build's seed (the same in every build)."""
+        if self.ex.window_offset == 0 or not self.ex.window_plies:
+            return 0
+        seed = self.cfg.examples.seed  # the build's, also for the held-out positions (whose maker has seed + 1)
+        h = hashlib.blake2b(key + b"window-offset" + seed.to_bytes(8, "little", signed=True), digest_size=8)
+        return int.from_bytes(h.digest(), "little") % self.ex.window_plies
+
+    def continuation_end(self, ply: int, n: int, offset: int = 0) -> int:
         end = n if not self.ex.continuation_plies else min(n, ply + self.ex.continuation_plies)
-        if self.ex.window_plies:  # the engine restarts its prompt at the next window
-            end = min(end, window_root(ply, self.ex.window_plies) + self.ex.window_plies)
+        window = self.ex.window_plies
+        if window:  # the engine restarts its prompt at the next window
+            start = window_start(ply, window, offset)
+            end = min(end, start + (offset if start == 0 and offset else window))
         return end
 
-    def sans_needed(self, plan: list[tuple[int, str]], n: int) -> int:
-        """Plies whose SAN the plan's examples use."""
+    def sans_needed(self, plan: list[tuple[int, str]], n: int, key: bytes = b"") -> int:
+        """Plies whose SAN the plan's examples use (``key``: the game's, for its window offset)."""
+        offset = self.window_offset(key)
         need = 0
         for ply, kind in plan:
-            need = max(need, ply + 1 if kind == "next_move" else self.continuation_end(ply, n))
+            need = max(need, ply + 1 if kind == "next_move" else self.continuation_end(ply, n, offset))
         return need
 
     # -- texts ------------------------------------------------------------------------------
@@ -190,19 +216,20 @@ class ExampleMaker:
         # Where each prompt's move text starts: ply -> (FEN, move number, White to move) of the
         # game's root, and with board windows of each window's root (one replay for all of them).
         window = self.ex.window_plies
+        offset = self.window_offset(game.key)
         starts = {0: (game.root_fen, fullmove, white)}
-        later = sorted({window_root(ply, window) for ply, _ in plan} - {0}) if window else []
+        later = sorted({window_start(ply, window, offset) for ply, _ in plan} - {0}) if window else []
         for r, fen in positions_fen(game, later).items():
             fields = fen.split()
             starts[r] = (fen, int(fields[5]), fields[1] == "w")
         for ply, kind in plan:
-            start = window_root(ply, window)
+            start = window_start(ply, window, offset)
             start_fen, start_fullmove, start_white = starts[start]
             prompt = self.builder.from_sans(sans[start:ply], root_fen=start_fen, variables=self.variables(game, ply))
             if kind == "next_move":
                 out.append(Example(where, kind, ply, prompt, prompt.completion(sans[ply]), False))
                 continue
-            end = self.continuation_end(ply, n)
+            end = self.continuation_end(ply, n, offset)
             # The open-ended move text up to the prompt is a prefix of the plain move text of the
             # longer game; the completion is the difference (the prompt module writes both).
             head = movetext(sans[start:ply], fullmove=start_fullmove, white_to_move=start_white, open_end=True)
@@ -218,8 +245,9 @@ class ExampleMaker:
 
 
 def window_root(ply: int, window: int) -> int:
-    """The ply a prompt with board windows of ``window`` plies starts at (0 without windows)."""
-    return (ply // window) * window if window else 0
+    """The ply a prompt with board windows of ``window`` plies at offset 0 starts at (0 without
+    windows); :func:`engine.prompt.window_start` for other offsets."""
+    return window_start(ply, window)
 
 
 def _root_turn(fen: str) -> chess.Color:

@@ -169,3 +169,81 @@ def test_trainer_writes_the_window_into_the_model_folder(tmp_path: Path) -> None
     (data / "dataset_config.yaml").write_text("examples:\n  window_plies: 16\n")
     write_engine_prompt(cfg, out)
     assert read_window_plies(str(out)) == 16
+
+
+def test_window_start_with_an_offset() -> None:
+    from engine.errors import PromptError
+    from engine.prompt import window_start
+
+    assert [window_start(k, 8) for k in (0, 7, 8, 15, 16)] == [0, 0, 8, 8, 16]
+    assert [window_start(k, 8, 3) for k in (0, 2, 3, 10, 11, 18, 19)] == [0, 0, 3, 3, 11, 11, 19]
+    assert window_start(40, 0, 0) == 0  # no windows: the whole game
+    with pytest.raises(PromptError, match="window offset must be in 0..7"):
+        window_start(5, 8, 8)
+
+
+def offset_game(i: int) -> Game:
+    g = game()
+    g.key = bytes([i, 7]) * 8
+    return g
+
+
+def test_windows_at_offsets_drawn_for_each_game_match_the_engines_prompts() -> None:
+    m = maker(positions_per_game=0, window_plies=8, window_offset=-1)
+    offsets = {}
+    for i in range(40):
+        g = offset_game(i)
+        off = m.window_offset(g.key)
+        offsets[i] = off
+        assert off == maker(positions_per_game=0, window_plies=8, window_offset=-1).window_offset(g.key)  # seeded
+        exs = m.examples(g)
+        assert [e.ply for e in exs] == list(range(len(GAME_UCI)))
+        cfg = EngineConfig()
+        cfg.prompt = PromptConfig(window_plies=8, window_offset=off, result="1-0")
+        player = Player(cfg, None)
+        for e in exs:
+            assert player.prompt_for(board_after(e.ply)).text == e.prompt.text
+            root = 0 if e.ply < off else off + (e.ply - off) // 8 * 8
+            assert (f'[FEN "{board_after(root).fen()}"]' in e.prompt.text) == (root > 0)
+    assert set(offsets.values()) == set(range(8))  # every offset occurs over 40 games
+    # Another build seed draws other offsets; offset 0 (the default) is the engine's windows.
+    other = maker(positions_per_game=0, window_plies=8, window_offset=-1, seed=5)
+    assert [other.window_offset(offset_game(i).key) for i in range(40)] != list(offsets.values())
+    assert {maker(window_plies=8).window_offset(offset_game(i).key) for i in range(40)} == {0}
+
+
+def test_continuations_end_with_their_offset_window() -> None:
+    m = maker(positions_per_game=0, window_plies=8, window_offset=-1, kinds={"continuation": 1.0})
+    seen = set()
+    for i in range(40):
+        g = offset_game(i)
+        off = m.window_offset(g.key)
+        if off in seen or off == 0:
+            continue
+        seen.add(off)
+        exs = m.examples(g)
+        roots = sorted({0, *range(off, len(GAME_UCI), 8)})
+        assert len(exs) == len(roots)  # one continuation a window
+        for e, root in zip(exs, roots, strict=True):
+            assert e.ply in (root, root + 1)
+            nxt = [r for r in roots if r > root]
+            end = min(nxt[0] if nxt else len(GAME_UCI), len(GAME_UCI))
+            want = [board_after(k).san(chess.Move.from_uci(GAME_UCI[k])) for k in range(e.ply, end)]
+            assert [w for w in e.completion.split() if not w[0].isdigit() and w != "1-0"] == want
+    assert len(seen) >= 5
+
+
+def test_bad_window_offsets_are_refused() -> None:
+    with pytest.raises(ConfigError, match="window_offset must be 0 .* or -1"):
+        load_dataset_config(None, ["sources=[{path: x}]", "examples.window_plies=16", "examples.window_offset=3"])
+    with pytest.raises(ConfigError, match="window_offset -1 needs board windows"):
+        load_dataset_config(None, ["sources=[{path: x}]", "examples.window_offset=-1"])
+    with pytest.raises(ConfigError, match="prompt.window_offset must be >= 0"):
+        PromptConfig(window_offset=-1)
+    cfg = EngineConfig()
+    cfg.prompt = PromptConfig(window_plies=8, window_offset=8)
+    with pytest.raises(ConfigError, match="prompt.window_offset 8 needs board windows longer than it"):
+        Player(cfg, None)
+    cfg.prompt = PromptConfig(window_plies=0, window_offset=2)
+    with pytest.raises(ConfigError, match="window_plies is 0"):
+        Player(cfg, None)
