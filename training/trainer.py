@@ -288,6 +288,14 @@ class Trainer:
 
             self.train_forward = torch.compile(self.model.forward)
             logger.info("train.compile: the training forward is compiled (the first steps include compiling)")
+        # The rules loss's forward: the decoder alone (its logits are made in forward_rules),
+        # compiled like the training forward when train.compile says so.
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        self.rules_decoder = base.model
+        if tc.compile and tc.rules_loss_weight > 0:
+            import torch
+
+            self.rules_decoder = torch.compile(base.model.forward)
         self.state = TrainState()
         if self.resume_from is not None:
             self._load_checkpoint(self.resume_from)
@@ -465,7 +473,31 @@ class Trainer:
             out = self.train_forward(**batch, use_cache=False, num_items_in_batch=n_items)
         return out.loss
 
-    def forward_rules(self, batch: dict[str, Any], n_items: Any) -> tuple[Any, Any]:
+    def _validation_rules(self, rows: list[Any], mine: list[int], size: int) -> float:
+        """The rules loss on the validation split, per move (the mean -log of the mass on legal moves)."""
+        import torch
+
+        from training.modeling import build_collator
+
+        assert self.val_split is not None
+        collate = build_collator(self.val_split, rows, self.tokenizer, rules=True)
+        total, moves = 0.0, 0
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            for i in range(0, len(mine), size):
+                batch = {k: v.to(self.acc.device) for k, v in collate(np.array(mine[i : i + size])).items()}
+                n = batch["rules_pos"].shape[0]
+                if n:
+                    one = torch.tensor(1.0, device=self.acc.device)
+                    _, rules = self.forward_rules(batch, one, count=False, eager=True)  # shapes vary: no compiled graph
+                    total, moves = total + float(rules), moves + n
+        self.model.train(was_training)
+        return total / moves if moves else float("nan")
+
+    def forward_rules(
+        self, batch: dict[str, Any], n_items: Any, *, count: bool = True, eager: bool = False
+    ) -> tuple[Any, Any]:
         """The cross-entropy as :meth:`forward` computes it, and the rules loss: at each move the
         batch's ``rules_pos`` names, ``-log`` of the probability mass on the first tokens of the
         legal moves (``rules_ids``, -1 padded), summed and divided by ``n_items`` like the
@@ -477,7 +509,8 @@ class Trainer:
         labels = batch["labels"]
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         with self.acc.autocast():
-            hidden = base.model(
+            decoder = base.model if eager else self.rules_decoder
+            hidden = decoder(
                 input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
             ).last_hidden_state
             logits = base.lm_head(hidden).float()
@@ -490,7 +523,8 @@ class Trainer:
         at = logits[pos[:, 0], pos[:, 1]]  # (moves, vocab)
         mass = at.gather(1, legal.clamp(min=0)).masked_fill(legal < 0, float("-inf"))
         rules = (torch.logsumexp(at, dim=-1) - torch.logsumexp(mass, dim=-1)).sum() / n_items
-        self._rules_moves += int(pos.shape[0])
+        if count:
+            self._rules_moves += int(pos.shape[0])
         return ce, rules
 
     def train_step(self) -> dict[str, float]:
@@ -551,6 +585,8 @@ class Trainer:
             metrics.update(
                 validation_loss(self.model, batches, self.acc.device, autocast=self.acc.autocast, all_reduce=self._reduce)
             )
+            if self.cfg.train.rules_loss_weight > 0 and self.val_split.legal_values is not None:
+                metrics["eval_rules_loss"] = self._validation_rules(rows, mine, ev.eval_batch_size)
         if self.eval_positions:
             add = PromptTemplate.load(self.cfg.template).kind == "base"
             metrics.update(

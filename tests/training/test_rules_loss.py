@@ -160,6 +160,9 @@ def test_the_rules_loss_is_the_mass_off_the_legal_moves(tmp_path: Path, tiny_mod
     stats = trainer.train_step()
     assert stats["rules_moves"] > 0 and stats["rules_loss"] > 0 and stats["loss"] > 0
     assert stats["loss"] == pytest.approx(trainer._ce_sum)
+    # The evaluation reports the held-out rules loss beside the validation loss.
+    metrics = trainer.evaluate()
+    assert 0 < metrics["eval_rules_loss"] < 20 and metrics["eval_loss"] > 0
 
 
 def test_the_rules_loss_needs_legal_tokens(tmp_path: Path, tiny_model_dir: Path, train_dataset: Path) -> None:
