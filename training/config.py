@@ -195,6 +195,10 @@ class ExamplesConfig:
     # windows that start elsewhere much worse (the bundled model's card). Such a model is played
     # at the engine's offset 0, one of those it was trained on.
     window_offset: int = 0
+    # Rules targets: for each move a training example trains on, the first tokens of every
+    # legal move's " SAN" in its position (a legal_ids column; needs a tokenized build). The
+    # trainer's train.rules_loss_weight then teaches the model to put its mass on legal moves.
+    legal_tokens: bool = False
     seed: int = 0  # position sampling; example choice for a game depends only on (seed, game id)
 
     def __post_init__(self) -> None:
@@ -256,6 +260,8 @@ class DatasetConfig:
     verify_tokens_every: int = 997  # compare fast tokenization with direct tokenization every N examples; 0 = never
 
     def __post_init__(self) -> None:
+        if self.examples.legal_tokens and not self.tokenizer:
+            raise ConfigError("examples.legal_tokens needs a tokenized build: set tokenizer (a folder, or mistral)")
         if self.workers < 0 or self.max_games < 0:
             raise ConfigError("workers and max_games must be >= 0")
         if self.batch_games < 1 or self.shard_examples < 1:
@@ -383,8 +389,15 @@ class TrainSection:
     # evaluation and generation stay eager).
     # Rows are then padded to data.max_length so that every step has one shape and one graph.
     compile: bool = False
+    # The rules loss (a data set built with examples.legal_tokens): for every move the model is
+    # trained on, -log of the probability its first token gives to the first tokens of all legal
+    # moves, summed and divided like the cross-entropy (by the completion tokens), times this
+    # weight, added to the loss. 0: off. One process only.
+    rules_loss_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.rules_loss_weight < 0:
+            raise ConfigError(f"train.rules_loss_weight must be >= 0, not {self.rules_loss_weight}")
         if not 0.0 <= self.gradient_checkpointing_fraction <= 1.0:
             raise ConfigError(
                 f"train.gradient_checkpointing_fraction must be in [0, 1], not {self.gradient_checkpointing_fraction}"

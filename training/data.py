@@ -38,12 +38,27 @@ class TokenizedSplit:
     offsets: np.ndarray  # example i is tokens[offsets[i]:offsets[i + 1]]
     prompt_lens: np.ndarray  # tokens of example i that are prompt (not trained on)
     dropped_too_long: int = 0
+    # examples.legal_tokens (None without): legal first tokens of example i's moves: its sets are
+    # j in legal_examples[i]:legal_examples[i + 1], set j is legal_values[legal_sets[j]:legal_sets[j + 1]]
+    legal_values: np.ndarray | None = None
+    legal_sets: np.ndarray | None = None
+    legal_examples: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.prompt_lens)
 
     def ids(self, i: int) -> np.ndarray:
         return self.tokens[self.offsets[i] : self.offsets[i + 1]]
+
+    def legal(self, i: int) -> list[np.ndarray]:
+        """The legal first tokens of example ``i``'s moves, in order ([] without them)."""
+        if self.legal_values is None or self.legal_sets is None or self.legal_examples is None:
+            return []
+        sets = self.legal_sets
+        return [
+            self.legal_values[sets[j] : sets[j + 1]]
+            for j in range(int(self.legal_examples[i]), int(self.legal_examples[i + 1]))
+        ]
 
     @property
     def lengths(self) -> np.ndarray:
@@ -117,10 +132,13 @@ def _pretokenized(folder: str | Path, split: str, max_length: int, limit: int) -
 
     tables = []
     n = 0
-    for path in split_paths(folder, split):
+    paths = split_paths(folder, split)
+    with_legal = all("legal_ids" in pq.ParquetFile(p).schema_arrow.names for p in paths)
+    columns = ["input_ids", "prompt_tokens"] + (["legal_ids"] if with_legal else [])
+    for path in paths:
         if "input_ids" not in pq.ParquetFile(path).schema_arrow.names:
             return None
-        t = pq.read_table(path, columns=["input_ids", "prompt_tokens"])
+        t = pq.read_table(path, columns=columns)
         if limit:
             t = t.slice(0, limit - n)
         tables.append(t)
@@ -138,7 +156,16 @@ def _pretokenized(folder: str | Path, split: str, max_length: int, limit: int) -
     raw = np.asarray(ids.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
     offsets = raw - raw[0]  # flatten() starts at the first list's first value
     prompt_lens = kept["prompt_tokens"].to_numpy(zero_copy_only=False).astype(np.int32)
-    return TokenizedSplit(tokens, offsets, prompt_lens, table.num_rows - kept.num_rows)
+    got = TokenizedSplit(tokens, offsets, prompt_lens, table.num_rows - kept.num_rows)
+    if with_legal:
+        outer = kept["legal_ids"].combine_chunks()  # list<list<int32>>: an example's sets
+        inner = outer.flatten()  # list<int32>: the sets
+        ex_off = np.asarray(outer.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
+        set_off = np.asarray(inner.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
+        got.legal_examples = ex_off - ex_off[0]
+        got.legal_sets = set_off - set_off[0]  # inner is outer's slice of sets; its offsets may not start at 0
+        got.legal_values = inner.flatten().to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+    return got
 
 
 def tokenize_texts(
@@ -243,11 +270,56 @@ class BatchPlan:
         return perm[start : start + self.batch_size]
 
 
-class PackedCollator:
-    """Rows of examples -> model inputs. One place to swap in padding-free batches later."""
+def move_start_tokens(tokenizer: Any) -> np.ndarray:
+    """A boolean per token id: the token starts a SAN move in move text (a space, then a piece
+    letter, a file or castling's O), the tokens whose targets the rules loss covers."""
+    vocab = tokenizer.get_vocab()
+    table = np.zeros(max(len(tokenizer), max(vocab.values()) + 1), dtype=bool)
+    for token, i in vocab.items():
+        if len(token) >= 2 and token[0] in ("\u0120", "\u2581") and token[1] in "KQRBNOabcdefgh":
+            table[i] = True
+    return table
 
-    def __init__(self, split: TokenizedSplit, rows: list[np.ndarray], *, pad_id: int, pad_to_multiple_of: int = 8) -> None:
+
+class PackedCollator:
+    """Rows of examples -> model inputs. One place to swap in padding-free batches later.
+
+    With ``move_starts`` (:func:`move_start_tokens`) and a split with legal tokens, each batch
+    also holds the rules targets: ``rules_pos`` (row, position) of the logits that predict each
+    move of the completions, ``rules_ids`` the legal first tokens there (padded with -1). An
+    example whose move tokens do not line up with its legal sets (or whose played move is not
+    among them) gives none, counted in ``rules_skipped``.
+    """
+
+    def __init__(
+        self,
+        split: TokenizedSplit,
+        rows: list[np.ndarray],
+        *,
+        pad_id: int,
+        pad_to_multiple_of: int = 8,
+        move_starts: np.ndarray | None = None,
+    ) -> None:
         self.split, self.rows, self.pad_id, self.multiple = split, rows, pad_id, pad_to_multiple_of
+        self.move_starts = move_starts if split.legal_values is not None else None
+        self.rules_skipped = 0
+
+    def rules_targets(self, r: int) -> list[tuple[int, np.ndarray]]:
+        """(position in the packed row of the logits, legal first tokens) of row ``r``'s moves."""
+        assert self.move_starts is not None
+        out: list[tuple[int, np.ndarray]] = []
+        base = 0
+        for i in self.rows[r]:
+            x = self.split.ids(int(i))
+            pl = int(self.split.prompt_lens[i])
+            sets = self.split.legal(int(i))
+            where = [t for t in range(max(pl, 1), len(x)) if self.move_starts[x[t]]]
+            if len(where) == len(sets) and all(x[t] in s for t, s in zip(where, sets, strict=True)):
+                out += [(base + t - 1, s) for t, s in zip(where, sets, strict=True)]
+            elif sets or where:
+                self.rules_skipped += 1
+            base += len(x)
+        return out
 
     def row_arrays(self, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         ids, labels, pos = [], [], []
@@ -279,7 +351,16 @@ class PackedCollator:
             position_ids[b, :k] = torch.from_numpy(pos)
             if k < width:
                 position_ids[b, k:] = torch.arange(int(pos[-1]) + 1, int(pos[-1]) + 1 + width - k)
-        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+        batch = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+        if self.move_starts is not None:
+            targets = [(b, t, s) for b, r in enumerate(row_ids) for t, s in self.rules_targets(int(r))]
+            widest = max((len(s) for _, _, s in targets), default=1)
+            rules_ids = torch.full((len(targets), widest), -1, dtype=torch.long)
+            for j, (_, _, s) in enumerate(targets):
+                rules_ids[j, : len(s)] = torch.from_numpy(s.astype(np.int64))
+            batch["rules_pos"] = torch.tensor([(b, t) for b, t, _ in targets], dtype=torch.long).reshape(-1, 2)
+            batch["rules_ids"] = rules_ids
+        return batch
 
 
 @dataclasses.dataclass

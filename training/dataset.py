@@ -36,7 +36,7 @@ from loguru import logger
 
 from training.config import DatasetConfig
 from training.errors import DataError
-from training.examples import Example, ExampleMaker, ExampleTokenizer, positions_fen, split_of
+from training.examples import Example, ExampleMaker, ExampleTokenizer, add_legal_ids, positions_fen, split_of
 from training.sources import CorruptRecord, Filtered, WorkUnit, convert, expand_source, iter_units
 
 SPLITS = ("train", "validation", "eval")  # eval: next-move positions of validation games (generation metrics)
@@ -76,6 +76,7 @@ class _Worker:
         if tokenizer_dir is not None:
             backend, eos_id = load_backend_tokenizer(tokenizer_dir)
             self.tokenizer = ExampleTokenizer(backend, eos_id=eos_id, verify_every=cfg.verify_tokens_every)
+        self.legal = cfg.examples.legal_tokens
 
     def run(self, src_index: int, unit: WorkUnit) -> UnitResult:
         src = self.cfg.sources[src_index]
@@ -109,6 +110,9 @@ class _Worker:
             # LAION records were planned before their replay; PGN games are planned now.
             planned = raw.pgn is None
             exs = self.maker.examples(got, plans[0] if planned else None)
+            if self.legal:
+                assert self.tokenizer is not None  # DatasetConfig refuses legal_tokens without one
+                add_legal_ids(got, exs, self.tokenizer.first_token)
             per_game.append((seq, split, exs))
             if split == "validation" and split_cfg.eval_positions_per_game:
                 evals = self.eval_maker.examples(got, plans[1] if planned else None)
@@ -152,12 +156,14 @@ class _Worker:
                 if tokenized:
                     c["input_ids"].append(e.input_ids)
                     c["prompt_tokens"].append(e.prompt_tokens)
-        schema = output_schema(tokenized=tokenized, with_seq=True)
+                if self.legal:
+                    c["legal_ids"].append(e.legal_ids or [])
+        schema = output_schema(tokenized=tokenized, with_seq=True, legal=self.legal)
         tables = {s: pa.Table.from_pydict({f.name: cols[s][f.name] for f in schema}, schema=schema) for s in SPLITS}
         return tables, too_long
 
 
-def output_schema(*, tokenized: bool, with_seq: bool = False) -> Any:
+def output_schema(*, tokenized: bool, with_seq: bool = False, legal: bool = False) -> Any:
     import pyarrow as pa
 
     fields = [("game_seq", pa.int32())] if with_seq else []
@@ -172,6 +178,8 @@ def output_schema(*, tokenized: bool, with_seq: bool = False) -> Any:
     ]
     if tokenized:
         fields += [("input_ids", pa.list_(pa.int32())), ("prompt_tokens", pa.int32())]
+    if legal:
+        fields += [("legal_ids", pa.list_(pa.list_(pa.int32())))]
     return pa.schema(fields)
 
 
@@ -327,7 +335,7 @@ def build_dataset(cfg: DatasetConfig, *, progress_bar: bool = True) -> dict[str,
     work.mkdir(parents=True)
     try:
         tok_dir = prepare_tokenizer(cfg.tokenizer, work / "tokenizer")
-        schema = output_schema(tokenized=tok_dir is not None)
+        schema = output_schema(tokenized=tok_dir is not None, legal=cfg.examples.legal_tokens)
         writers = {s: _Writer(work, s, schema, cfg.shard_examples) for s in SPLITS}
         tally = _Tally()
         corrupt_log = (work / "corrupt.jsonl").open("w", encoding="utf-8")  # noqa: SIM115 - closed below

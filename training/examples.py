@@ -74,6 +74,9 @@ class Example:
     fen: str = ""  # the prompt's position (validation examples only; the evaluation needs it)
     input_ids: list[int] | None = None
     prompt_tokens: int = 0
+    # examples.legal_tokens: for each move of the completion, in order, the first tokens of the
+    # legal moves of its position (sorted, distinct)
+    legal_ids: list[list[int]] | None = None
 
     @property
     def text(self) -> str:
@@ -279,6 +282,45 @@ def positions_fen(game: Game, plies: list[int]) -> dict[int, str]:
     return out
 
 
+def completion_moves(completion: str) -> int:
+    """SAN moves in a completion (its words that are neither move numbers nor a result)."""
+    return sum(1 for w in completion.split() if not w[0].isdigit())
+
+
+def add_legal_ids(game: Game, examples: list[Example], first_token: Callable[[str], int]) -> None:
+    """Set each example's ``legal_ids``: for the position before each move its completion
+    writes, the distinct first tokens (``first_token(" " + SAN)``) of every legal move. One
+    replay of the game serves all its examples."""
+    from engine.prompt import legal_sans
+
+    wanted: dict[int, list[int]] = {}
+    spans = []
+    for e in examples:
+        n = completion_moves(e.completion)
+        spans.append((e.ply, n))
+        for k in range(e.ply, e.ply + n):
+            wanted[k] = []
+    if not wanted:
+        for e in examples:
+            e.legal_ids = []
+        return
+    last = max(wanted)
+    board = chess.Board(game.root_fen)
+    moves: Iterable[Any] = game.sans
+    push: Callable[[Any], Any] = board.push_san
+    if game.uci is not None and len(game.uci) >= len(game.sans):
+        moves, push = map(uci_move, game.uci[: len(game.sans)]), board.push
+    for k, move in enumerate(moves):
+        if k in wanted:
+            legal = list(board.legal_moves)
+            wanted[k] = sorted({first_token(" " + san) for san in legal_sans(board, legal)})
+        if k >= last:
+            break
+        push(move)
+    for e, (ply, n) in zip(examples, spans, strict=True):
+        e.legal_ids = [wanted[k] for k in range(ply, ply + n)]
+
+
 class TokenizationMismatch(RuntimeError):
     pass
 
@@ -297,6 +339,14 @@ class ExampleTokenizer:
         self._headers: dict[tuple[str, bool], list[int]] = {}
         self.by_words = words_tokenize_alone(tokenizer)
         self._words: dict[str, list[int]] = {}
+        self._first: dict[str, int] = {}
+
+    def first_token(self, word: str) -> int:
+        """The first token of ``word`` (a space-led SAN move) tokenized alone, remembered."""
+        t = self._first.get(word)
+        if t is None:
+            t = self._first[word] = self.tok.encode(word, add_special_tokens=False).ids[0]
+        return t
 
     def direct(self, ex: Example) -> tuple[list[int], int]:
         add = ex.prompt.add_special_tokens

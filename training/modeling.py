@@ -375,12 +375,14 @@ def prepare_for_training(model: Any, cfg: TrainConfig, device: str) -> Any:
     return model
 
 
-def build_collator(split: Any, rows: Any, tokenizer: Any, *, width: int = 0) -> Any:
+def build_collator(split: Any, rows: Any, tokenizer: Any, *, width: int = 0, rules: bool = False) -> Any:
     """The batch collator; ``width`` > 0 pads every row to that width (one shape for a
-    compiled forward), otherwise to the batch's longest row rounded up to 8."""
-    from training.data import PackedCollator
+    compiled forward), otherwise to the batch's longest row rounded up to 8. ``rules``: the
+    batches carry the rules loss's targets (the split's legal tokens)."""
+    from training.data import PackedCollator, move_start_tokens
 
-    return PackedCollator(split, rows, pad_id=int(tokenizer.pad_token_id), pad_to_multiple_of=width or 8)
+    starts = move_start_tokens(tokenizer) if rules else None
+    return PackedCollator(split, rows, pad_id=int(tokenizer.pad_token_id), pad_to_multiple_of=width or 8, move_starts=starts)
 
 
 def trainable_state(model: Any) -> dict[str, Any]:

@@ -46,8 +46,10 @@ import numpy as np
 from loguru import logger
 
 from engine.configtools import dump_yaml, to_dict
+from engine.errors import ConfigError
 from training.config import TrainConfig
 from training.data import (
+    IGNORE_INDEX,
     BatchPlan,
     TokenizedSplit,
     load_eval_positions,
@@ -222,6 +224,14 @@ class Trainer:
                 f"{cfg.data.path}: no training example fits data.max_length={cfg.data.max_length} "
                 f"({self.train_split.dropped_too_long} longer ones dropped)"
             )
+        if tc.rules_loss_weight > 0:
+            if self.train_split.legal_values is None:
+                raise DataError(
+                    f"train.rules_loss_weight={tc.rules_loss_weight} needs legal tokens in {cfg.data.path}: build it "
+                    "with examples.legal_tokens=true and the model's tokenizer (dataset build ... tokenizer=MODEL_DIR)"
+                )
+            if self.world > 1:
+                raise ConfigError("train.rules_loss_weight > 0 runs in one process only (not under torchrun/accelerate)")
         self.rows = pack_rows(self.train_split.lengths, cfg.data.max_length, packing=cfg.data.packing)
         self.plan = BatchPlan(
             len(self.rows), tc.per_device_train_batch_size, world=self.world, rank=self.rank, seed=tc.seed
@@ -253,7 +263,11 @@ class Trainer:
         self.params_info = {"total": total, "trainable": trainable}
         # A compiled forward gets one shape: every row padded to data.max_length.
         self.collate = build_collator(
-            self.train_split, self.rows, self.tokenizer, width=cfg.data.max_length if tc.compile else 0
+            self.train_split,
+            self.rows,
+            self.tokenizer,
+            width=cfg.data.max_length if tc.compile else 0,
+            rules=tc.rules_loss_weight > 0,
         )
         self.optimizer = self._optimizer()
         warmup = tc.warmup_steps or math.ceil(tc.warmup_ratio * self.total_steps)
@@ -274,6 +288,14 @@ class Trainer:
 
             self.train_forward = torch.compile(self.model.forward)
             logger.info("train.compile: the training forward is compiled (the first steps include compiling)")
+        # The rules loss's forward: the decoder alone (its logits are made in forward_rules),
+        # compiled like the training forward when train.compile says so.
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        self.rules_decoder = base.model
+        if tc.compile and tc.rules_loss_weight > 0:
+            import torch
+
+            self.rules_decoder = torch.compile(base.model.forward)
         self.state = TrainState()
         if self.resume_from is not None:
             self._load_checkpoint(self.resume_from)
@@ -440,10 +462,70 @@ class Trainer:
 
     def forward(self, batch: dict[str, Any], n_items: Any) -> Any:
         """One micro-batch's loss: completion-token cross-entropy summed and divided by the
-        completion tokens of the whole accumulated batch (``n_items``)."""
+        completion tokens of the whole accumulated batch (``n_items``); with the rules loss
+        (:meth:`forward_rules`) its weighted share is added."""
+        if "rules_pos" in batch:
+            ce, rules = self.forward_rules(batch, n_items)
+            self._rules_sum += float(rules.detach())
+            self._ce_sum += float(ce.detach())
+            return ce + self.cfg.train.rules_loss_weight * rules
         with self.acc.autocast():
             out = self.train_forward(**batch, use_cache=False, num_items_in_batch=n_items)
         return out.loss
+
+    def _validation_rules(self, rows: list[Any], mine: list[int], size: int) -> float:
+        """The rules loss on the validation split, per move (the mean -log of the mass on legal moves)."""
+        import torch
+
+        from training.modeling import build_collator
+
+        assert self.val_split is not None
+        collate = build_collator(self.val_split, rows, self.tokenizer, rules=True)
+        total, moves = 0.0, 0
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            for i in range(0, len(mine), size):
+                batch = {k: v.to(self.acc.device) for k, v in collate(np.array(mine[i : i + size])).items()}
+                n = batch["rules_pos"].shape[0]
+                if n:
+                    one = torch.tensor(1.0, device=self.acc.device)
+                    _, rules = self.forward_rules(batch, one, count=False, eager=True)  # shapes vary: no compiled graph
+                    total, moves = total + float(rules), moves + n
+        self.model.train(was_training)
+        return total / moves if moves else float("nan")
+
+    def forward_rules(
+        self, batch: dict[str, Any], n_items: Any, *, count: bool = True, eager: bool = False
+    ) -> tuple[Any, Any]:
+        """The cross-entropy as :meth:`forward` computes it, and the rules loss: at each move the
+        batch's ``rules_pos`` names, ``-log`` of the probability mass on the first tokens of the
+        legal moves (``rules_ids``, -1 padded), summed and divided by ``n_items`` like the
+        cross-entropy. One forward of the decoder; logits from its last hidden states."""
+        import torch
+        import torch.nn.functional as F
+
+        pos, legal = batch["rules_pos"], batch["rules_ids"]
+        labels = batch["labels"]
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        with self.acc.autocast():
+            decoder = base.model if eager else self.rules_decoder
+            hidden = decoder(
+                input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+            ).last_hidden_state
+            logits = base.lm_head(hidden).float()
+        vocab = logits.shape[-1]
+        ce = F.cross_entropy(
+            logits[:, :-1].reshape(-1, vocab), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+        ) / n_items
+        if pos.shape[0] == 0:
+            return ce, ce.new_zeros(())
+        at = logits[pos[:, 0], pos[:, 1]]  # (moves, vocab)
+        mass = at.gather(1, legal.clamp(min=0)).masked_fill(legal < 0, float("-inf"))
+        rules = (torch.logsumexp(at, dim=-1) - torch.logsumexp(mass, dim=-1)).sum() / n_items
+        if count:
+            self._rules_moves += int(pos.shape[0])
+        return ce, rules
 
     def train_step(self) -> dict[str, float]:
         import torch
@@ -457,6 +539,8 @@ class Trainer:
         n_items_t = torch.tensor(max(n_items, 1.0), device=self.acc.device)
         self.model.train()
         loss_sum = 0.0
+        self._rules_sum = self._ce_sum = 0.0
+        self._rules_moves = 0
         for a, batch in enumerate(batches):
             batch = {k: v.to(self.acc.device) for k, v in batch.items()}
             sync = a == accum - 1
@@ -473,7 +557,14 @@ class Trainer:
         self.state.step += 1
         self.state.tokens += int(tokens)
         (loss_global,) = self._reduce([loss_sum])
-        return {"loss": loss_global, "grad_norm": float(grad_norm), "tokens": tokens, "completion_tokens": n_items}
+        out = {"loss": loss_global, "grad_norm": float(grad_norm), "tokens": tokens, "completion_tokens": n_items}
+        if self._rules_moves:
+            # "loss" stays the cross-entropy, comparable with runs without the rules loss; the
+            # rules loss is logged per move (the mean -log of the mass on legal moves).
+            out["loss"] = self._ce_sum
+            out["rules_loss"] = self._rules_sum * n_items / self._rules_moves
+            out["rules_moves"] = self._rules_moves
+        return out
 
     def evaluate(self) -> dict[str, float]:
         from engine.prompt import PromptTemplate
@@ -494,6 +585,8 @@ class Trainer:
             metrics.update(
                 validation_loss(self.model, batches, self.acc.device, autocast=self.acc.autocast, all_reduce=self._reduce)
             )
+            if self.cfg.train.rules_loss_weight > 0 and self.val_split.legal_values is not None:
+                metrics["eval_rules_loss"] = self._validation_rules(rows, mine, ev.eval_batch_size)
         if self.eval_positions:
             add = PromptTemplate.load(self.cfg.template).kind == "base"
             metrics.update(
@@ -538,6 +631,7 @@ class Trainer:
         self._last_eval: dict[str, float] = {}
         bar = tqdm(total=self.total_steps, initial=self.state.step, unit="step", desc="train", disable=not self.main)
         st = self.state
+        rules_window: list[float] = []
         while st.step < self.total_steps:
             t_step = time.perf_counter()
             stats = self.train_step()
@@ -548,6 +642,8 @@ class Trainer:
             st.window_tokens += stats["tokens"]
             st.window_completion_tokens += stats["completion_tokens"]
             window_tokens_here += stats["tokens"]
+            if "rules_loss" in stats:
+                rules_window.append(stats["rules_loss"])
             step = st.step
             if step % tc.logging_steps == 0 or step == self.total_steps:
                 entry = {
@@ -558,6 +654,9 @@ class Trainer:
                     "tokens_per_s": round(window_tokens_here / window_time, 1) if window_time > 0 else None,
                     "completion_tokens": st.window_completion_tokens,
                 }
+                if rules_window:
+                    entry["rules_loss"] = round(sum(rules_window) / len(rules_window), 5)
+                    rules_window.clear()
                 if self.acc.device.type == "cuda":
                     import torch
 
