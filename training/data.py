@@ -304,22 +304,39 @@ class PackedCollator:
         self.move_starts = move_starts if split.legal_values is not None else None
         self.rules_skipped = 0
 
-    def rules_targets(self, r: int) -> list[tuple[int, np.ndarray]]:
-        """(position in the packed row of the logits, legal first tokens) of row ``r``'s moves."""
+    def rules_targets(self, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Row ``r``'s moves: the positions in the packed row of the logits that predict them,
+        and their legal first tokens (all sets' values one after another, and each set's size)."""
         assert self.move_starts is not None
-        out: list[tuple[int, np.ndarray]] = []
+        sp = self.split
+        assert sp.legal_values is not None and sp.legal_sets is not None and sp.legal_examples is not None
+        positions, values, sizes = [], [], []
         base = 0
         for i in self.rows[r]:
-            x = self.split.ids(int(i))
-            pl = int(self.split.prompt_lens[i])
-            sets = self.split.legal(int(i))
-            where = [t for t in range(max(pl, 1), len(x)) if self.move_starts[x[t]]]
-            if len(where) == len(sets) and all(x[t] in s for t, s in zip(where, sets, strict=True)):
-                out += [(base + t - 1, s) for t, s in zip(where, sets, strict=True)]
-            elif sets or where:
+            x = sp.ids(int(i))
+            start = max(int(sp.prompt_lens[i]), 1)
+            e0, e1 = int(sp.legal_examples[i]), int(sp.legal_examples[i + 1])
+            where = np.flatnonzero(self.move_starts[x[start:]]) + start
+            if len(where) != e1 - e0 or not len(where):
+                self.rules_skipped += bool(len(where) or e1 > e0)
+                base += len(x)
+                continue
+            bounds = sp.legal_sets[e0 : e1 + 1]
+            vals = sp.legal_values[bounds[0] : bounds[-1]]
+            size = np.diff(bounds)
+            seg = np.repeat(np.arange(len(size)), size)
+            played = np.bincount(seg, weights=vals == x[where][seg], minlength=len(size)) > 0
+            if not played.all():  # the move played is not among its legal tokens: not lined up
                 self.rules_skipped += 1
+                base += len(x)
+                continue
+            positions.append(base + where - 1)
+            values.append(vals)
+            sizes.append(size)
             base += len(x)
-        return out
+        if not positions:
+            return np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64)
+        return np.concatenate(positions), np.concatenate(values), np.concatenate(sizes)
 
     def row_arrays(self, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         ids, labels, pos = [], [], []
@@ -353,13 +370,17 @@ class PackedCollator:
                 position_ids[b, k:] = torch.arange(int(pos[-1]) + 1, int(pos[-1]) + 1 + width - k)
         batch = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
         if self.move_starts is not None:
-            targets = [(b, t, s) for b, r in enumerate(row_ids) for t, s in self.rules_targets(int(r))]
-            widest = max((len(s) for _, _, s in targets), default=1)
-            rules_ids = torch.full((len(targets), widest), -1, dtype=torch.long)
-            for j, (_, _, s) in enumerate(targets):
-                rules_ids[j, : len(s)] = torch.from_numpy(s.astype(np.int64))
-            batch["rules_pos"] = torch.tensor([(b, t) for b, t, _ in targets], dtype=torch.long).reshape(-1, 2)
-            batch["rules_ids"] = rules_ids
+            parts = [self.rules_targets(int(r)) for r in row_ids]
+            rows = np.concatenate([np.full(len(p[0]), b, np.int64) for b, p in enumerate(parts)])
+            where = np.concatenate([p[0] for p in parts])
+            values = np.concatenate([p[1] for p in parts]).astype(np.int64)
+            sizes = np.concatenate([p[2] for p in parts])
+            ids = np.full((len(sizes), int(sizes.max(initial=1))), -1, dtype=np.int64)
+            move = np.repeat(np.arange(len(sizes)), sizes)
+            col = np.arange(len(values)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+            ids[move, col] = values
+            batch["rules_pos"] = torch.from_numpy(np.stack([rows, where.astype(np.int64)], axis=1).reshape(-1, 2))
+            batch["rules_ids"] = torch.from_numpy(ids)
         return batch
 
 
