@@ -40,7 +40,7 @@ import dataclasses
 import hashlib
 import json
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import chess
@@ -259,14 +259,13 @@ def _root_turn(fen: str) -> chess.Color:
     return chess.WHITE if fen.split()[1] == "w" else chess.BLACK
 
 
-def positions_fen(game: Game, plies: list[int]) -> dict[int, str]:
-    """FEN of the positions before the given plies: one replay, of the source's UCI moves where
-    the game has them, else of its SAN."""
+def replay(game: Game, plies: Iterable[int]) -> Iterator[tuple[int, chess.Board]]:
+    """The board before each of ``plies`` (ascending, one board mutated in place: read it before
+    the next step): one replay, of the source's UCI moves where the game has them, else of its SAN."""
     wanted = set(plies)
     if not wanted:
-        return {}
+        return
     board = chess.Board(game.root_fen)
-    out: dict[int, str] = {}
     last = max(wanted)
     moves: Iterable[Any] = game.sans
     push: Callable[[Any], Any] = board.push_san
@@ -275,11 +274,15 @@ def positions_fen(game: Game, plies: list[int]) -> dict[int, str]:
         moves, push = map(uci_move, game.uci[: len(game.sans)]), board.push
     for k, move in enumerate(moves):
         if k in wanted:
-            out[k] = board.fen()
+            yield k, board
         if k >= last:
             break
         push(move)
-    return out
+
+
+def positions_fen(game: Game, plies: list[int]) -> dict[int, str]:
+    """FEN of the positions before the given plies (one replay, :func:`replay`)."""
+    return {k: board.fen() for k, board in replay(game, plies)}
 
 
 def completion_moves(completion: str) -> int:
@@ -304,19 +307,8 @@ def add_legal_ids(game: Game, examples: list[Example], first_token: Callable[[st
         for e in examples:
             e.legal_ids = []
         return
-    last = max(wanted)
-    board = chess.Board(game.root_fen)
-    moves: Iterable[Any] = game.sans
-    push: Callable[[Any], Any] = board.push_san
-    if game.uci is not None and len(game.uci) >= len(game.sans):
-        moves, push = map(uci_move, game.uci[: len(game.sans)]), board.push
-    for k, move in enumerate(moves):
-        if k in wanted:
-            legal = list(board.legal_moves)
-            wanted[k] = sorted({first_token(" " + san) for san in legal_sans(board, legal)})
-        if k >= last:
-            break
-        push(move)
+    for k, board in replay(game, wanted):
+        wanted[k] = sorted({first_token(" " + san) for san in legal_sans(board, list(board.legal_moves))})
     for e, (ply, n) in zip(examples, spans, strict=True):
         e.legal_ids = [wanted[k] for k in range(ply, ply + n)]
 
