@@ -730,12 +730,17 @@ def tail_train_log(run_dir: Path, seen: int, total_steps: int = 0, pick_kind: st
                 say(passes_note(int(e["step"]), float(e["epoch"]), total_steps, pick_kind))
                 told = True
             if "legal_rate" in e:
+                rules = f", rules loss {e['eval_rules_loss']:.4f}" if "eval_rules_loss" in e else ""
                 say(
                     f"train: step {e['step']}: val loss {e.get('eval_loss', 0):.3f}, legal rate {e['legal_rate']:.3f}, "
-                    f"exact move {e.get('exact_move_accuracy', 0):.3f}"
+                    f"exact move {e.get('exact_move_accuracy', 0):.3f}{rules}"
                 )
             elif e.get("step", 0) % 100 == 0:
-                say(f"train: step {e['step']}: loss {e['loss']:.3f}, {e.get('tokens_per_s')} tokens/s, epoch {e['epoch']}")
+                rules = f", rules loss {e['rules_loss']:.4f}" if "rules_loss" in e else ""
+                say(
+                    f"train: step {e['step']}: loss {e['loss']:.3f}{rules}, {e.get('tokens_per_s')} tokens/s, "
+                    f"epoch {e['epoch']}"
+                )
     return len(lines)
 
 

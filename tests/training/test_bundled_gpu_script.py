@@ -267,6 +267,14 @@ def test_passes_over_the_windows_are_told_and_a_second_pass_warned(
     (run / "log.jsonl").open("a").write(json.dumps({"step": 500, "loss": 1.4, "epoch": 0.1}) + "\n")
     driver.tail_train_log(run, seen, 6000, "")
     assert "passes" not in capsys.readouterr().out
+    # a run with the rules loss says it beside the losses
+    write_log(run, [
+        {"step": 100, "loss": 1.5, "rules_loss": 0.1725, "epoch": 0.02, "tokens_per_s": 6.8e5},
+        {"step": 400, "eval_loss": 1.77, "eval_rules_loss": 0.16, "legal_rate": 0.95, "exact_move_accuracy": 0.25},
+    ])  # fmt: skip
+    driver.tail_train_log(run, 0, 6000, "eval_loss")
+    out = capsys.readouterr().out
+    assert "step 100: loss 1.500, rules loss 0.1725," in out and "exact move 0.250, rules loss 0.1600" in out
 
 
 def test_stockfish_in_parts_is_joined_in_order_once_all_have_come(driver: ModuleType, tmp_path: Path) -> None:
