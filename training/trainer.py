@@ -292,6 +292,8 @@ class Trainer:
         # compiled like the training forward when train.compile says so.
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         self.rules_decoder = base.model
+        self._rules_sum = self._ce_sum = 0.0  # this step's (train_step resets them)
+        self._rules_moves = 0
         if tc.compile and tc.rules_loss_weight > 0:
             import torch
 
@@ -585,7 +587,7 @@ class Trainer:
             metrics.update(
                 validation_loss(self.model, batches, self.acc.device, autocast=self.acc.autocast, all_reduce=self._reduce)
             )
-            if self.cfg.train.rules_loss_weight > 0 and self.val_split.legal_values is not None:
+            if self.val_split.legal_values is not None:  # a build with legal tokens, whether trained on or not
                 metrics["eval_rules_loss"] = self._validation_rules(rows, mine, ev.eval_batch_size)
         if self.eval_positions:
             add = PromptTemplate.load(self.cfg.template).kind == "base"

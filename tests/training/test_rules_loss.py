@@ -140,8 +140,6 @@ def test_the_rules_loss_is_the_mass_off_the_legal_moves(tmp_path: Path, tiny_mod
     trainer.setup()
     batch = trainer.collate(trainer.plan.rows(0))
     n_items = torch.tensor(float((batch["labels"][:, 1:] != -100).sum()))
-    trainer._rules_sum = trainer._ce_sum = 0.0
-    trainer._rules_moves = 0
     ce, rules = trainer.forward_rules(dict(batch), n_items)
     plain = {k: v for k, v in batch.items() if not k.startswith("rules_")}
     with torch.no_grad():
@@ -172,6 +170,18 @@ def test_the_rules_loss_needs_legal_tokens(tmp_path: Path, tiny_model_dir: Path,
     trainer = Trainer(load_train_config(None, rules_overrides(tiny_model_dir, train_dataset, tmp_path / "r", 1.0)))
     with pytest.raises(DataError, match="needs legal tokens in .* examples.legal_tokens=true"):
         trainer.setup()
+
+
+def test_a_run_without_the_rules_loss_still_reports_it_on_a_build_with_legal_tokens(
+    tmp_path: Path, tiny_model_dir: Path, legal_dataset: Path
+) -> None:
+    from training.trainer import Trainer
+
+    trainer = Trainer(load_train_config(None, rules_overrides(tiny_model_dir, legal_dataset, tmp_path / "r", 0.0)))
+    trainer.setup()
+    assert set(trainer.collate(trainer.plan.rows(0))) == {"input_ids", "labels", "position_ids"}  # not trained on
+    assert "rules_loss" not in trainer.train_step()
+    assert trainer.evaluate()["eval_rules_loss"] > 0  # the arm without it is measured the same way
 
 
 def test_completion_moves_skip_move_numbers_and_results() -> None:
