@@ -191,6 +191,13 @@ def window_start(ply: int, window: int, offset: int = 0) -> int:
     return offset + ((ply - offset) // window) * window
 
 
+def window_end(ply: int, window: int, offset: int = 0) -> int:
+    """The first ply of the window after the one :func:`window_start` puts ``ply`` in (windows
+    of ``window`` > 0 plies): ``offset`` for the plies before it, else that window's start + ``window``."""
+    start = window_start(ply, window, offset)  # (which also checks the offset)
+    return offset if ply < offset else start + window
+
+
 def board_sans(board: chess.Board) -> tuple[chess.Board, list[str]]:
     """The root position of ``board`` and the SAN of every move played since."""
     root = board.root()

@@ -52,6 +52,7 @@ from engine.prompt import (
     PromptTemplate,
     movetext,
     play_variables,
+    window_end,
     window_start,
 )
 from training.config import DatasetConfig
@@ -134,7 +135,7 @@ class ExampleMaker:
             # (Only where the second ply is still in the window: a window before the first
             # offset's can be one ply long.)
             plies = [
-                k + 1 if window > 1 and coin.random() < 0.5 and k + 1 < hi and window_start(k + 1, window, offset) == k else k
+                k + 1 if window > 1 and coin.random() < 0.5 and k + 1 < min(hi, window_end(k, window, offset)) else k
                 for k in starts
             ]
         if self.ex.moves == "winner":
@@ -166,10 +167,8 @@ class ExampleMaker:
 
     def continuation_end(self, ply: int, n: int, offset: int = 0) -> int:
         end = n if not self.ex.continuation_plies else min(n, ply + self.ex.continuation_plies)
-        window = self.ex.window_plies
-        if window:  # the engine restarts its prompt at the next window
-            start = window_start(ply, window, offset)
-            end = min(end, start + (offset if start == 0 and offset else window))
+        if self.ex.window_plies:  # the engine restarts its prompt at the next window
+            end = min(end, window_end(ply, self.ex.window_plies, offset))
         return end
 
     def sans_needed(self, plan: list[tuple[int, str]], n: int, key: bytes = b"") -> int:
@@ -245,12 +244,6 @@ class ExampleMaker:
                 completion += " " + game.result
             out.append(Example(where, kind, ply, prompt, completion, ends))
         return out
-
-
-def window_root(ply: int, window: int) -> int:
-    """The ply a prompt with board windows of ``window`` plies at offset 0 starts at (0 without
-    windows); :func:`engine.prompt.window_start` for other offsets."""
-    return window_start(ply, window)
 
 
 def _root_turn(fen: str) -> chess.Color:
@@ -331,14 +324,19 @@ class ExampleTokenizer:
         self._headers: dict[tuple[str, bool], list[int]] = {}
         self.by_words = words_tokenize_alone(tokenizer)
         self._words: dict[str, list[int]] = {}
-        self._first: dict[str, int] = {}
+
+    def word_ids(self, word: str) -> list[int]:
+        """The tokens of ``word`` (a space-led move or move number) tokenized alone, remembered."""
+        got = self._words.get(word)
+        if got is None:
+            if len(self._words) > 65536:  # SAN and move numbers are a few thousand; keep it bounded anyway
+                self._words.clear()
+            got = self._words[word] = self.tok.encode(word, add_special_tokens=False).ids
+        return got
 
     def first_token(self, word: str) -> int:
-        """The first token of ``word`` (a space-led SAN move) tokenized alone, remembered."""
-        t = self._first.get(word)
-        if t is None:
-            t = self._first[word] = self.tok.encode(word, add_special_tokens=False).ids[0]
-        return t
+        """The first token of ``word`` (a space-led SAN move) tokenized alone."""
+        return self.word_ids(word)[0]
 
     def direct(self, ex: Example) -> tuple[list[int], int]:
         add = ex.prompt.add_special_tokens
@@ -442,15 +440,10 @@ class ExampleTokenizer:
         ids: list[int] = []
         ends = {len(first): 0}
         pos = len(first)
-        words = self._words
+        word_ids = self.word_ids
         for part in parts[1:]:
             word = " " + part
-            got = words.get(word)
-            if got is None:
-                if len(words) > 65536:  # SAN and move numbers are a few thousand; keep it bounded anyway
-                    words.clear()
-                got = words[word] = self.tok.encode(word, add_special_tokens=False).ids
-            ids += got
+            ids += word_ids(word)
             pos += len(word)
             ends[pos] = len(ids)
         text = top.text

@@ -291,6 +291,7 @@ class Trainer:
         # The rules loss's forward: the decoder alone (its logits are made in forward_rules),
         # compiled like the training forward when train.compile says so.
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        self.rules_base = base  # the causal LM under any peft wrapper: its decoder and lm_head
         self.rules_decoder = base.model
         self._rules_sum = self._ce_sum = 0.0  # this step's (train_step resets them)
         self._rules_moves = 0
@@ -509,7 +510,7 @@ class Trainer:
 
         pos, legal = batch["rules_pos"], batch["rules_ids"]
         labels = batch["labels"]
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        base = self.rules_base
         with self.acc.autocast():
             decoder = base.model if eager else self.rules_decoder
             hidden = decoder(

@@ -180,6 +180,12 @@ def test_window_start_with_an_offset() -> None:
     assert window_start(40, 0, 0) == 0  # no windows: the whole game
     with pytest.raises(PromptError, match="window offset must be in 0..7"):
         window_start(5, 8, 8)
+    from engine.prompt import window_end
+
+    assert [window_end(k, 8) for k in (0, 7, 8, 15)] == [8, 8, 16, 16]
+    assert [window_end(k, 8, 3) for k in (0, 2, 3, 10, 11)] == [3, 3, 11, 11, 19]
+    with pytest.raises(PromptError, match="window offset must be in 0..7"):
+        window_end(1, 8, 9)
 
 
 def offset_game(i: int) -> Game:
