@@ -186,7 +186,10 @@ class Player:
         if self.window_plies < 0:
             self.window_plies = int(getattr(scorer, "window_plies", 0) or 0)
         self.window_offset = config.prompt.window_offset
-        if self.window_offset and self.window_offset >= max(self.window_plies, 1):
+        # The model's window is known once a model is loaded (the UCI engine makes a Player
+        # before its model loads, and again after): check the offset against it then.
+        window_known = scorer is not None or config.prompt.window_plies >= 0
+        if self.window_offset and window_known and self.window_offset >= max(self.window_plies, 1):
             raise ConfigError(
                 f"prompt.window_offset {self.window_offset} needs board windows longer than it "
                 f"(prompt.window_plies is {self.window_plies})"

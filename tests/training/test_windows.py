@@ -253,3 +253,10 @@ def test_bad_window_offsets_are_refused() -> None:
     cfg.prompt = PromptConfig(window_plies=0, window_offset=2)
     with pytest.raises(ConfigError, match="window_plies is 0"):
         Player(cfg, None)
+    # The model's window (prompt.window_plies: -1) is checked once a model is there: the UCI
+    # engine makes its first Player before the model has loaded.
+    cfg.prompt = PromptConfig(window_offset=8)
+    assert Player(cfg, None).window_offset == 8
+    assert Player(cfg, types.SimpleNamespace(window_plies=16, tokenizer=None)).window_offset == 8
+    with pytest.raises(ConfigError, match="prompt.window_plies is 4"):
+        Player(cfg, types.SimpleNamespace(window_plies=4, tokenizer=None))
