@@ -22,6 +22,7 @@ from arena.tournament import TournamentOptions, checkpoint_engines, run_tourname
 
 ENGINES = Path(__file__).parent / "engines"
 RANDOM = f"{sys.executable} {ENGINES / 'random_engine.py'}"
+PACED = f"{sys.executable} {ENGINES / 'paced_engine.py'}"
 
 
 def read_pgn(path: Path) -> list[chess.pgn.Game]:
@@ -85,10 +86,10 @@ def test_ctrl_c_keeps_finished_games_and_resume_plays_the_rest(tmp_path: Path) -
         "arena",
         "match",
         "--engine",
-        RANDOM,
+        PACED,
         "name=a",
         "--engine",
-        RANDOM,
+        PACED,
         "name=b",
         "--games",
         "8",
@@ -104,6 +105,8 @@ def test_ctrl_c_keeps_finished_games_and_resume_plays_the_rest(tmp_path: Path) -
         str(report),
         "--quiet",
     ]
+    # Paced engines (25 ms a move): the games left after the second take seconds, so the Ctrl-C
+    # finds the match still playing on a loaded machine (random movers could finish first).
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while len(_games_in_log(log)) < 2 and time.monotonic() < deadline and proc.poll() is None:
