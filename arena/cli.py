@@ -367,7 +367,7 @@ def _ladder(args: argparse.Namespace) -> int:
 
 
 def _exit_code(report: dict[str, Any]) -> int:
-    """130 (and how to go on) for a run stopped by Ctrl-C, else 0."""
+    """130 (and how to go on) for a run stopped by Ctrl-C or SIGTERM, else 0."""
     if not report["interrupted"]:
         return 0
     kept = f"{report['games']} finished games" if "games" in report else "finished games"

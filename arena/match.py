@@ -5,8 +5,9 @@ A :class:`Runner` plays a list of :class:`~arena.referee.GameTask` with
 (started once, ``ucinewgame`` between games, restarted after a crash or stall) and
 hands every finished game to one place that appends it to the game log and the PGN,
 updates the progress bar and the JSON report, and asks whether to stop (SPRT).
-Ctrl-C stops the workers, kills the engines, drops the games in progress and keeps
-every finished one; the same command with ``--resume`` plays the rest.
+Ctrl-C (or SIGTERM, from a scheduler or ``kill``) stops the workers, kills the engines,
+drops the games in progress and keeps every finished one; the same command with
+``--resume`` plays the rest.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -128,6 +130,10 @@ def paired_schedule(
     return tasks
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 @dataclasses.dataclass
 class RunResult:
     records: list[GameRecord]
@@ -214,6 +220,13 @@ class Runner:
             for i in range(n_workers)
         ]
         interrupted = False
+        # A scheduler, a container or `kill` stops a run with SIGTERM: it ends as Ctrl-C
+        # does (finished games kept, engines killed, exit 130, --resume goes on). Only
+        # the main thread may install a handler; a runner started elsewhere keeps the
+        # process's own.
+        old_term = None
+        if threading.current_thread() is threading.main_thread():
+            old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             for w in workers:
                 w.start()
@@ -228,6 +241,8 @@ class Runner:
             for w in workers:
                 w.join(timeout=10)
         finally:
+            if old_term is not None:
+                signal.signal(signal.SIGTERM, old_term)
             bar.close()
             self._kill_all()
         if self._error is not None:

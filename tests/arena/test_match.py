@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import chess.pgn
 import pytest
@@ -75,7 +76,7 @@ def _games_in_log(path: Path) -> list[dict]:
 
 
 @pytest.mark.timeout(120)
-def test_ctrl_c_keeps_finished_games_and_resume_plays_the_rest(tmp_path: Path) -> None:
+def _eight_game_match(tmp_path: Path) -> tuple[list[str], Path, Path, Path]:
     pgn, report = tmp_path / "r.pgn", tmp_path / "r.json"
     log = tmp_path / "r.games.jsonl"
     cmd = [
@@ -104,6 +105,11 @@ def test_ctrl_c_keeps_finished_games_and_resume_plays_the_rest(tmp_path: Path) -
         str(report),
         "--quiet",
     ]
+    return cmd, pgn, report, log
+
+
+def _stop_after_two_games(cmd: list[str], pgn: Path, report: Path, log: Path, sig: int) -> list[dict[str, Any]]:
+    """Start the match, send ``sig`` once two games are logged; check what was kept."""
     # The child gets Ctrl-C's default disposition: a suite started in the background of a
     # non-interactive shell (`.ci/run &`) ignores SIGINT, and a child would inherit that.
     proc = subprocess.Popen(
@@ -116,7 +122,7 @@ def test_ctrl_c_keeps_finished_games_and_resume_plays_the_rest(tmp_path: Path) -
     deadline = time.monotonic() + 60
     while len(_games_in_log(log)) < 2 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "--resume" in err
@@ -124,6 +130,17 @@ def test_ctrl_c_keeps_finished_games_and_resume_plays_the_rest(tmp_path: Path) -
     assert 2 <= len(kept) < 8
     assert len(read_pgn(pgn)) == len(kept)
     assert json.loads(report.read_text())["games"] == len(kept)
+    return kept
+
+
+def test_sigterm_stops_like_ctrl_c(tmp_path: Path) -> None:
+    cmd, pgn, report, log = _eight_game_match(tmp_path)
+    _stop_after_two_games(cmd, pgn, report, log, signal.SIGTERM)
+
+
+def test_ctrl_c_keeps_finished_games_and_resume_plays_the_rest(tmp_path: Path) -> None:
+    cmd, pgn, report, log = _eight_game_match(tmp_path)
+    kept = _stop_after_two_games(cmd, pgn, report, log, signal.SIGINT)
 
     # Without --resume the earlier games are not overwritten.
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
