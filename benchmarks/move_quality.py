@@ -14,9 +14,9 @@ after its move minus the first view's, clipped at +-1,500, with its standard err
 pick the best sum.
 
     python benchmarks/move_quality.py --games DIR --positions 600 \\
-        --view "v17=engine/data/bundled-model" \\
+        --view "bundled=engine/data/bundled-model" \\
         --view "offset8=engine/data/bundled-model prompt.window_offset=8" \\
-        --ensemble "v17+offset8=v17+offset8" --json OUT.json
+        --ensemble "bundled+offset8=bundled+offset8" --json OUT.json
 
 A view is ``NAME=DIR`` and any engine overrides after it (``key=value``, as ``mistral-chess
 uci`` takes them); one model is loaded per folder. A proxy, not a match: it sees single

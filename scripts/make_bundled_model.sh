@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the bundled model (engine/data/bundled-model, v17; v3, v4, v5, v7, v13, v15 and v16 on the way) with the project's own pipeline:
+# Reproduce the bundled model (engine/data/bundled-model, v19; v3, v4, v5, v7, v13, v15, v16 and v17 on the way) with the project's own pipeline:
 # Stockfish self-play -> whole-game data set -> an 18.8M-parameter Mistral-architecture model
 # from scratch (configs/train/scratch-medium.yaml) = v3, then v3 trained further on set D
 # (seed 20) = v4, then v4 trained further on sets E (its first 32,000 games), F, G and H
@@ -168,17 +168,23 @@ if [ "${V4:-1}" = 1 ] && [ "${V5:-1}" = 1 ] && [ "${V7:-1}" = 1 ] && [ "${V13:-1
 fi
 # anneal TAG FROM PER_GAME SOURCE_ARGS...: the int8 model FROM trained further on PER_GAME board
 # windows a game (0: every window) of the sources, lr 1e-4 with 100 warm-up steps, cosine to 0 over
-# 3,600 steps, its final model stored as int8 with a scale per 64 weights in $W/TAG-int8 (v16, v17).
+# ANNEAL_STEPS (3,600) steps, stored as int8 with a scale per 64 weights in $W/TAG-int8: the final
+# model (v16, v17), or with ANNEAL_SHIP=STEP the checkpoint of that step (v19).
 anneal() {
-    local tag=$1 from=$2 per_game=$3
+    local tag=$1 from=$2 per_game=$3 steps=${ANNEAL_STEPS:-3600} ship=${ANNEAL_SHIP:-}
     shift 3
     $MC dataset build --config configs/dataset/scratch-windows.yaml "$@" --out "$W/windows-$tag" \
         examples.positions_per_game="$per_game"
     $MC train --config configs/train/scratch-medium.yaml data.path="$W/windows-$tag" train.output_dir="$W/run-$tag" \
         model.init=pretrained model.path="$from" model.tokenizer= train.learning_rate=1e-4 \
-        train.warmup_steps=100 train.min_lr_ratio=0.0 train.max_steps=3600 train.save_steps=400 \
+        train.warmup_steps=100 train.min_lr_ratio=0.0 train.max_steps="$steps" train.save_steps=400 \
         eval.eval_steps=400 train.save_total_limit=0
-    $MC export-int8 "$W/run-$tag" "$W/$tag-int8" --group 64
+    if [ -n "$ship" ]; then
+        export_step "$W/run-$tag" "$ship"
+        $MC export-int8 "$W/run-$tag/bundled" "$W/$tag-int8" --group 64
+    else
+        $MC export-int8 "$W/run-$tag" "$W/$tag-int8" --group 64
+    fi
     echo "$tag: $W/$tag-int8"
 }
 # v16: v15 as shipped trained on every board window of sets F, K, L, M and N (293,093 games, seeds
@@ -201,6 +207,22 @@ if [ "${V4:-1}" = 1 ] && [ "${V5:-1}" = 1 ] && [ "${V7:-1}" = 1 ] && [ "${V13:-1
     history_set selfplay-120 120 103758
     history_set selfplay-130 130 122271
     anneal v17 "$W/v16-int8" 4 "${FKLMN[@]}" --source "$W/selfplay-120" --source "$W/selfplay-130"
+fi
+# v19: v17 as shipped trained on every board window of sets E, Q, R, S and T (328,218 games, seeds
+# 30, 140, 150, 160 and 180, none of them trained on by v17's line as windows), lr 1e-4 with 100
+# warm-up steps, cosine to 0 over 4,800 steps (0.91 passes), on the lent GPU machine (the model
+# card, "v19"); v19 ships the step-4,400 checkpoint, the lowest validation loss, as int8 with a
+# scale per 64 weights. (The GPU build read the history's packed copies, datasets/packed/*.mcg,
+# which hold the same games; a set played again here rather than taken from the history gets
+# every index below its count, so R would come back with the 322 games its time limit cut.)
+if [ "${V4:-1}" = 1 ] && [ "${V5:-1}" = 1 ] && [ "${V7:-1}" = 1 ] && [ "${V13:-1}" = 1 ] && [ "${V15:-1}" = 1 ] &&
+    [ "${V16:-1}" = 1 ] && [ "${V17:-1}" = 1 ] && [ "${V19:-1}" = 1 ]; then
+    history_set selfplay-140 140 63000
+    history_set selfplay-150 150 63000
+    history_set selfplay-160 160 58500
+    history_set selfplay-180 180 82000
+    ANNEAL_STEPS=4800 ANNEAL_SHIP=4400 anneal v19 "$W/v17-int8" 0 --source "$W/selfplay-30" \
+        --source "$W/selfplay-140" --source "$W/selfplay-150" --source "$W/selfplay-160" --source "$W/selfplay-180"
 fi
 echo "(to ship: copy config.json, engine_prompt.yaml (v13 on), generation_config.json, model.int8.safetensors and"
 echo " tokenizer*.json of the int8 folder into engine/data/bundled-model; export-int8 makes the int8 folder)"
