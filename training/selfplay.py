@@ -12,7 +12,9 @@ each written to a temporary name and renamed when complete. A rerun plays only t
 ranges no finished file covers; an interrupted chunk is played again from its start.
 With ``max_seconds`` each worker stops at the deadline after its current game and
 writes what it played as a shorter chunk (``games-00000000-00000097.parquet``), so a
-time-limited run loses no finished game and a rerun still resumes exactly.
+time-limited run loses no finished game and a rerun still resumes exactly. Ctrl-C or
+SIGTERM stops the workers, keeps the finished chunks and writes the manifest
+(``complete: false``); the command exits with 130.
 
 Variety: at a fixed node count the opening is the only source of variety (two random
 plies allow only 400 games). ``nodes_jitter`` draws each game's node budget from
@@ -32,7 +34,9 @@ import os
 import queue
 import random
 import re
+import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -403,6 +407,10 @@ def _write_manifest(folder: Path, cfg: SelfPlayConfig, extra: dict[str, Any]) ->
     return manifest
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_selfplay(cfg: SelfPlayConfig, *, progress_bar: bool = True) -> dict[str, Any]:
     """Play the games of ``cfg`` that ``cfg.out`` does not hold yet; returns the manifest."""
     from tqdm import tqdm
@@ -450,6 +458,13 @@ def run_selfplay(cfg: SelfPlayConfig, *, progress_bar: bool = True) -> dict[str,
         ]
         for p in procs:
             p.start()
+        # SIGTERM (a scheduler's stop, `kill PID`) ends the run as Ctrl-C does: workers
+        # stopped, finished chunks kept, the manifest written. Installed after the workers
+        # start, so they keep the default action that terminate() relies on; only the main
+        # thread may install a handler.
+        old_term = None
+        if threading.current_thread() is threading.main_thread():
+            old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
         bar = tqdm(total=todo, unit="game", desc="self-play", disable=not progress_bar, smoothing=0.05)
         chunks_left = len(tasks)
         stopped = 0  # workers that stopped at the deadline
@@ -492,6 +507,8 @@ def run_selfplay(cfg: SelfPlayConfig, *, progress_bar: bool = True) -> dict[str,
                     elif kind == "chunk":
                         discarded += payload[3]
         finally:
+            if old_term is not None:
+                signal.signal(signal.SIGTERM, old_term)
             bar.close()
             # Tasks left in the queue (a time limit, an error) would block this process's
             # exit: its queue feeder thread waits for a reader that is gone.

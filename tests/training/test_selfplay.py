@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -142,3 +143,24 @@ def test_a_folder_from_before_the_jitter_keys_resumes_only_without_jitter(tmp_pa
     run_selfplay(load_selfplay_config(None, [*base, "games=3"]), progress_bar=False)
     with pytest.raises(SelfPlayError, match=r"nodes_jitter: 0.0 -> 0.2"):
         run_selfplay(load_selfplay_config(None, [*base, "games=4", "nodes_jitter=0.2"]), progress_bar=False)
+
+
+def test_sigterm_keeps_finished_chunks_and_writes_the_manifest(tmp_path: Path, stockfish_path: str) -> None:
+    out = tmp_path / "sp"
+    cmd = [
+        sys.executable, "-m", "engine.cli", "dataset", "selfplay", "--out", str(out), "--games", "400",
+        "--workers", "1", "chunk_games=2", "nodes=40", f"stockfish={stockfish_path}",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(out.glob("games-*.parquet")) and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    manifest = json.loads((out / "manifest.json").read_text())
+    chunks = sorted(out.glob("games-*.parquet"))
+    assert manifest["complete"] is False
+    assert 1 <= len(chunks) < 200
+    assert 1 <= manifest["games_written"] == len(games_of(out)) <= 2 * len(chunks)  # over-long games are dropped
