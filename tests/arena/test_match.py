@@ -75,7 +75,6 @@ def _games_in_log(path: Path) -> list[dict]:
     return out
 
 
-@pytest.mark.timeout(120)
 def _eight_game_match(tmp_path: Path) -> tuple[list[str], Path, Path, Path]:
     pgn, report = tmp_path / "r.pgn", tmp_path / "r.json"
     log = tmp_path / "r.games.jsonl"
@@ -133,11 +132,13 @@ def _stop_after_two_games(cmd: list[str], pgn: Path, report: Path, log: Path, si
     return kept
 
 
+@pytest.mark.timeout(120)
 def test_sigterm_stops_like_ctrl_c(tmp_path: Path) -> None:
     cmd, pgn, report, log = _eight_game_match(tmp_path)
     _stop_after_two_games(cmd, pgn, report, log, signal.SIGTERM)
 
 
+@pytest.mark.timeout(120)
 def test_ctrl_c_keeps_finished_games_and_resume_plays_the_rest(tmp_path: Path) -> None:
     cmd, pgn, report, log = _eight_game_match(tmp_path)
     kept = _stop_after_two_games(cmd, pgn, report, log, signal.SIGINT)
