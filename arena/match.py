@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import queue
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from arena.referee import GameAborted, GameRecord, GameTask, MoveCallback, Rules
 from arena.report import engine_stats, head_to_head, terminations, wdl, write_json
 from arena.sprt import Sprt
 from arena.uci_process import UciProcess
+from engine.signals import sigterm_as_interrupt
 
 DEFAULT_TC = "10+0.1"
 
@@ -130,10 +130,6 @@ def paired_schedule(
     return tasks
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 @dataclasses.dataclass
 class RunResult:
     records: list[GameRecord]
@@ -220,19 +216,15 @@ class Runner:
             for i in range(n_workers)
         ]
         interrupted = False
-        # A scheduler, a container or `kill` stops a run with SIGTERM: it ends as Ctrl-C
-        # does (finished games kept, engines killed, exit 130, --resume goes on). Only
-        # the main thread may install a handler; a runner started elsewhere keeps the
-        # process's own.
-        old_term = None
-        if threading.current_thread() is threading.main_thread():
-            old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
-            for w in workers:
-                w.start()
-            while any(w.is_alive() for w in workers):
+            # SIGTERM (a scheduler, a container, `kill`) ends the run as Ctrl-C does:
+            # finished games kept, engines killed, exit 130, --resume goes on.
+            with sigterm_as_interrupt():
                 for w in workers:
-                    w.join(timeout=0.2)
+                    w.start()
+                while any(w.is_alive() for w in workers):
+                    for w in workers:
+                        w.join(timeout=0.2)
         except KeyboardInterrupt:
             interrupted = True
             self._interrupted = True  # engines we kill now are not faults
@@ -241,8 +233,6 @@ class Runner:
             for w in workers:
                 w.join(timeout=10)
         finally:
-            if old_term is not None:
-                signal.signal(signal.SIGTERM, old_term)
             bar.close()
             self._kill_all()
         if self._error is not None:

@@ -50,12 +50,12 @@ def register(sub: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import signal
     import sys
 
     from engine import uci
     from engine.errors import ConfigError
     from engine.server import ScorerServer
+    from engine.signals import sigterm_as_interrupt
 
     if args.games < 1:
         raise ConfigError(f"--games must be >= 1, not {args.games}")
@@ -68,17 +68,14 @@ def _serve(args: argparse.Namespace) -> int:
         scorer.warmup(max_games=args.games)  # the batched steps' CUDA graphs (a no-op on a CPU)
     server = ScorerServer(scorer, args.socket, source=config.model.path or "the bundled model")
 
-    def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
     # Each torch call of the batch leader gives up the interpreter lock; with Python's
     # default 5 ms switch interval taking it back from the connections' threads can cost
     # that much each time (docs/fastpath.md). The benchmarks ran the server at 0.5 ms.
     sys.setswitchinterval(0.0005)
     print(f"mistral-chess serve: listening on {args.socket} (engines: model.server={args.socket})", flush=True)
     try:
-        server.serve_forever()
+        with sigterm_as_interrupt():  # a scheduler's stop closes the server as Ctrl-C does
+            server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:

@@ -34,9 +34,7 @@ import os
 import queue
 import random
 import re
-import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +43,7 @@ from typing import Any
 import chess
 from loguru import logger
 
+from engine.signals import sigterm_as_interrupt
 from training.config import SelfPlayConfig
 from training.errors import SelfPlayError
 
@@ -407,10 +406,6 @@ def _write_manifest(folder: Path, cfg: SelfPlayConfig, extra: dict[str, Any]) ->
     return manifest
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def run_selfplay(cfg: SelfPlayConfig, *, progress_bar: bool = True) -> dict[str, Any]:
     """Play the games of ``cfg`` that ``cfg.out`` does not hold yet; returns the manifest."""
     from tqdm import tqdm
@@ -458,57 +453,52 @@ def run_selfplay(cfg: SelfPlayConfig, *, progress_bar: bool = True) -> dict[str,
         ]
         for p in procs:
             p.start()
-        # SIGTERM (a scheduler's stop, `kill PID`) ends the run as Ctrl-C does: workers
-        # stopped, finished chunks kept, the manifest written. Installed after the workers
-        # start, so they keep the default action that terminate() relies on; only the main
-        # thread may install a handler.
-        old_term = None
-        if threading.current_thread() is threading.main_thread():
-            old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
         bar = tqdm(total=todo, unit="game", desc="self-play", disable=not progress_bar, smoothing=0.05)
         chunks_left = len(tasks)
         stopped = 0  # workers that stopped at the deadline
         error: str | None = None
         try:
-            while chunks_left and error is None:
-                try:
-                    kind, payload = progress_q.get(timeout=1.0)
-                except queue.Empty:
-                    if not any(p.is_alive() for p in procs):
-                        # Everything a worker put is readable once it has exited (its queue
-                        # flushes at exit), so an empty queue here means nothing is left.
-                        if deadline is not None and time.time() >= deadline:
-                            timed_out = True
-                            break
-                        error = "all self-play workers exited before finishing"
-                    continue
-                if kind == "game":
-                    bar.update(payload)
-                    played += payload
-                elif kind == "chunk":
-                    chunks_left -= 1
-                    discarded += payload[3]
-                    timed_out = timed_out or payload[4]  # cut short at the deadline
-                elif kind == "stopped":
-                    stopped += 1
-                    if stopped == workers:
-                        timed_out = True
-                        break
-                elif kind == "error":
-                    error = payload
-            if timed_out:  # the workers' last chunk messages may still be queued
-                while True:
+            # SIGTERM (a scheduler's stop, `kill PID`) ends the run as Ctrl-C does: workers
+            # stopped, finished chunks kept, the manifest written. Entered after the workers
+            # start, so they keep the default action that terminate() relies on.
+            with sigterm_as_interrupt():
+                while chunks_left and error is None:
                     try:
-                        kind, payload = progress_q.get(timeout=0.5)
+                        kind, payload = progress_q.get(timeout=1.0)
                     except queue.Empty:
-                        break
+                        if not any(p.is_alive() for p in procs):
+                            # Everything a worker put is readable once it has exited (its queue
+                            # flushes at exit), so an empty queue here means nothing is left.
+                            if deadline is not None and time.time() >= deadline:
+                                timed_out = True
+                                break
+                            error = "all self-play workers exited before finishing"
+                        continue
                     if kind == "game":
+                        bar.update(payload)
                         played += payload
                     elif kind == "chunk":
+                        chunks_left -= 1
                         discarded += payload[3]
+                        timed_out = timed_out or payload[4]  # cut short at the deadline
+                    elif kind == "stopped":
+                        stopped += 1
+                        if stopped == workers:
+                            timed_out = True
+                            break
+                    elif kind == "error":
+                        error = payload
+                if timed_out:  # the workers' last chunk messages may still be queued
+                    while True:
+                        try:
+                            kind, payload = progress_q.get(timeout=0.5)
+                        except queue.Empty:
+                            break
+                        if kind == "game":
+                            played += payload
+                        elif kind == "chunk":
+                            discarded += payload[3]
         finally:
-            if old_term is not None:
-                signal.signal(signal.SIGTERM, old_term)
             bar.close()
             # Tasks left in the queue (a time limit, an error) would block this process's
             # exit: its queue feeder thread waits for a reader that is gone.
