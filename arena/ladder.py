@@ -26,11 +26,20 @@ from typing import Any
 from arena.elo import fit_absolute, score_to_elo
 from arena.engines import EngineSpec, parse_engine
 from arena.errors import ArenaError
-from arena.match import PlaySettings, Runner, open_run_outputs, paired_schedule, run_identity, score_text
+from arena.match import (
+    PlaySettings,
+    Runner,
+    check_resumed,
+    interleaved_schedule,
+    open_run_outputs,
+    run_identity,
+    score_text,
+)
 from arena.referee import GameRecord, GameTask
 from arena.report import engine_stats, terminations, wdl, write_json
 
 DEFAULT_LEVELS = (1320, 1500, 1700, 2000)
+SCHEDULE = "pairs interleaved by level"  # in the game log's identity (arena.match.interleaved_schedule)
 ANCHORS_FILE = Path(__file__).resolve().parent / "data" / "anchors.yaml"
 
 
@@ -58,7 +67,9 @@ def load_anchors(path: str | Path = ANCHORS_FILE) -> dict[str, Anchor]:
         raise ArenaError(f"anchors file {str(path)!r}: not valid YAML ({exc})") from None
     table = doc.get("anchors") if isinstance(doc, dict) else None
     if not isinstance(table, dict) or not table:
-        raise ArenaError(f"anchors file {str(path)!r}: expected a mapping 'anchors: {{NAME: {{engine, elo, error, calibration}}}}'")
+        raise ArenaError(
+            f"anchors file {str(path)!r}: expected a mapping 'anchors: {{NAME: {{engine, elo, error, calibration}}}}'"
+        )
     out: dict[str, Anchor] = {}
     for name, entry in table.items():
         where = f"anchors file {str(path)!r}, anchor {name!r}"
@@ -66,7 +77,9 @@ def load_anchors(path: str | Path = ANCHORS_FILE) -> dict[str, Anchor]:
             raise ArenaError(f"{where}: expected a mapping with engine, elo, error, calibration")
         unknown = sorted(set(entry) - {"engine", "elo", "error", "calibration"})
         if unknown:
-            raise ArenaError(f"{where}: unknown key {unknown[0]!r} (allowed: engine, elo, error, calibration)")
+            raise ArenaError(
+                f"{where}: unknown key {unknown[0]!r} (allowed: engine, elo, error, calibration)"
+            )
         engine = entry.get("engine")
         words = shlex.split(engine) if isinstance(engine, str) else engine
         if not isinstance(words, list) or not words or not all(isinstance(w, str) for w in words):
@@ -79,7 +92,9 @@ def load_anchors(path: str | Path = ANCHORS_FILE) -> dict[str, Anchor]:
             numbers[key] = float(value)
         if numbers["error"] < 0:
             raise ArenaError(f"{where}: error must be >= 0, not {numbers['error']}")
-        out[str(name)] = Anchor(str(name), words, numbers["elo"], numbers["error"], str(entry.get("calibration") or ""))
+        out[str(name)] = Anchor(
+            str(name), words, numbers["elo"], numbers["error"], str(entry.get("calibration") or "")
+        )
     return out
 
 
@@ -100,16 +115,9 @@ class LadderOptions:
 
 
 def ladder_schedule(n_levels: int, games: int, opening_order: list[int]) -> list[GameTask]:
-    """Engine 0 against engines 1..n_levels, interleaved by opening pair."""
-    per_level = [
-        paired_schedule(0, k + 1, games, opening_order, start_index=0, start_pair=k * ((games + 1) // 2))
-        for k in range(n_levels)
-    ]
-    tasks: list[GameTask] = []
-    for g in range(0, games, 2):
-        for level in per_level:
-            tasks.extend(level[g : g + 2])
-    return [dataclasses.replace(t, index=i) for i, t in enumerate(tasks)]
+    """Engine 0 against engines 1..n_levels, interleaved by opening pair; a game's index does
+    not depend on ``games``, so ``--resume`` may raise it (:func:`arena.match.interleaved_schedule`)."""
+    return interleaved_schedule([(0, k + 1) for k in range(n_levels)], games, opening_order)
 
 
 def ladder_report(
@@ -191,7 +199,9 @@ def run_ladder(engine: EngineSpec, settings: PlaySettings, opts: LadderOptions) 
         table = load_anchors(anchors_file)
         for name in opts.anchors:
             if name not in table:
-                raise ArenaError(f"unknown anchor {name!r} (anchors in {anchors_file}: {', '.join(sorted(table))})")
+                raise ArenaError(
+                    f"unknown anchor {name!r} (anchors in {anchors_file}: {', '.join(sorted(table))})"
+                )
             if name in anchors or name in seen:
                 raise ArenaError(f"anchor {name!r} given twice")
             a = table[name]
@@ -206,14 +216,18 @@ def run_ladder(engine: EngineSpec, settings: PlaySettings, opts: LadderOptions) 
     specs = [engine, *opponents]
     openings, play_order = settings.suite()
     tasks = ladder_schedule(len(opponents), opts.games, play_order)
-    identity = run_identity("ladder", specs, settings, openings, games_per_level=opts.games)
+    # The schedule's name, not the games per level: a game's place does not depend on them
+    # (logs of the earlier schedule, which named games_per_level, are refused as another run's).
+    identity = run_identity("ladder", specs, settings, openings, schedule=SCHEDULE)
     event = "mistral-chess arena ladder"
     log, pgn, done, files = open_run_outputs(identity, opts, len(tasks), event)
+    check_resumed(done, tasks, files.get("log", "the game log"))
 
     def on_record(records: list[GameRecord]) -> None:
         if opts.json:
             write_json(
-                ladder_report(engine, opponents, settings, records, anchors, interrupted=False, files=files), opts.json
+                ladder_report(engine, opponents, settings, records, anchors, interrupted=False, files=files),
+                opts.json,
             )
 
     def progress(records: list[GameRecord]) -> str:

@@ -130,6 +130,55 @@ def paired_schedule(
     return tasks
 
 
+def interleaved_schedule(
+    pairings: list[tuple[int, int]], games: int, opening_order: list[int]
+) -> list[GameTask]:
+    """``games`` games of every pairing, interleaved by opening pair: the first pair of each
+    pairing, then the second pair of each, ... (so a stopped run has games in every pairing).
+
+    Each pairing meets the openings of ``opening_order`` from its start, each twice with the
+    colours swapped, its first engine White first. A game's index and pair id depend only on
+    the pairings and its place among them, not on ``games``: pair ``j`` of pairing ``p`` is
+    pair ``j * len(pairings) + p`` and its games are indices ``2 * pair`` and ``2 * pair + 1``.
+    So a ladder or tournament resumed with more games per pairing plays on where it stopped
+    (with an odd ``games`` the last pair's second game, index ``2 * pair + 1``, is left out
+    and played when ``games`` is raised).
+    """
+    n = len(pairings)
+    tasks = []
+    for j in range((games + 1) // 2):
+        opening = opening_order[j % len(opening_order)]
+        for p, (a, b) in enumerate(pairings):
+            pair = j * n + p
+            for c in range(min(2, games - 2 * j)):
+                white, black = (a, b) if c == 0 else (b, a)
+                tasks.append(
+                    GameTask(index=2 * pair + c, white=white, black=black, opening=opening, pair=pair)
+                )
+    return tasks
+
+
+def check_resumed(done: list[GameRecord], tasks: list[GameTask], source: str) -> None:
+    """Refuse to resume from games that are not the games this schedule plays at their index."""
+    by_index = {t.index: t for t in tasks}
+    for rec in done:
+        task = by_index.get(rec.index)
+        if task is None:
+            continue  # a game beyond a lowered --games: kept, as a match keeps it
+        if (rec.white_engine, rec.black_engine, rec.opening, rec.pair) != (
+            task.white,
+            task.black,
+            task.opening,
+            task.pair,
+        ):
+            raise ArenaError(
+                f"{source}: game {rec.index + 1} of the log (engines {rec.white_engine}-{rec.black_engine}, "
+                f"opening {rec.opening}, pair {rec.pair}) is not the game this run schedules there "
+                f"(engines {task.white}-{task.black}, opening {task.opening}, pair {task.pair}); "
+                "use other output files or --overwrite"
+            )
+
+
 @dataclasses.dataclass
 class RunResult:
     records: list[GameRecord]

@@ -21,11 +21,21 @@ from typing import Any
 from arena.elo import Z95, fit_ratings
 from arena.engines import EngineSpec, parse_engine
 from arena.errors import ArenaError, EngineSpecError
-from arena.match import PlaySettings, Runner, open_run_outputs, paired_schedule, run_identity
+from arena.match import (
+    PlaySettings,
+    Runner,
+    check_resumed,
+    interleaved_schedule,
+    open_run_outputs,
+    run_identity,
+)
 from arena.referee import GameRecord, GameTask
 from arena.report import engine_stats, head_to_head, terminations, wdl, write_json
 
 _STEP_RE = re.compile(r"(\d+)$")
+
+
+SCHEDULE = "pairs interleaved by pairing"  # in the game log's identity (arena.match.interleaved_schedule)
 
 
 @dataclasses.dataclass
@@ -72,13 +82,9 @@ def checkpoint_engines(run_dir: str, extra_words: list[str]) -> list[EngineSpec]
 
 
 def round_robin(n: int, games: int, opening_order: list[int]) -> list[GameTask]:
-    tasks: list[GameTask] = []
-    pair_base = 0
-    for a, b in itertools.combinations(range(n), 2):
-        for t in paired_schedule(a, b, games, opening_order, start_index=len(tasks), start_pair=pair_base):
-            tasks.append(t)
-        pair_base += (games + 1) // 2
-    return tasks
+    """Every pairing of ``n`` engines, interleaved by opening pair; a game's index does not
+    depend on ``games``, so ``--resume`` may raise it (:func:`arena.match.interleaved_schedule`)."""
+    return interleaved_schedule(list(itertools.combinations(range(n), 2)), games, opening_order)
 
 
 def _anchor(specs: list[EngineSpec], opts: TournamentOptions) -> tuple[int, float]:
@@ -172,9 +178,12 @@ def run_tournament(
     _anchor(specs, opts)  # a bad --anchor is an error before any game
     openings, play_order = settings.suite()
     tasks = round_robin(len(specs), opts.games, play_order)
-    identity = run_identity("tournament", specs, settings, openings, games_per_pairing=opts.games)
+    # The schedule's name, not the games per pairing: a game's place does not depend on them
+    # (logs of the earlier schedule, which named games_per_pairing, are refused as another run's).
+    identity = run_identity("tournament", specs, settings, openings, schedule=SCHEDULE)
     event = "mistral-chess arena tournament"
     log, pgn, done, files = open_run_outputs(identity, opts, len(tasks), event)
+    check_resumed(done, tasks, files.get("log", "the game log"))
 
     def on_record(records: list[GameRecord]) -> None:
         if opts.json:
