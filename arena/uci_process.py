@@ -162,12 +162,29 @@ class UciProcess:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:  # pragma: no cover - a zombie we cannot reap
                 logger.error("{}: process {} did not die", self.spec.name, proc.pid)
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
+        # stdin is closed under the write lock: a game's thread may be in send() (Ctrl-C kills
+        # the engines while their games go on), and closing a text stream while another thread
+        # writes to it raised ValueError ("PyMemoryView_FromBuffer(): info->buf must not be
+        # NULL") and ended an interrupted match with exit 1 instead of 130.
+        with self._write_lock:
             try:
-                if stream is not None:
-                    stream.close()
-            except OSError:
+                if proc.stdin is not None:
+                    proc.stdin.close()
+            except (OSError, ValueError):
                 pass
+        # The readers see end-of-file once the process is gone; their streams are closed after
+        # they have left them (one still blocked, a child of the engine holding the pipe open,
+        # keeps its stream for the garbage collector).
+        for t in self._threads:
+            t.join(timeout=1.0)
+        if not any(t.is_alive() for t in self._threads):
+            for stream in (proc.stdout, proc.stderr):
+                try:
+                    if stream is not None:
+                        stream.close()
+                except (OSError, ValueError):
+                    pass
+        self._threads = []
         self._note(f"# stopped (exit code {proc.returncode})")
         self._proc = None
 

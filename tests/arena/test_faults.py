@@ -125,3 +125,31 @@ def test_sprt_stops_the_match_when_decided(tmp_path: Path) -> None:
     assert report["sprt"]["statistics"] == "pentanomial"
     assert report["games"] == 4  # two lost pairs push the LLR below log(0.2 / 0.8)
     assert report["complete"] is True
+
+
+
+def test_a_stream_that_fails_to_close_does_not_stop_the_kill() -> None:
+    # Seen once in a full test run under load: Ctrl-C of a match killed the engines while their
+    # games went on, and closing one of an engine's pipes raised ValueError ("PyMemoryView_
+    # FromBuffer(): info->buf must not be NULL") out of kill(): exit 1 instead of 130, with no
+    # report. Not reproduced on demand; kill() now closes stdin under the lock send() takes,
+    # closes stdout and stderr after their readers have left them, and gets past such an error.
+    from arena.uci_process import UciProcess
+
+    class BadStream:
+        def __init__(self, real: object) -> None:
+            self.real = real
+
+        def close(self) -> None:
+            self.real.close()  # type: ignore[attr-defined]
+            raise ValueError("PyMemoryView_FromBuffer(): info->buf must not be NULL")
+
+    proc = UciProcess(parse_engine(engine("random_engine.py", "random")))
+    proc.start()
+    popen = proc._proc
+    assert popen is not None
+    readers = list(proc._threads)
+    popen.stdin = BadStream(popen.stdin)  # type: ignore[assignment]
+    proc.kill()
+    assert not proc.alive and popen.returncode is not None
+    assert not any(t.is_alive() for t in readers)
