@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from arena.engines import parse_engine
-from arena.errors import ArenaError
+from arena.errors import ArenaError, GameLogError
 from arena.ladder import LadderOptions, ladder_schedule, run_ladder
 from arena.match import PlaySettings, interleaved_schedule, paired_schedule
 from arena.tournament import TournamentOptions, round_robin, run_tournament
@@ -109,36 +110,37 @@ def test_ladder_resumed_with_more_games_plays_on(stockfish_path: str, tmp_path: 
     assert all(final[i] == g for i, g in kept.items())
 
 
-def test_a_log_whose_games_sit_elsewhere_is_refused(tmp_path: Path) -> None:
+def _edit_and_resume(tmp_path: Path, edit: Callable[[list[dict]], None], games: int) -> None:
+    """Play a one-game-a-pairing tournament of three random movers, let ``edit`` change its
+    log's lines (header first), then resume it with ``games`` a pairing."""
     specs = [parse_engine([RANDOM, f"name=r{i}"]) for i in range(3)]
     settings = PlaySettings(tc="inf", movetime_ms=10, max_plies=4)
     json_path = tmp_path / "t.json"
     run_tournament(specs, settings, TournamentOptions(games=1, json=str(json_path), show_progress=False))
     log = tmp_path / "t.games.jsonl"
     lines = [json.loads(x) for x in log.read_text().splitlines()]
-    for item in lines:  # swap the colours of every game, as another schedule would have them
-        if item["type"] == "game":
-            g = item["game"]
-            g["white_engine"], g["black_engine"] = g["black_engine"], g["white_engine"]
+    edit(lines)
     log.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    again = TournamentOptions(games=games, json=str(json_path), resume=True, show_progress=False)
+    run_tournament(specs, settings, again)
+
+
+def test_a_log_whose_games_sit_elsewhere_is_refused(tmp_path: Path) -> None:
+    def swap_colours(lines: list[dict]) -> None:  # as another schedule would have them
+        for item in lines:
+            if item["type"] == "game":
+                g = item["game"]
+                g["white_engine"], g["black_engine"] = g["black_engine"], g["white_engine"]
+
     with pytest.raises(ArenaError, match="is not the game this run schedules there"):
-        run_tournament(
-            specs, settings, TournamentOptions(games=2, json=str(json_path), resume=True, show_progress=False)
-        )
+        _edit_and_resume(tmp_path, swap_colours, games=2)
 
 
 def test_a_log_of_the_earlier_schedule_is_refused(tmp_path: Path) -> None:
-    specs = [parse_engine([RANDOM, f"name=r{i}"]) for i in range(3)]
-    settings = PlaySettings(tc="inf", movetime_ms=10, max_plies=4)
-    json_path = tmp_path / "t.json"
-    run_tournament(specs, settings, TournamentOptions(games=1, json=str(json_path), show_progress=False))
-    log = tmp_path / "t.games.jsonl"
-    lines = [json.loads(x) for x in log.read_text().splitlines()]
-    ident = lines[0]["identity"]
-    del ident["schedule"]
-    ident["games_per_pairing"] = 1  # what the logs of the pairing-by-pairing schedule held
-    log.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    with pytest.raises(Exception, match="belongs to another match.*games_per_pairing"):
-        run_tournament(
-            specs, settings, TournamentOptions(games=1, json=str(json_path), resume=True, show_progress=False)
-        )
+    def earlier_identity(lines: list[dict]) -> None:
+        ident = lines[0]["identity"]
+        del ident["schedule"]
+        ident["games_per_pairing"] = 1  # what the logs of the pairing-by-pairing schedule held
+
+    with pytest.raises(GameLogError, match="belongs to another match.*games_per_pairing"):
+        _edit_and_resume(tmp_path, earlier_identity, games=1)
