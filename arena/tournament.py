@@ -82,9 +82,14 @@ def checkpoint_engines(run_dir: str, extra_words: list[str]) -> list[EngineSpec]
 
 
 def round_robin(n: int, games: int, opening_order: list[int]) -> list[GameTask]:
-    """Every pairing of ``n`` engines, interleaved by opening pair; a game's index does not
-    depend on ``games``, so ``--resume`` may raise it (:func:`arena.match.interleaved_schedule`)."""
-    return interleaved_schedule(list(itertools.combinations(range(n), 2)), games, opening_order)
+    """Every pairing of ``n`` engines, ``games`` games each, played one pairing after another (a
+    worker holds only its game's two engines, so a folder of 7B checkpoints is not loaded all at
+    once, and each engine starts once a pairing, not once an opening pair). Indices and pair ids
+    are those of :func:`arena.match.interleaved_schedule`, which do not depend on ``games``, so
+    ``--resume`` may raise it: the games it adds are played pairing after pairing too."""
+    pairings = list(itertools.combinations(range(n), 2))
+    tasks = interleaved_schedule(pairings, games, opening_order)
+    return sorted(tasks, key=lambda t: (t.pair % len(pairings), t.index))
 
 
 def _anchor(specs: list[EngineSpec], opts: TournamentOptions) -> tuple[int, float]:

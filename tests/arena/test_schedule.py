@@ -3,6 +3,7 @@ so a run resumed with a raised ``--games`` plays on where it stopped."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from collections import Counter
@@ -57,6 +58,22 @@ def test_one_pairing_is_the_match_schedule() -> None:
     assert interleaved_schedule([(0, 1)], 5, order) == paired_schedule(0, 1, 5, order)
     assert ladder_schedule(1, 5, order) == paired_schedule(0, 1, 5, order)
     assert round_robin(2, 5, order) == paired_schedule(0, 1, 5, order)
+
+
+def test_a_tournament_plays_one_pairing_after_another_with_the_same_numbers() -> None:
+    order = [5, 3, 9]
+    tasks = round_robin(4, 5, order)
+    pairings = [tuple(sorted((t.white, t.black))) for t in tasks]
+    firsts = [pairings.index(p) for p in dict.fromkeys(pairings)]
+    assert all(
+        pairings[i] == pairings[firsts[k]]
+        for k in range(len(firsts))
+        for i in range(firsts[k], firsts[k] + 5)
+    )
+    assert len(dict.fromkeys(pairings)) == 6 and len(tasks) == 30  # each engine starts once a pairing
+    # Same games at the same numbers as the interleaved schedule, only played in another order.
+    by_index = {t.index: t for t in interleaved_schedule(list(itertools.combinations(range(4), 2)), 5, order)}
+    assert all(by_index[t.index] == t for t in tasks) and len(by_index) == len(tasks)
 
 
 def _games(log: Path) -> dict[int, dict]:
