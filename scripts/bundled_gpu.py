@@ -12,7 +12,8 @@ Phases
 ``selfplay SEED SECONDS``
     Stockfish self-play on 15 workers for SECONDS (600 nodes +-25% a game, 4-8 random
     plies, 20% of games from the arena's book lines; game i is fixed by (SEED, i)), then
-    ``$OUT/selfplay-SEED.tgz``. About 50 games/s on the 16-core host: 480 s ~ 24,000 games.
+    ``$OUT/selfplay-SEED.tgz``. 75.1 games/s on the H100 host's 16 cores (set V, 2026-12-05:
+    31,985 games in 426 s); earlier hosts gave about 50.
 ``plot STRENGTH_JSON OUT_PNG``
     Redraws the plot of a returned ``strength_vs_steps.json`` (MODEL_TAG names the model
     when the JSON does not).
