@@ -27,9 +27,9 @@ from arena.elo import fit_absolute, score_to_elo
 from arena.engines import EngineSpec, parse_engine
 from arena.errors import ArenaError
 from arena.match import (
+    INTERLEAVED_NUMBERING,
     PlaySettings,
     Runner,
-    check_resumed,
     interleaved_schedule,
     open_run_outputs,
     run_identity,
@@ -39,7 +39,6 @@ from arena.referee import GameRecord, GameTask
 from arena.report import engine_stats, terminations, wdl, write_json
 
 DEFAULT_LEVELS = (1320, 1500, 1700, 2000)
-SCHEDULE = "pairs interleaved by level"  # in the game log's identity (arena.match.interleaved_schedule)
 ANCHORS_FILE = Path(__file__).resolve().parent / "data" / "anchors.yaml"
 
 
@@ -67,9 +66,7 @@ def load_anchors(path: str | Path = ANCHORS_FILE) -> dict[str, Anchor]:
         raise ArenaError(f"anchors file {str(path)!r}: not valid YAML ({exc})") from None
     table = doc.get("anchors") if isinstance(doc, dict) else None
     if not isinstance(table, dict) or not table:
-        raise ArenaError(
-            f"anchors file {str(path)!r}: expected a mapping 'anchors: {{NAME: {{engine, elo, error, calibration}}}}'"
-        )
+        raise ArenaError(f"anchors file {str(path)!r}: expected a mapping 'anchors: {{NAME: {{engine, elo, error, calibration}}}}'")
     out: dict[str, Anchor] = {}
     for name, entry in table.items():
         where = f"anchors file {str(path)!r}, anchor {name!r}"
@@ -77,9 +74,7 @@ def load_anchors(path: str | Path = ANCHORS_FILE) -> dict[str, Anchor]:
             raise ArenaError(f"{where}: expected a mapping with engine, elo, error, calibration")
         unknown = sorted(set(entry) - {"engine", "elo", "error", "calibration"})
         if unknown:
-            raise ArenaError(
-                f"{where}: unknown key {unknown[0]!r} (allowed: engine, elo, error, calibration)"
-            )
+            raise ArenaError(f"{where}: unknown key {unknown[0]!r} (allowed: engine, elo, error, calibration)")
         engine = entry.get("engine")
         words = shlex.split(engine) if isinstance(engine, str) else engine
         if not isinstance(words, list) or not words or not all(isinstance(w, str) for w in words):
@@ -92,9 +87,7 @@ def load_anchors(path: str | Path = ANCHORS_FILE) -> dict[str, Anchor]:
             numbers[key] = float(value)
         if numbers["error"] < 0:
             raise ArenaError(f"{where}: error must be >= 0, not {numbers['error']}")
-        out[str(name)] = Anchor(
-            str(name), words, numbers["elo"], numbers["error"], str(entry.get("calibration") or "")
-        )
+        out[str(name)] = Anchor(str(name), words, numbers["elo"], numbers["error"], str(entry.get("calibration") or ""))
     return out
 
 
@@ -199,9 +192,7 @@ def run_ladder(engine: EngineSpec, settings: PlaySettings, opts: LadderOptions) 
         table = load_anchors(anchors_file)
         for name in opts.anchors:
             if name not in table:
-                raise ArenaError(
-                    f"unknown anchor {name!r} (anchors in {anchors_file}: {', '.join(sorted(table))})"
-                )
+                raise ArenaError(f"unknown anchor {name!r} (anchors in {anchors_file}: {', '.join(sorted(table))})")
             if name in anchors or name in seen:
                 raise ArenaError(f"anchor {name!r} given twice")
             a = table[name]
@@ -218,16 +209,14 @@ def run_ladder(engine: EngineSpec, settings: PlaySettings, opts: LadderOptions) 
     tasks = ladder_schedule(len(opponents), opts.games, play_order)
     # The schedule's name, not the games per level: a game's place does not depend on them
     # (logs of the earlier schedule, which named games_per_level, are refused as another run's).
-    identity = run_identity("ladder", specs, settings, openings, schedule=SCHEDULE)
+    identity = run_identity("ladder", specs, settings, openings, schedule=INTERLEAVED_NUMBERING)
     event = "mistral-chess arena ladder"
-    log, pgn, done, files = open_run_outputs(identity, opts, len(tasks), event)
-    check_resumed(done, tasks, files.get("log", "the game log"))
+    log, pgn, done, files = open_run_outputs(identity, opts, tasks, event)
 
     def on_record(records: list[GameRecord]) -> None:
         if opts.json:
             write_json(
-                ladder_report(engine, opponents, settings, records, anchors, interrupted=False, files=files),
-                opts.json,
+                ladder_report(engine, opponents, settings, records, anchors, interrupted=False, files=files), opts.json
             )
 
     def progress(records: list[GameRecord]) -> str:

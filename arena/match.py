@@ -130,6 +130,11 @@ def paired_schedule(
     return tasks
 
 
+# In a ladder's or tournament's game log identity: games numbered by interleaved_schedule,
+# whose numbers do not depend on the games per pairing (logs from before it named those instead).
+INTERLEAVED_NUMBERING = "pairs numbered interleaved by pairing"
+
+
 def interleaved_schedule(
     pairings: list[tuple[int, int]], games: int, opening_order: list[int]
 ) -> list[GameTask]:
@@ -378,12 +383,13 @@ class MatchOptions:
 
 
 def open_run_outputs(
-    identity: dict[str, Any], opts: Any, games: int, event: str
+    identity: dict[str, Any], opts: Any, tasks: list[GameTask], event: str
 ) -> tuple[GameLog | None, PgnWriter | None, list[GameRecord], dict[str, str]]:
     """:func:`open_outputs` for a ladder or tournament, plus the files its report names:
-    PGN, JSON, log and plot (by default the JSON's path with ``.png``)."""
+    PGN, JSON, log and plot (by default the JSON's path with ``.png``). A resumed log's games
+    are checked against ``tasks`` (:func:`check_resumed`)."""
     mopts = MatchOptions(
-        games=games,
+        games=len(tasks),
         pgn=opts.pgn,
         json=opts.json,
         log=opts.log,
@@ -392,6 +398,7 @@ def open_run_outputs(
         event=event,
     )
     log, pgn, done = open_outputs(identity, mopts)
+    check_resumed(done, tasks, str(log.path) if log else "the game log")
     plot = opts.plot or (str(Path(opts.json).with_suffix(".png")) if opts.json else "")
     paths = (("pgn", opts.pgn), ("json", opts.json), ("log", str(log.path) if log else ""), ("plot", plot))
     return log, pgn, done, {k: v for k, v in paths if v}

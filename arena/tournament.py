@@ -22,9 +22,9 @@ from arena.elo import Z95, fit_ratings
 from arena.engines import EngineSpec, parse_engine
 from arena.errors import ArenaError, EngineSpecError
 from arena.match import (
+    INTERLEAVED_NUMBERING,
     PlaySettings,
     Runner,
-    check_resumed,
     interleaved_schedule,
     open_run_outputs,
     run_identity,
@@ -33,9 +33,6 @@ from arena.referee import GameRecord, GameTask
 from arena.report import engine_stats, head_to_head, terminations, wdl, write_json
 
 _STEP_RE = re.compile(r"(\d+)$")
-
-
-SCHEDULE = "pairs interleaved by pairing"  # in the game log's identity (arena.match.interleaved_schedule)
 
 
 @dataclasses.dataclass
@@ -185,10 +182,9 @@ def run_tournament(
     tasks = round_robin(len(specs), opts.games, play_order)
     # The schedule's name, not the games per pairing: a game's place does not depend on them
     # (logs of the earlier schedule, which named games_per_pairing, are refused as another run's).
-    identity = run_identity("tournament", specs, settings, openings, schedule=SCHEDULE)
+    identity = run_identity("tournament", specs, settings, openings, schedule=INTERLEAVED_NUMBERING)
     event = "mistral-chess arena tournament"
-    log, pgn, done, files = open_run_outputs(identity, opts, len(tasks), event)
-    check_resumed(done, tasks, files.get("log", "the game log"))
+    log, pgn, done, files = open_run_outputs(identity, opts, tasks, event)
 
     def on_record(records: list[GameRecord]) -> None:
         if opts.json:
