@@ -62,6 +62,11 @@ class SelfPlayConfig:
     # the same games: each game's node budget is drawn uniformly from nodes * (1 +- jitter),
     # and a fraction of games starts from a book line (then no random plies) instead.
     nodes_jitter: float = 0.0
+    # Draw the node budget anew for every move (from the game's own stream) instead of once a
+    # game. With one budget a game, a book line and a budget fix the whole game: the arena's 59
+    # book lines and the 301 budgets of nodes=600 nodes_jitter=0.25 allow only 17,759 distinct
+    # book games, and sets that share that recipe repeat them (docs/training.md, "Duplicates").
+    jitter_per_move: bool = False
     book_fraction: float = 0.0
     book: str = ""  # PGN suite of opening lines from the start position; empty: the arena's bundled suite
     claim_draws: bool = True  # end games at threefold repetition / fifty moves (as claimable draws)
@@ -93,6 +98,8 @@ class SelfPlayConfig:
             raise ConfigError(f"nodes_jitter must be in [0, 1), not {self.nodes_jitter}")
         if self.nodes_jitter and not self.nodes:
             raise ConfigError("nodes_jitter needs a node budget (nodes > 0)")
+        if self.jitter_per_move and not self.nodes_jitter:
+            raise ConfigError("jitter_per_move needs nodes_jitter > 0 (the range the budgets are drawn from)")
         if not 0.0 <= self.book_fraction <= 1.0:
             raise ConfigError(f"book_fraction must be in [0, 1], not {self.book_fraction}")
         if self.max_seconds < 0:
@@ -247,6 +254,10 @@ class DatasetConfig:
     out: str = "data/dataset"  # output folder (train-*.parquet, validation-*.parquet, stats.json)
     overwrite: bool = False  # replace an existing output folder
     max_games: int = 0  # overall cap on games read (after filters); 0 = all
+    # Keep one copy of games with the same moves from the same start (across all sources, the
+    # first read wins); the others count as filtered "duplicate". Off by default, so the builds
+    # of the shipped models stay as they were; self-play sets repeat their book games.
+    dedupe: bool = False
     players: PlayersConfig = dataclasses.field(default_factory=PlayersConfig)
     examples: ExamplesConfig = dataclasses.field(default_factory=ExamplesConfig)
     split: SplitConfig = dataclasses.field(default_factory=SplitConfig)

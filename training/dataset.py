@@ -55,6 +55,7 @@ class UnitResult:
     too_long: list[int]  # record index of each dropped example
     counts: dict[str, int]  # worker diagnostics (tokenization paths, draws skipped)
     mismatch: str | None = None
+    keys: dict[int, bytes] = dataclasses.field(default_factory=dict)  # record index -> moves key, "ok" records
 
 
 class _Worker:
@@ -83,6 +84,7 @@ class _Worker:
         status: list[str] = []
         corrupt: list[tuple[int, dict[str, Any]]] = []
         per_game: list[tuple[int, str, list[Example]]] = []
+        keys: dict[int, bytes] = {}
         split_cfg = self.cfg.split
         plans: list[Any] = [[], []]  # the last game's example plan and eval plan
 
@@ -106,6 +108,7 @@ class _Worker:
                 status.append("filtered:" + got.reason)
                 continue
             status.append("ok")
+            keys[seq] = got.key
             split = split_of(got.key, split_cfg.validation_fraction, split_cfg.seed)
             # LAION records were planned before their replay; PGN games are planned now.
             planned = raw.pgn is None
@@ -131,7 +134,7 @@ class _Worker:
             counts.update({f"tokens_{k}": v for k, v in self.tokenizer.counts.items()})
             self.tokenizer.counts.clear()
             mismatch, self.tokenizer.mismatch = self.tokenizer.mismatch, None
-        return UnitResult(len(status), status, corrupt, tables, too_long, counts, mismatch)
+        return UnitResult(len(status), status, corrupt, tables, too_long, counts, mismatch, keys)
 
     def _tables(self, per_game: list[tuple[int, str, list[Example]]]) -> tuple[dict[str, Any], list[int]]:
         import pyarrow as pa
@@ -435,6 +438,7 @@ def _drive(
     used_by_source: collections.Counter[int] = collections.Counter()
     stop_source: set[int] = set()
     stop_all = False
+    seen: set[bytes] = set()  # moves keys of the games taken so far (dedupe)
 
     def caps(src_index: int) -> int | None:
         left = []
@@ -449,6 +453,8 @@ def _drive(
         nonlocal stop_all
         if stop_all or src_index in stop_source:
             return
+        if cfg.dedupe:
+            result = _drop_seen(result, seen)
         limit = caps(src_index)
         cut = result.n
         if limit is not None:
@@ -480,6 +486,37 @@ def _drive(
     while pending:
         i, res = pending.popleft()
         take(i, res.get())
+
+
+def _drop_seen(result: UnitResult, seen: set[bytes]) -> UnitResult:
+    """``result`` without the games whose moves an earlier game of the build had (``dedupe``):
+    their status becomes ``filtered:duplicate`` and their examples go; the others' keys join
+    ``seen``. Games are taken in source order, so the first copy is the one kept."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    dup: list[int] = []
+    for seq, key in sorted(result.keys.items()):
+        if key in seen:
+            dup.append(seq)
+        else:
+            seen.add(key)
+    if not dup:
+        return result
+    drop = set(dup)
+    status = ["filtered:duplicate" if i in drop else s for i, s in enumerate(result.status)]
+    gone = pa.array(dup, type=pa.int64())
+    tables = {
+        split: table.filter(pc.invert(pc.is_in(table["game_seq"].cast(pa.int64()), value_set=gone)))
+        for split, table in result.tables.items()
+    }
+    return dataclasses.replace(
+        result,
+        status=status,
+        tables=tables,
+        too_long=[seq for seq in result.too_long if seq not in drop],
+        keys={seq: k for seq, k in result.keys.items() if seq not in drop},
+    )
 
 
 def _log_corrupt(tally: _Tally, log: Any, record: dict[str, Any]) -> None:

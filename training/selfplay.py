@@ -20,6 +20,8 @@ Variety: at a fixed node count the opening is the only source of variety (two ra
 plies allow only 400 games). ``nodes_jitter`` draws each game's node budget from
 ``nodes * (1 +- jitter)``, and ``book_fraction`` of the games start from a book line
 (the arena's balanced suite by default), which also puts real opening moves in the data.
+A book line and one node budget fix the whole game, so book games repeat once a set is
+larger than lines x budgets; ``jitter_per_move`` draws a budget for every move instead.
 
 Columns (LAION): ``Moves`` (list of UCI strings), ``Termination`` (python-chess
 ``Termination`` name), ``Result`` (``1-0``, ``0-1``, ``1/2-1/2``).
@@ -53,10 +55,10 @@ CONFIG_FILE = "selfplay_config.yaml"
 # Keys that define which game index i is; changing them in an existing folder would mix games.
 IDENTITY_KEYS = (
     "seed", "nodes", "depth", "movetime_ms", "elo", "hash_mb", "random_plies_min", "random_plies_max",
-    "claim_draws", "max_plies", "nodes_jitter", "book_fraction", "book",
+    "claim_draws", "max_plies", "nodes_jitter", "book_fraction", "book", "jitter_per_move",
 )  # fmt: skip
 # Values of identity keys added later: a folder written before them used these.
-IDENTITY_DEFAULTS: dict[str, Any] = {"nodes_jitter": 0.0, "book_fraction": 0.0, "book": ""}
+IDENTITY_DEFAULTS: dict[str, Any] = {"nodes_jitter": 0.0, "book_fraction": 0.0, "book": "", "jitter_per_move": False}
 
 
 def find_stockfish(configured: str = "") -> str:
@@ -166,14 +168,27 @@ def game_rng(seed: int, index: int) -> random.Random:
 
 # The jitter and the book draw use their own streams, so that with both off every game is
 # the one earlier versions played for (seed, i) (the shipped data sets stay reproducible).
+def nodes_range(cfg: SelfPlayConfig) -> tuple[int, int]:
+    """The node budgets a jittered game draws from: ``nodes * (1 +- nodes_jitter)``, rounded."""
+    lo = max(1, round(cfg.nodes * (1.0 - cfg.nodes_jitter)))
+    return lo, max(lo, round(cfg.nodes * (1.0 + cfg.nodes_jitter)))
+
+
 def game_nodes(cfg: SelfPlayConfig, index: int) -> int:
     """Game ``index``'s node budget: ``nodes``, or uniform in ``nodes * (1 +- nodes_jitter)``."""
     if not cfg.nodes_jitter:
         return cfg.nodes
     rng = random.Random(f"selfplay-nodes:{cfg.seed}:{index}")
-    lo = max(1, round(cfg.nodes * (1.0 - cfg.nodes_jitter)))
-    hi = max(lo, round(cfg.nodes * (1.0 + cfg.nodes_jitter)))
-    return rng.randint(lo, hi)
+    return rng.randint(*nodes_range(cfg))
+
+
+def move_nodes(cfg: SelfPlayConfig, index: int) -> Iterator[int]:
+    """Game ``index``'s node budget for each of its moves in turn (``jitter_per_move``): uniform
+    in ``nodes * (1 +- nodes_jitter)``, from a stream of its own so a rerun plays the same game."""
+    rng = random.Random(f"selfplay-move-nodes:{cfg.seed}:{index}")
+    lo, hi = nodes_range(cfg)
+    while True:
+        yield rng.randint(lo, hi)
 
 
 def game_book_line(cfg: SelfPlayConfig, index: int, book: list[list[str]]) -> list[str] | None:
@@ -255,6 +270,7 @@ def play_game(engine: UciPipe, cfg: SelfPlayConfig, index: int, book: list[list[
             board.push(move)
             moves.append(move.uci())
     go = go_command(cfg, game_nodes(cfg, index))
+    budgets = move_nodes(cfg, index) if cfg.jitter_per_move else None
     engine.new_game()
     while True:
         termination = game_over(board, claim_draws=cfg.claim_draws)
@@ -262,6 +278,8 @@ def play_game(engine: UciPipe, cfg: SelfPlayConfig, index: int, book: list[list[
             return PlayedGame(moves, termination.name, _result(board, termination))
         if len(moves) >= cfg.max_plies:
             return None
+        if budgets is not None:
+            go = go_command(cfg, next(budgets))
         uci = engine.bestmove(moves, go)
         try:
             move = chess.Move.from_uci(uci)
@@ -374,9 +392,10 @@ def _check_folder_config(folder: Path, cfg: SelfPlayConfig) -> None:
     if cfg_file.is_file():
         old = read_yaml(cfg_file)
         new = to_dict(cfg)
-        changed = [k for k in IDENTITY_KEYS if old.get(k, IDENTITY_DEFAULTS.get(k)) not in (None, new[k])]
+        was = {k: old.get(k, IDENTITY_DEFAULTS.get(k)) for k in IDENTITY_KEYS}
+        changed = [k for k in IDENTITY_KEYS if was[k] not in (None, new[k])]
         if changed:
-            diffs = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed)
+            diffs = ", ".join(f"{k}: {was[k]!r} -> {new[k]!r}" for k in changed)
             raise SelfPlayError(
                 f"{folder} holds games made with other settings ({diffs}); "
                 "use another output folder or the same settings"

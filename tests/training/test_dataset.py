@@ -95,6 +95,14 @@ def test_bad_example_config_is_refused() -> None:
         load_dataset_config(None, [])
 
 
+def games_of_folder(folder: Path) -> list[tuple[list[str], str, str]]:
+    out: list[tuple[list[str], str, str]] = []
+    for f in sorted(folder.glob("*.parquet")):
+        d = pq.read_table(f).to_pydict()
+        out += list(zip(d["Moves"], d["Termination"], d["Result"], strict=True))
+    return out
+
+
 def rows(folder: Path, split: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for f in sorted(folder.glob(f"{split}-*.parquet")):
@@ -194,6 +202,31 @@ def test_max_games_cap_is_exact(tmp_path: Path, selfplay_dir: Path) -> None:
     two = build_dataset(load_dataset_config(None, [*common, f"out={tmp_path / 'b'}", "workers=2"]), progress_bar=False)
     assert one["games"]["used"] == two["games"]["used"] == 5
     assert rows(tmp_path / "a", "train") == rows(tmp_path / "b", "train")  # the worker count changes nothing
+
+
+def test_dedupe_keeps_the_first_copy_of_each_game(tmp_path: Path, selfplay_dir: Path) -> None:
+    """Two sources where the second repeats 5 games of the first, twice, and a game of its own:
+    with dedupe every game is built once, as a build of the distinct games alone builds it."""
+    games = games_of_folder(selfplay_dir)
+    rows_of = [(m, t, r) for m, t, r in games]
+    again = write_laion(tmp_path / "again.parquet", rows_of[:5] + rows_of[:5] + [(SCHOLAR_UCI, "CHECKMATE", "1-0")])
+    alone = write_laion(tmp_path / "alone.parquet", rows_of + [(SCHOLAR_UCI, "CHECKMATE", "1-0")])
+    common = ["tokenizer=", "batch_games=4", "split.validation_fraction=0"]
+    both = [f"sources=[{{path: {selfplay_dir}}}, {{path: {again}}}]", *common]
+    kept = build_dataset(load_dataset_config(None, [*both, f"out={tmp_path / 'd'}", "workers=2", "dedupe=true"]),
+                         progress_bar=False)  # fmt: skip
+    assert kept["games"]["used"] == len(games) + 1 and kept["games"]["filtered"] == {"duplicate": 10}
+    ref = build_dataset(load_dataset_config(None, [f"sources=[{{path: {alone}}}]", *common, f"out={tmp_path / 'r'}",
+                                                   "workers=1"]), progress_bar=False)  # fmt: skip
+    assert ref["games"]["used"] == kept["games"]["used"]
+
+    def examples(name: str) -> list[dict[str, Any]]:  # without the game's file and row
+        return [{k: v for k, v in r.items() if k != "game"} for r in rows(tmp_path / name, "train")]
+
+    assert examples("d") == examples("r")
+    assert {r["game"].split(":")[0] for r in rows(tmp_path / "d", "train")} >= {str(again)}  # its own game
+    plain = build_dataset(load_dataset_config(None, [*both, f"out={tmp_path / 'p'}", "workers=1"]), progress_bar=False)
+    assert plain["games"]["used"] == len(games) + 11 and not plain["games"]["filtered"]  # off by default
 
 
 def test_cli_build_and_bad_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,9 +13,20 @@ import chess
 import pyarrow.parquet as pq
 import pytest
 
+from engine.errors import ConfigError
 from training.config import SelfPlayConfig, load_selfplay_config
 from training.errors import SelfPlayError
-from training.selfplay import game_book_line, game_nodes, load_book, missing_ranges, run_selfplay
+from training.selfplay import (
+    UciPipe,
+    find_stockfish,
+    game_book_line,
+    game_nodes,
+    load_book,
+    missing_ranges,
+    move_nodes,
+    play_game,
+    run_selfplay,
+)
 
 
 def games_of(folder: Path) -> list[tuple[str, ...]]:
@@ -111,6 +122,37 @@ def test_node_jitter_and_book_lines_are_fixed_by_seed_and_index() -> None:
     assert load_book(SelfPlayConfig()) == []  # book_fraction 0: no book read, random plies as before
 
 
+def test_per_move_budgets_are_fixed_by_seed_and_index() -> None:
+    cfg = SelfPlayConfig(nodes=600, nodes_jitter=0.25, jitter_per_move=True, seed=7)
+    first = [next(b) for b in [move_nodes(cfg, 3)] for _ in range(200)]
+    again = move_nodes(cfg, 3)
+    assert first == [next(again) for _ in range(200)]  # a rerun gets the same budgets, move by move
+    assert min(first) >= 450 and max(first) <= 750 and len(set(first)) > 100
+    other = move_nodes(cfg, 4)
+    assert first != [next(other) for _ in range(200)]
+    with pytest.raises(ConfigError, match="jitter_per_move needs nodes_jitter"):
+        SelfPlayConfig(nodes=600, jitter_per_move=True)
+
+
+def test_book_games_repeat_with_one_budget_a_game_and_differ_with_one_a_move(stockfish_path: str) -> None:
+    """One book line and a game's budget fix the game: 30 games of one line with budgets from 21
+    values (30-50 nodes) hold at most 21 distinct games; drawn move by move from the same range,
+    all 30 differ."""
+    line = load_book(SelfPlayConfig(book_fraction=1.0))[:1]
+    engine = UciPipe(find_stockfish(stockfish_path), hash_mb=16, elo=0)
+    try:
+        played = {}
+        for per_move in (False, True):
+            cfg = SelfPlayConfig(nodes=40, nodes_jitter=0.25, jitter_per_move=per_move, book_fraction=1.0, seed=3)
+            games = [play_game(engine, cfg, i, line) for i in range(30)]
+            assert all(g is not None and tuple(g.moves[: len(line[0])]) == tuple(line[0]) for g in games)
+            played[per_move] = {tuple(g.moves) for g in games if g is not None}
+    finally:
+        engine.close()
+    assert len(played[False]) <= 21
+    assert len(played[True]) == 30
+
+
 def test_time_limit_keeps_played_games_and_resumes_exactly(tmp_path: Path, stockfish_path: str) -> None:
     args = [
         "games=300", "chunk_games=300", "workers=1", "nodes=20", "nodes_jitter=0.3", "book_fraction=0.5",
@@ -143,6 +185,12 @@ def test_a_folder_from_before_the_jitter_keys_resumes_only_without_jitter(tmp_pa
     run_selfplay(load_selfplay_config(None, [*base, "games=3"]), progress_bar=False)
     with pytest.raises(SelfPlayError, match=r"nodes_jitter: 0.0 -> 0.2"):
         run_selfplay(load_selfplay_config(None, [*base, "games=4", "nodes_jitter=0.2"]), progress_bar=False)
+    cfg_file.write_text(old + "\n")  # written before jitter_per_move too: it resumes as False only
+    with pytest.raises(SelfPlayError, match=r"jitter_per_move: False -> True"):
+        run_selfplay(
+            load_selfplay_config(None, [*base, "games=4", "nodes_jitter=0.2", "jitter_per_move=true"]),
+            progress_bar=False,
+        )
 
 
 def test_sigterm_keeps_finished_chunks_and_writes_the_manifest(tmp_path: Path, stockfish_path: str) -> None:
