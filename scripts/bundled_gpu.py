@@ -243,11 +243,13 @@ def games_in(folder: Path) -> int:
 
 def selfplay_command(seed: int, folder: Path, workers: int, seconds: float, sf: str) -> list[str]:
     """The project's self-play recipe (datasets/README.md) on ``workers`` cores for ``seconds``;
-    run again on the same folder, it goes on where the finished chunks stop."""
+    run again on the same folder, it goes on where the finished chunks stop. A node budget is
+    drawn for every move (``jitter_per_move``, sets from seed 220 on), so that book games do not
+    repeat those of earlier sets (docs/training.md, "Duplicates")."""
     return mc(
         "dataset", "selfplay", "--config", "configs/dataset/selfplay.yaml", "--out", str(folder),
         "--games", "1000000", "--workers", str(workers), "--no-progress",
-        f"seed={seed}", f"nodes={env_int('NODES', 600)}", "nodes_jitter=0.25",
+        f"seed={seed}", f"nodes={env_int('NODES', 600)}", "nodes_jitter=0.25", "jitter_per_move=true",
         "random_plies_min=4", "random_plies_max=8", "book_fraction=0.2",
         "chunk_games=100", f"max_seconds={seconds:.0f}", f"stockfish={sf}",
     )  # fmt: skip

@@ -320,7 +320,7 @@ def test_selfplay_beside_training_is_checked(driver: ModuleType, monkeypatch: py
     monkeypatch.setenv("EVAL_OPPONENTS", "none")
     assert driver.selfplay_beside() == 160
     cmd = driver.selfplay_command(160, Path("/w/selfplay-160"), 12, 431.6, "/tmp/sf")
-    for word in ("seed=160", "nodes=600", "chunk_games=100", "max_seconds=432", "stockfish=/tmp/sf"):
+    for word in ("seed=160", "nodes=600", "jitter_per_move=true", "chunk_games=100", "max_seconds=432", "stockfish=/tmp/sf"):
         assert word in cmd
     assert cmd[cmd.index("--out") + 1] == "/w/selfplay-160"
     assert cmd[cmd.index("--workers") + 1] == "12"
