@@ -14,6 +14,12 @@ that models trained on different sets are compared on positions none of them saw
 piece, a move that ignores check, ...), the legal rate by the position's ply within its
 board window (plies since the prompt's ``[FEN]``, or since the start without one) and
 the first ``--examples`` illegal outputs with their positions.
+
+``--exclude-games SRC`` (repeatable: packed ``.mcg`` or LAION parquet files, or folders)
+leaves out the positions whose game occurs, move for move, in those sources: a held-out set
+played with the training sets' recipe shares their book games (docs/training.md,
+"Duplicates"), so pass the games the models trained on to measure on unseen games only. The
+positions' source files (the data set's ``game`` column) must still be readable.
 """
 
 from __future__ import annotations
@@ -43,6 +49,10 @@ def main() -> int:
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--breakdown", action="store_true", help="classify illegal outputs; legal rate by ply in window")
     ap.add_argument("--examples", type=int, default=40, help="illegal outputs listed with --breakdown")
+    ap.add_argument(
+        "--exclude-games", action="append", default=[], metavar="SRC",
+        help="leave out positions from games found in SRC (.mcg / parquet / folder; repeatable)",
+    )  # fmt: skip
     args = ap.parse_args()
 
     import torch
@@ -58,11 +68,25 @@ def main() -> int:
     positions = load_eval_positions(args.data, args.positions)
     if not positions:
         raise SystemExit(f"{args.data}: no held-out positions (build it with `mistral-chess dataset build`)")
+    excluded = 0
+    if args.exclude_games:
+        picked = len(positions)
+        try:
+            positions = unseen_positions(positions, args.exclude_games)
+        except (OSError, ValueError) as exc:  # DataError is a ValueError
+            raise SystemExit(f"--exclude-games: {exc}") from None
+        excluded = picked - len(positions)
+        print(f"--exclude-games: {excluded} of {picked} positions come from those games; {len(positions)} left",
+              flush=True)  # fmt: skip
+        if not positions:
+            raise SystemExit("--exclude-games: every position comes from those games")
     add = PromptTemplate.load(args.template).kind == "base"
     res: dict[str, object] = {
         "what": "free-generation legal-move rate (greedy generate, engine parser, no fallback)",
         "data": args.data,
         "positions": len(positions),
+        "excluded_games": args.exclude_games,
+        "excluded_positions": excluded,
         "max_new_tokens": args.max_new_tokens,
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
@@ -94,6 +118,30 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
     return 0
+
+
+def unseen_positions(positions: list, sources: list[str]) -> list:
+    """``positions`` less those whose game (its ``game`` location, ``file:index`` of a LAION
+    parquet) occurs in ``sources`` (training.packgames.seen_games)."""
+    import pyarrow.parquet as pq
+
+    from training.errors import DataError
+    from training.packgames import game_key, seen_games
+
+    seen = seen_games(sources)
+    moves_of: dict[str, list] = {}
+    kept = []
+    for pos in positions:
+        path, _, index = pos.game.rpartition(":")
+        if not path or not index.isdigit():
+            raise DataError(f"position without a source game ({pos.game!r}): rebuild the data set")
+        if path not in moves_of:
+            if not Path(path).is_file():
+                raise DataError(f"{path}: the source of the data set's games is gone (needed to compare games)")
+            moves_of[path] = pq.read_table(path, columns=["Moves"]).column("Moves").to_pylist()
+        if game_key(moves_of[path][int(index)]) not in seen:
+            kept.append(pos)
+    return kept
 
 
 def window_ply(prompt: str, fen: str) -> int:

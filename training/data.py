@@ -389,6 +389,7 @@ class EvalPosition:
     prompt: str
     completion: str
     fen: str
+    game: str = ""  # the source game, "file:index" (benchmarks/legal_rate.py --exclude-games)
 
 
 def load_eval_positions(folder: str | Path, limit: int) -> list[EvalPosition]:
@@ -396,10 +397,10 @@ def load_eval_positions(folder: str | Path, limit: int) -> list[EvalPosition]:
     for split in ("eval", "validation"):
         if not split_paths(folder, split):
             continue
-        rows = read_rows(folder, split, ["prompt", "completion", "fen"], 0)
+        rows = read_rows(folder, split, ["prompt", "completion", "fen", "game"], 0)
         out = [
-            EvalPosition(p, c, f)
-            for p, c, f in zip(rows["prompt"], rows["completion"], rows["fen"], strict=True)
+            EvalPosition(p, c, f, g or "")
+            for p, c, f, g in zip(rows["prompt"], rows["completion"], rows["fen"], rows["game"], strict=True)
             if f
         ]
         if out:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import chess
 import pytest
 
 from engine.player import first_move_token
+from training.errors import DataError
 from training.evaluation import OUTPUT_CLASSES, classify_output
 
 START = chess.STARTING_FEN
@@ -145,3 +148,34 @@ def test_generation_outputs_agree_with_the_legal_rate() -> None:
     assert len(outputs) == len(positions)
     legal = sum(classify_output(chess.Board(p.fen), " " + t) == "legal" for p, t in zip(positions, outputs, strict=True))
     assert m["legal_rate"] == pytest.approx(legal / len(positions))
+
+
+def test_exclude_games_leaves_out_the_positions_of_those_games(tmp_path, selfplay_dir) -> None:
+    """benchmarks/legal_rate.py --exclude-games: positions whose game occurs in the given sources
+    go, the rest stay; a data set whose source files are gone is a clear error."""
+    import pyarrow.parquet as pq
+
+    from tests.training.conftest import write_laion
+    from training.config import load_dataset_config
+    from training.data import load_eval_positions
+    from training.dataset import build_dataset
+
+    legal_rate = _legal_rate_module()
+    cfg = load_dataset_config(
+        "configs/dataset/scratch-windows.yaml",
+        [f"sources=[{{path: {selfplay_dir}}}]", f"out={tmp_path / 'ds'}", "workers=1", "split.validation_fraction=0.5"],
+    )
+    build_dataset(cfg, progress_bar=False)
+    positions = load_eval_positions(tmp_path / "ds", 10_000)
+    games = sorted({p.game for p in positions})
+    assert len(games) >= 4 and all(":" in g for g in games)
+    path, _, index = games[0].rpartition(":")
+    row = pq.read_table(path).slice(int(index), 1).to_pylist()[0]
+    (tmp_path / "trained").mkdir()
+    trained = write_laion(tmp_path / "trained" / "games.parquet", [(row["Moves"], row["Termination"], row["Result"])])
+    kept = legal_rate.unseen_positions(positions, [str(trained)])
+    assert [p for p in positions if p.game != games[0]] == kept and len(kept) < len(positions)
+    assert legal_rate.unseen_positions(positions, [str(tmp_path / "trained")]) == kept  # a folder: its parquet files
+    moved = [dataclasses.replace(p, game="/nowhere/x.parquet:0") for p in positions]
+    with pytest.raises(DataError, match="the source of the data set's games is gone"):
+        legal_rate.unseen_positions(moved, [str(trained)])

@@ -16,8 +16,10 @@ from training.packgames import (
     decode_moves,
     encode_moves,
     encode_pieces,
+    game_key,
     pack_games,
     read_packed,
+    seen_games,
     unpack_games,
 )
 
@@ -231,3 +233,25 @@ def test_a_broken_packed_file_is_reported_and_the_build_goes_on(selfplay_dir: Pa
 
 def rows_of(folder: Path, split: str) -> list[dict]:
     return [r for f in sorted(folder.glob(f"{split}-*.parquet")) for r in pq.read_table(f).to_pylist()]
+
+
+def test_seen_games_finds_a_game_in_every_format(mixed_games_dir: Path, tmp_path: Path) -> None:
+    """The games of packed files (version 2 and 1) and of parquet chunks, by their moves; a corrupt
+    record is no game, and a game found in none of them is not seen."""
+    games = [tuple(r["Moves"]) for r in rows(mixed_games_dir)]
+    pack_games([mixed_games_dir], tmp_path / "v2.mcg")
+    pack_games([mixed_games_dir], tmp_path / "v1.mcg", version=1)
+    for source in (tmp_path / "v2.mcg", tmp_path / "v1.mcg", mixed_games_dir):
+        seen = seen_games([source])
+        assert game_key(SCHOLAR_UCI) in seen
+        assert game_key(["e2e4", "e7e5", "g1f3"]) not in seen
+        assert seen == {game_key(list(g)) for g in games if _encodable(g)}, source
+    assert sum(not _encodable(g) for g in games) == 2  # the two records with illegal moves
+
+
+def _encodable(moves: tuple[str, ...]) -> bool:
+    try:
+        encode_pieces(list(moves))
+    except DataError:
+        return False
+    return True
