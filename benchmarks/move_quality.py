@@ -69,8 +69,12 @@ def parse_ensemble(text: str, views: list[str]) -> tuple[str, list[str]]:
     return name, parts
 
 
-def held_out_positions(folder: str, count: int, seed: int, fraction: float, split_seed: int) -> list[list[str]]:
-    """The UCI moves before each chosen position: one position a validation game."""
+def held_out_positions(
+    folder: str, count: int, seed: int, fraction: float, split_seed: int, exclude: set[bytes] | None = None
+) -> list[list[str]]:
+    """The UCI moves before each chosen position: one position a validation game. ``exclude``
+    (``training.packgames.game_key`` values, e.g. ``seen_games`` of the training sets): the same
+    pick less the positions of those games."""
     import chess
     import pyarrow.parquet as pq
 
@@ -81,16 +85,21 @@ def held_out_positions(folder: str, count: int, seed: int, fraction: float, spli
     if not files:
         raise SystemExit(f"{folder}: no parquet files (a LAION-schema games folder, e.g. from `dataset selfplay`)")
     rng = random.Random(seed)
-    out: list[list[str]] = []
+    out: list[tuple[list[str], list[str]]] = []  # (the moves before the position, the whole game)
     for f in files:
         for moves in pq.read_table(f, columns=["Moves"]).column("Moves").to_pylist():
             if len(moves) < 12:
                 continue
             if fraction > 0 and split_of(moves_key(chess.STARTING_FEN, moves), fraction, split_seed) != "validation":
                 continue
-            out.append(list(moves[: rng.randrange(8, min(len(moves), 120))]))
+            out.append((list(moves[: rng.randrange(8, min(len(moves), 120))]), moves))
     rng.shuffle(out)
-    return out[:count]
+    picked = out[:count]
+    if exclude:
+        from training.packgames import game_key
+
+        picked = [(before, game) for before, game in picked if game_key(game) not in exclude]
+    return [before for before, _ in picked]
 
 
 def normalized(logps: list[float]) -> list[float]:
@@ -130,6 +139,10 @@ def main() -> int:
     ap.add_argument("--stockfish", default=shutil.which("stockfish") or "/usr/games/stockfish")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument(
+        "--exclude-games", action="append", default=[], metavar="SRC",
+        help="leave out the picked positions whose game occurs in SRC (.mcg / parquet / folder; repeatable)",
+    )  # fmt: skip
     args = ap.parse_args()
 
     views = [parse_view(v) for v in args.view]
@@ -150,7 +163,17 @@ def main() -> int:
     from engine.uci import load_scorer
 
     torch.set_num_threads(args.threads)
-    games = held_out_positions(args.games, args.positions, args.seed, args.validation_fraction, args.split_seed)
+    exclude = None
+    if args.exclude_games:
+        from training.packgames import seen_games
+
+        try:
+            exclude = seen_games(args.exclude_games)
+        except (OSError, ValueError) as exc:  # DataError is a ValueError
+            raise SystemExit(f"--exclude-games: {exc}") from None
+    games = held_out_positions(
+        args.games, args.positions, args.seed, args.validation_fraction, args.split_seed, exclude
+    )
     if not games:
         raise SystemExit(f"{args.games}: no held-out games (try --validation-fraction 0)")
     scorers: dict[str, Any] = {}
@@ -201,6 +224,7 @@ def main() -> int:
         "games": args.games,
         "seed": args.seed,
         "validation_fraction": args.validation_fraction,
+        "excluded_games": args.exclude_games,
         "stockfish_nodes": args.nodes,
         "views": [{"name": n, "model": f, "overrides": o} for n, f, o in views],
         "ensembles": [{"name": n, "views": m} for n, m in ensembles],

@@ -63,6 +63,12 @@ def test_positions_come_from_validation_games_only(tmp_path: Path) -> None:
         assert 8 <= len(moves) < len(game)
     assert held == mq.held_out_positions(str(tmp_path / "g"), 1000, 11, 0.1, 0)  # seeded
     assert len(mq.held_out_positions(str(tmp_path / "g"), 1000, 11, 0.0, 0)) == 300  # every game
+    # --exclude-games: the same pick less the positions of the excluded games
+    from training.packgames import game_key
+
+    seen = {game_key(next(g for g in valid if g[: len(m)] == m)) for m in held[::3]}
+    kept = mq.held_out_positions(str(tmp_path / "g"), 1000, 11, 0.1, 0, seen)
+    assert kept == [m for i, m in enumerate(held) if i % 3] and len(kept) < len(held)
 
 
 def test_bad_arguments_say_what_was_wrong() -> None:
