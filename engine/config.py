@@ -92,6 +92,9 @@ class SearchConfig:
     fallback: Literal["constrained", "random", "resign"] = "constrained"
     score_batch: int = 64  # constrained, plain scorer only: candidates per forward pass
     cache_slots: int = 4  # fast path: games' KV caches kept; more than the games played at once (bot, arena)
+    # Lines reported per move (UCI MultiPV): the constrained choice's N most likely moves, each
+    # as `info multipv k ... pv MOVE`, its probability as the score; 1: the chosen move only.
+    multipv: int = 1
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or self.retry_temperature < 0:
@@ -104,6 +107,8 @@ class SearchConfig:
             raise ConfigError(f"search.score_batch must be >= 1, not {self.score_batch}")
         if self.cache_slots < 1:
             raise ConfigError(f"search.cache_slots must be >= 1, not {self.cache_slots}")
+        if not 1 <= self.multipv <= 256:
+            raise ConfigError(f"search.multipv must be in 1..256, not {self.multipv}")
 
 
 @dataclasses.dataclass

@@ -25,6 +25,7 @@ import math
 import random
 import re
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import chess
@@ -65,6 +66,8 @@ class Decision:
     source: str = "model"  # model | forced | fallback-<policy> | error
     raw_outputs: list[str] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)  # for `info string`
+    # constrained choice: every candidate with its probability, most likely first (UCI MultiPV)
+    ranked: list[tuple[chess.Move, float]] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -296,10 +299,17 @@ class Player:
 
     # -- the move -----------------------------------------------------------------
     def choose(
-        self, board: chess.Board, *, engine_color: chess.Color | None = None, cancel: threading.Event | None = None
+        self,
+        board: chess.Board,
+        *,
+        engine_color: chess.Color | None = None,
+        cancel: threading.Event | None = None,
+        only: Sequence[chess.Move] = (),
     ) -> Decision:
-        """The move for the side to move of ``board``. Never raises for model trouble."""
-        legal = list(board.legal_moves)
+        """The move for the side to move of ``board``. Never raises for model trouble.
+        ``only`` (UCI ``go searchmoves``): choose among these legal moves alone (ignored when
+        none of them is legal)."""
+        legal = restricted(board, only)
         if not legal:
             d = Decision(move=None, source="no-legal-move")
             self.last_decision = d
@@ -327,21 +337,24 @@ class Player:
         except Exception as exc:  # the model failed: a legal move all the same
             self.stats.errors += 1
             logger.exception("model error at {}: {}", board.fen(), exc)
-            d = self._fallback(board, f"model error: {type(exc).__name__}: {exc}", [], policy="random")
+            d = self._fallback(board, f"model error: {type(exc).__name__}: {exc}", [], policy="random", legal=legal)
             d.source = "error"
         d = self._apply_resign_policy(board, d)
         if d.move is not None and not board.is_legal(d.move):  # never pass an illegal move on
             logger.error("internal: illegal move {} from {} at {}", d.move, d.source, board.fen())
-            d = self._fallback(board, f"internal error: illegal move {d.move.uci()} chosen", d.raw_outputs, policy="random")
+            d = self._fallback(
+                board, f"internal error: illegal move {d.move.uci()} chosen", d.raw_outputs, policy="random", legal=legal
+            )
             d.source = "error"
         self.stats.by_source[d.source] += 1
         self.last_decision = d
         return d
 
-    def emergency_move(self, board: chess.Board, reason: str) -> Decision:
-        """An instant legal move when the model cannot answer in time."""
+    def emergency_move(self, board: chess.Board, reason: str, only: Sequence[chess.Move] = ()) -> Decision:
+        """An instant legal move (one of ``only``, as :meth:`choose` reads it) when the model
+        cannot answer in time."""
         self.stats.timeouts += 1
-        return self._fallback(board, reason, [], policy="random")
+        return self._fallback(board, reason, [], policy="random", legal=restricted(board, only))
 
     def _constrained(
         self, board: chess.Board, legal: list[chess.Move], prompt: Prompt, cancel: threading.Event | None
@@ -363,6 +376,7 @@ class Player:
         if with_resign:
             play_on = total_moves / (total_moves + weights[-1])
         probs = [w / total_moves for w in weights[: len(legal)]]
+        order = sorted(range(len(legal)), key=lambda i: -move_logps[i])
         t = self.config.search.temperature
         if t > 0:
             tw = [math.exp((lp - max(move_logps)) / t) for lp in move_logps]
@@ -376,6 +390,7 @@ class Player:
             score_cp=probability_to_cp(probs[idx]),
             tokens=scores.tokens_evaluated,
             source="model",
+            ranked=[(legal[i], probs[i]) for i in order],
         )
         if with_resign and logps[-1] > move_logps[idx]:
             d.notes.append("model prefers to resign here")
@@ -399,6 +414,8 @@ class Player:
             tokens += n
             raws.append(text)
             move, kind = parse_model_move(board, text)
+            if move is not None and move not in legal:  # a legal move outside `go searchmoves`
+                move, kind = None, "outside searchmoves"
             if move is not None:
                 d = Decision(move=move, tokens=tokens, source="model", raw_outputs=raws)
                 d.score_cp = 0
@@ -417,7 +434,7 @@ class Player:
             else:
                 self.stats.invalid_outputs += 1
         reason = "model resigned" if resign_seen and len(raws) == 1 else f"no legal move in {len(raws)} tries"
-        d = self._fallback(board, reason, raws, policy=s.fallback, prompt=prompt, cancel=cancel)
+        d = self._fallback(board, reason, raws, policy=s.fallback, prompt=prompt, cancel=cancel, legal=legal)
         d.tokens += tokens
         return d
 
@@ -430,11 +447,14 @@ class Player:
         policy: str,
         prompt: Prompt | None = None,
         cancel: threading.Event | None = None,
+        legal: list[chess.Move] | None = None,
     ) -> Decision:
+        """A move by ``policy`` among ``legal`` (default: every legal move)."""
         self.stats.fallbacks += 1
         logger.warning("fallback ({}): {}; fen={} raw={!r}", policy, reason, board.fen(), raws)
         note = f"fallback {policy}: {reason}; raw output {raws!r}"
-        legal = list(board.legal_moves)
+        if legal is None:
+            legal = list(board.legal_moves)
         if policy == "resign":
             self.stats.resignations += 1
             return Decision(move=None, resign=True, source="fallback-resign", raw_outputs=raws, notes=[note])
@@ -507,6 +527,18 @@ class Player:
             "timeouts": s.timeouts,
             "by_source": dict(s.by_source),
         }
+
+
+def restricted(board: chess.Board, only: Sequence[chess.Move]) -> list[chess.Move]:
+    """The legal moves of ``board`` that are in ``only`` (in the board's order); all of them
+    when ``only`` is empty or holds no legal move."""
+    legal = list(board.legal_moves)
+    if only:
+        wanted = set(only)
+        kept = [m for m in legal if m in wanted]
+        if kept:
+            return kept
+    return legal
 
 
 def parse_or_raise(board: chess.Board, text: str) -> chess.Move:

@@ -31,7 +31,7 @@ from engine import __version__
 from engine.config import EngineConfig, load_engine_config
 from engine.configtools import parse_overrides
 from engine.errors import ConfigError, MistralChessError, PositionError
-from engine.player import CP_LIMIT, Decision, Player
+from engine.player import CP_LIMIT, Decision, Player, probability_to_cp
 from engine.timeman import GoParams, budget_ms, parse_go
 
 ENGINE_NAME = f"mistral-chess {__version__}"
@@ -84,6 +84,7 @@ OPTIONS: tuple[UciOption, ...] = (
     UciOption("Hash", "spin", "", min=1, max=65536),
     UciOption("Ponder", "check", ""),
     UciOption("MoveSelection", "combo", "search.mode", vars=("constrained", "generate")),
+    UciOption("MultiPV", "spin", "search.multipv", min=1, max=256),
     UciOption("Temperature", "string", "search.temperature", to_value=_float),
     UciOption("Seed", "spin", "search.seed", min=-1, max=2**31 - 1),
     UciOption("Retries", "spin", "search.retries", min=0, max=20),
@@ -354,25 +355,44 @@ class UciEngine:
         if params.ponder:
             deadline = None  # the clock starts at ponderhit
 
+        only = self._searchmoves(board, params.searchmoves)
         # The model may still be loading: wait for it inside the budget.
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         loaded = self._wait_loaded(remaining)
         cancel = threading.Event()
         decision: Decision | None = None
         if loaded:
-            future = self._worker.submit(self.player.choose, board.copy(), cancel=cancel)
+            future = self._worker.submit(self.player.choose, board.copy(), cancel=cancel, only=only)
             decision = self._await(future, deadline, params, board.turn)
             if decision is None:
                 cancel.set()
         if decision is None:
             reason = "model still loading" if not loaded else "time budget spent before the model answered"
-            decision = self.player.emergency_move(board, reason)
+            decision = self.player.emergency_move(board, reason, only)
             decision.notes.insert(0, f"fallback: {reason}")
         if waiting:
             # UCI: no bestmove for `go infinite` / `go ponder` until stop (or ponderhit).
             while not self._stop.is_set() and not (params.ponder and self._ponderhit.is_set()):
                 self._stop.wait(0.01)
         self._report(board, decision, started)
+
+    def _searchmoves(self, board: chess.Board, words: list[str]) -> list[chess.Move]:
+        """The legal moves named by ``go searchmoves``; what is not one is reported and left out,
+        and with none left every legal move is searched (so said)."""
+        moves: list[chess.Move] = []
+        for word in words:
+            try:
+                chess.Move.from_uci(word)
+            except ValueError:
+                self.info_string(f"searchmoves: {word!r} is not a UCI move; ignored")
+                continue
+            try:
+                moves.append(board.parse_uci(word))  # the legal move, castling as king-takes-rook too
+            except ValueError:
+                self.info_string(f"searchmoves: {word} is not legal in this position; ignored")
+        if words and not moves:
+            self.info_string("searchmoves: none of them is legal here; searching every legal move")
+        return moves
 
     def _await(
         self, future: concurrent.futures.Future[Decision], deadline: float | None, params: GoParams, turn: chess.Color
@@ -416,10 +436,19 @@ class UciEngine:
             logger.error("internal: illegal move {} chosen at {}", move, board.fen())
             move = next(iter(board.legal_moves))
         nps = int(d.tokens * 1000 / max(elapsed_ms, 1))
-        self.send(
-            f"info depth 1 seldepth 1 multipv 1 score cp {score} nodes {d.tokens} nps {nps} "
-            f"time {elapsed_ms} pv {move.uci()}"
-        )
+        lines = self.config.search.multipv
+        if lines > 1 and d.ranked and not d.resign:
+            # MultiPV: the N most likely candidates, most likely first; bestmove stays the choice.
+            for k, (m, p) in enumerate(d.ranked[:lines], start=1):
+                self.send(
+                    f"info depth 1 seldepth 1 multipv {k} score cp {probability_to_cp(p)} nodes {d.tokens} "
+                    f"nps {nps} time {elapsed_ms} pv {m.uci()}"
+                )
+        else:
+            self.send(
+                f"info depth 1 seldepth 1 multipv 1 score cp {score} nodes {d.tokens} nps {nps} "
+                f"time {elapsed_ms} pv {move.uci()}"
+            )
         self.send(f"bestmove {move.uci()}")
 
 

@@ -419,3 +419,65 @@ def test_go_sent_the_moment_bestmove_is_read_is_answered() -> None:
     assert not any("go ignored" in line for line in out.lines)
     assert sum(line.startswith("bestmove") for line in out.lines) == 6
     eng.shutdown()
+
+
+def test_multipv_reports_the_most_likely_candidates_in_order() -> None:
+    prefs = {"e4": -0.5, "d4": -1.0, "Nf3": -2.0, "c4": -3.0}
+    eng, out = make_engine(lambda c: FakeScorer(prefs))
+    run(eng, "uci", "setoption name MultiPV value 3", "isready", "position startpos", "go movetime 2000")
+    i, _ = out.wait_for("bestmove")
+    assert out.lines[i] == "bestmove e2e4"
+    lines = [line.split() for line in out.lines[:i] if line.startswith("info depth")]
+    assert [(w[w.index("multipv") + 1], w[w.index("pv") + 1]) for w in lines] == [("1", "e2e4"), ("2", "d2d4"), ("3", "g1f3")]
+    scores = [int(w[w.index("cp") + 1]) for w in lines]
+    assert scores == sorted(scores, reverse=True) and scores[0] > scores[2]
+    # MultiPV 1 (the default): one line, the chosen move's.
+    n = len(out.lines)
+    run(eng, "setoption name MultiPV value 1", "go movetime 2000")
+    i, _ = out.wait_for("bestmove", start=n)
+    assert sum(line.startswith("info depth") for line in out.lines[n:i]) == 1
+    run(eng, "setoption name MultiPV value 0")  # out of range: refused, kept
+    assert eng.config.search.multipv == 1 and any("MultiPV" in line for line in out.lines[i:])
+    eng.shutdown()
+
+
+def test_searchmoves_limits_the_choice_and_reports_what_it_cannot_use() -> None:
+    prefs = {"e4": -0.5, "d4": -1.0, "Nf3": -2.0, "O-O": -0.1}
+    eng, out = make_engine(lambda c: FakeScorer(prefs))
+    run(eng, "uci", "setoption name MultiPV value 4", "isready", "position startpos")
+    run(eng, "go movetime 2000 searchmoves g1f3 zz99 e2e5 d2d4")
+    i, _ = out.wait_for("bestmove")
+    assert out.lines[i] == "bestmove d2d4"
+    assert "info string searchmoves: 'zz99' is not a UCI move; ignored" in out.lines
+    assert "info string searchmoves: e2e5 is not legal in this position; ignored" in out.lines
+    pvs = [line.split()[-1] for line in out.lines[:i] if line.startswith("info depth")]
+    assert pvs == ["d2d4", "g1f3"]  # the candidates are the searchmoves alone
+    # None of them legal: every legal move is searched, and it says so.
+    n = len(out.lines)
+    run(eng, "go movetime 2000 searchmoves e2e5")
+    i, _ = out.wait_for("bestmove", start=n)
+    assert out.lines[i] == "bestmove e2e4"
+    assert "info string searchmoves: none of them is legal here; searching every legal move" in out.lines[n:]
+    # Castling as king-takes-rook, as `position` takes it.
+    n = len(out.lines)
+    fen = "r3k2r/pppppppp/8/8/8/8/PPPPPPPP/R3K2R w KQkq - 0 1"
+    run(eng, f"position fen {fen}", "go movetime 2000 searchmoves e1h1 a2a3")
+    i, _ = out.wait_for("bestmove", start=n)
+    assert out.lines[i] == "bestmove e1g1"
+    eng.shutdown()
+
+
+def test_searchmoves_hold_in_generate_mode_and_for_the_fallback_move() -> None:
+    # generate: " e4" is legal but outside searchmoves, so it counts as invalid and the retry's " d4" is played.
+    eng, out = make_engine(lambda c: FakeScorer(outputs=[" e4", " d4"]), search={"mode": "generate"})
+    run(eng, "uci", "isready", "position startpos", "go movetime 2000 searchmoves d2d4 c2c4")
+    i, _ = out.wait_for("bestmove")
+    assert out.lines[i] == "bestmove d2d4"
+    eng.shutdown()
+    # The clock's fallback move comes from the searchmoves too.
+    for _ in range(5):
+        eng, out = make_engine(lambda c: SlowScorer(3.0), time={"move_overhead_ms": 0, "min_budget_ms": 10})
+        run(eng, "uci", "isready", "position startpos", "go movetime 30 searchmoves a2a3 h2h4")
+        assert bestmove(out, timeout=5) in {"a2a3", "h2h4"}
+        assert any("time budget" in line for line in out.lines)
+        eng.shutdown()
