@@ -761,3 +761,22 @@ def test_split_on_the_tails_equals_the_split_of_whole_sequences() -> None:
         n = shared_prefix_len(full)
         prefix, suffixes = split_candidates(head, tails)
         assert prefix == full[0][:n] and suffixes == [f[n:] for f in full], (head, tails)
+
+
+def test_searchmoves_on_the_fast_path_score_the_subset_as_the_full_choice_does(tiny_model_dir: Path) -> None:
+    """`go searchmoves`: the fast path scores just those candidates (a smaller tree over the kept
+    cache), and their probabilities renormalize the full choice's over the subset."""
+    s = _load(tiny_model_dir, cache_slots=2)
+    player = Player(EngineConfig(), s)
+    board = chess.Board()
+    for uci in ("e2e4", "e7e5", "g1f3", "b8c6"):
+        board.push_uci(uci)
+    full = player.choose(board, engine_color=chess.WHITE)
+    probs = dict(full.ranked)
+    assert len(probs) == board.legal_moves.count() and full.move == full.ranked[0][0]
+    only = [m for m, _ in full.ranked[-3:]]  # the three least likely moves
+    part = player.choose(board, engine_color=chess.WHITE, only=only)
+    assert part.move in only and [m for m, _ in part.ranked] == only
+    total = sum(probs[m] for m in only)
+    for m, p in part.ranked:
+        assert p == pytest.approx(probs[m] / total, rel=1e-3)
