@@ -382,7 +382,7 @@ class Player:
             tw = [math.exp((lp - max(move_logps)) / t) for lp in move_logps]
             idx = self.rng.choices(range(len(legal)), weights=tw, k=1)[0]
         else:
-            idx = max(range(len(legal)), key=lambda i: move_logps[i])
+            idx = order[0]  # the most likely (the first of equals, as max would pick)
         d = Decision(
             move=legal[idx],
             probability=probs[idx],

@@ -382,13 +382,10 @@ class UciEngine:
         moves: list[chess.Move] = []
         for word in words:
             try:
-                chess.Move.from_uci(word)
-            except ValueError:
-                self.info_string(f"searchmoves: {word!r} is not a UCI move; ignored")
-                continue
-            try:
                 moves.append(board.parse_uci(word))  # the legal move, castling as king-takes-rook too
-            except ValueError:
+            except chess.InvalidMoveError:
+                self.info_string(f"searchmoves: {word!r} is not a UCI move; ignored")
+            except chess.IllegalMoveError:
                 self.info_string(f"searchmoves: {word} is not legal in this position; ignored")
         if words and not moves:
             self.info_string("searchmoves: none of them is legal here; searching every legal move")
