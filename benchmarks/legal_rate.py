@@ -121,25 +121,24 @@ def main() -> int:
 
 
 def unseen_positions(positions: list, sources: list[str]) -> list:
-    """``positions`` less those whose game (its ``game`` location, ``file:index`` of a LAION
-    parquet) occurs in ``sources`` (training.packgames.seen_games)."""
-    import pyarrow.parquet as pq
-
+    """``positions`` less those whose game (its ``game`` location, ``file:index`` of the LAION
+    parquet or packed ``.mcg`` file the data set was built from) occurs in ``sources``
+    (training.packgames.seen_games)."""
     from training.errors import DataError
-    from training.packgames import game_key, seen_games
+    from training.packgames import game_keys, seen_games
 
     seen = seen_games(sources)
-    moves_of: dict[str, list] = {}
+    keys_of: dict[str, list[bytes | None]] = {}  # a source file's games, by index
     kept = []
     for pos in positions:
         path, _, index = pos.game.rpartition(":")
         if not path or not index.isdigit():
             raise DataError(f"position without a source game ({pos.game!r}): rebuild the data set")
-        if path not in moves_of:
+        if path not in keys_of:
             if not Path(path).is_file():
                 raise DataError(f"{path}: the source of the data set's games is gone (needed to compare games)")
-            moves_of[path] = pq.read_table(path, columns=["Moves"]).column("Moves").to_pylist()
-        if game_key(moves_of[path][int(index)]) not in seen:
+            keys_of[path] = game_keys(Path(path))
+        if keys_of[path][int(index)] not in seen:
             kept.append(pos)
     return kept
 

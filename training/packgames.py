@@ -204,25 +204,28 @@ def game_key(moves: Sequence[str]) -> bytes:
     return encode_pieces(moves)
 
 
+def game_keys(path: Path) -> list[bytes | None]:
+    """The :func:`game_key` of each record of one LAION parquet or packed ``.mcg`` file, in order
+    (None for a record that is no game). Version 2 packed records are their keys already; the
+    rest are packed here (about 1 ms a game)."""
+    if path.suffix == ".mcg":
+        header, records = read_packed(path)
+        if header["version"] == 2:
+            return [data for data, _, _ in records]
+        return [game_key(decode_moves(data, header["version"])) for data, _, _ in records]
+    keys: list[bytes | None] = []
+    for moves, _, _ in read_laion([path]):
+        try:
+            keys.append(game_key(moves))
+        except DataError:
+            keys.append(None)  # a corrupt record is no game a model could have trained on
+    return keys
+
+
 def seen_games(sources: Sequence[str | Path]) -> set[bytes]:
     """The :func:`game_key` of every game in ``sources`` (packed ``.mcg`` and LAION parquet files,
-    or folders of them): e.g. the games a model trained on, to leave out of a held-out set.
-    Version 2 packed records are their keys already; the rest are packed here (about 1 ms a game)."""
-    keys: set[bytes] = set()
-    for path in game_files(sources):
-        if path.suffix == ".mcg":
-            header, records = read_packed(path)
-            if header["version"] == 2:
-                keys.update(data for data, _, _ in records)
-            else:
-                keys.update(game_key(decode_moves(data, header["version"])) for data, _, _ in records)
-        else:
-            for moves, _, _ in read_laion([path]):
-                try:
-                    keys.add(game_key(moves))
-                except DataError:
-                    continue  # a corrupt record is no game a model could have trained on
-    return keys
+    or folders of them): e.g. the games a model trained on, to leave out of a held-out set."""
+    return {key for path in game_files(sources) for key in game_keys(path) if key is not None}
 
 
 def _chunks(items: list[Any], size: int) -> list[list[Any]]:

@@ -176,6 +176,20 @@ def test_exclude_games_leaves_out_the_positions_of_those_games(tmp_path, selfpla
     kept = legal_rate.unseen_positions(positions, [str(trained)])
     assert [p for p in positions if p.game != games[0]] == kept and len(kept) < len(positions)
     assert legal_rate.unseen_positions(positions, [str(tmp_path / "trained")]) == kept  # a folder: its parquet files
+    # A data set built from the games' packed copy: positions point into the .mcg file.
+    from training.packgames import pack_games
+
+    pack_games([selfplay_dir], tmp_path / "games.mcg")
+    cfg = load_dataset_config(
+        "configs/dataset/scratch-windows.yaml",
+        [f"sources=[{{path: {tmp_path / 'games.mcg'}}}]", f"out={tmp_path / 'packed-ds'}", "workers=1",
+         "split.validation_fraction=0.5"],
+    )  # fmt: skip
+    build_dataset(cfg, progress_bar=False)
+    packed = load_eval_positions(tmp_path / "packed-ds", 10_000)
+    assert all(p.game.startswith(str(tmp_path / "games.mcg")) for p in packed)
+    kept_packed = legal_rate.unseen_positions(packed, [str(trained)])
+    assert [(p.prompt, p.fen) for p in kept_packed] == [(p.prompt, p.fen) for p in kept]
     moved = [dataclasses.replace(p, game="/nowhere/x.parquet:0") for p in positions]
     with pytest.raises(DataError, match="the source of the data set's games is gone"):
         legal_rate.unseen_positions(moved, [str(trained)])
