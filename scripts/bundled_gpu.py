@@ -20,6 +20,12 @@ Phases
 ``strength --log LOG --train-games N --out OUT.json STEP=MATCH_JSON[:ENGINE] ...``
     ``strength_vs_steps.json``, ``.png`` and ``.md`` from arena matches of the run's checkpoints
     played after it (an ``EVAL_OPPONENTS=none`` run rated on the development machine's CPU).
+``build``
+    Builds the games this call carries (GAMES, BUILD_OVERRIDES as for ``train``) into
+    WORK/parts/part-K, for a ``train`` call on the same warm machine, which then builds only
+    the sources no part holds (with ``exclude`` of the parts when BUILD_OVERRIDES has
+    ``dedupe=true``) and merges the parts (``dataset merge``): the call that only carries
+    games does a share of the build, and the train call has that much more time for steps.
 ``train``
     Unpacks every ``.gpu2/selfplay-*.tgz`` (set A, ``selfplay-35k.tgz``, and those the
     selfplay calls returned), builds the data set on all cores, trains
@@ -804,6 +810,65 @@ def build_command(sources: list[Path], data: Path) -> list[str]:
     return cmd + [a for a in (os.environ.get("BUILD_OVERRIDES") or "").split() if a]
 
 
+def build_dedupes() -> bool:
+    return "dedupe=true" in (os.environ.get("BUILD_OVERRIDES") or "").split()
+
+
+def built_parts(work: Path, sources: list[Path]) -> list[Path]:
+    """The parts an earlier ``build`` call made on this machine (WORK/parts/part-K, with the
+    sources each built in ``sources.json``). A part of a source the current GAMES do not hold
+    belongs to another run: it is removed, and so are the parts after it."""
+    names = {str(s) for s in sources}
+    parts: list[Path] = []
+    for k in range(1000):
+        part = work / "parts" / f"part-{k}"
+        if not (part / "stats.json").is_file() or not (part / "sources.json").is_file():
+            break
+        if not set(json.loads((part / "sources.json").read_text())) <= names:
+            say(f"build: {part} holds games GAMES does not name (another run's): removing it and later parts")
+            shutil.rmtree(work / "parts")
+            return []
+        parts.append(part)
+    return parts
+
+
+def build_part(work: Path, sources: list[Path]) -> list[Path]:
+    """Build the sources no earlier part holds into the next part, with ``exclude`` of the
+    earlier parts when the build dedupes (so the parts merged equal one build of all); returns
+    every part. Lets a call that only carries games build them, and the train call build the rest."""
+    parts = built_parts(work, sources)
+    done = {s for p in parts for s in json.loads((p / "sources.json").read_text())}
+    new = [s for s in sources if str(s) not in done]
+    if not new:
+        say(f"build: every source is in the {len(parts)} part(s) built already")
+        return parts
+    part = work / "parts" / f"part-{len(parts)}"
+    shutil.rmtree(part, ignore_errors=True)
+    part.parent.mkdir(parents=True, exist_ok=True)
+    cmd = build_command(new, part)
+    if parts and build_dedupes():
+        cmd.append("exclude=[" + ", ".join(str(p) for p in parts) + "]")
+    say("build: " + " ".join(cmd[3:]))
+    with open(work / f"build-{part.name}.log", "w") as build_log:
+        subprocess.run(cmd, cwd=ROOT, check=True, stdout=build_log, stderr=subprocess.STDOUT)
+    (part / "sources.json").write_text(json.dumps([str(s) for s in new]))
+    stats = json.loads((part / "stats.json").read_text())
+    say(
+        f"build: {part.name}: {stats['games']['used']} games used of {stats['games']['read']} read "
+        f"(filtered {stats['games']['filtered']}), {stats['speed']['seconds']:.0f} s"
+    )
+    return [*parts, part]
+
+
+def phase_build() -> int:
+    """Build the games this call carries (GAMES, BUILD_OVERRIDES as for train) into a part that
+    a later train call on this warm machine uses: the train call then builds only the rest."""
+    work = work_dir()
+    build_part(work, game_sources(work))
+    put_out(work / "phase.log")
+    return 0
+
+
 def phase_train() -> int:
     budget = float(os.environ.get("BUDGET_S") or 510)
     deadline = T0 + budget
@@ -824,10 +889,20 @@ def phase_train() -> int:
     if not resume:
         sources = game_sources(work)
         shutil.rmtree(data, ignore_errors=True)
-        cmd = build_command(sources, data)
-        say("build: " + " ".join(cmd[3:]))
-        with open(work / "build.log", "w") as build_log:
-            subprocess.run(cmd, cwd=ROOT, check=True, stdout=build_log, stderr=subprocess.STDOUT)
+        if built_parts(work, sources):  # a build call came first: build the rest, merge
+            parts = build_part(work, sources)
+            if len(parts) == 1:
+                shutil.copytree(parts[0], data, copy_function=os.link)
+            else:
+                t = time.monotonic()
+                subprocess.run(mc("dataset", "merge", *map(str, parts), "--out", str(data)), cwd=ROOT, check=True,
+                               stdout=subprocess.DEVNULL)  # fmt: skip
+                say(f"build: merged {len(parts)} parts in {time.monotonic() - t:.0f} s")
+        else:
+            cmd = build_command(sources, data)
+            say("build: " + " ".join(cmd[3:]))
+            with open(work / "build.log", "w") as build_log:
+                subprocess.run(cmd, cwd=ROOT, check=True, stdout=build_log, stderr=subprocess.STDOUT)
     stats = json.loads((data / "stats.json").read_text())
     train_games = int(stats["games"]["with_examples_by_split"].get("train") or 0)
     say(
@@ -981,6 +1056,8 @@ def main(argv: list[str]) -> int:
         return phase_selfplay(int(argv[1]), float(argv[2]))
     if argv == ["train"]:
         return phase_train()
+    if argv == ["build"]:
+        return phase_build()
     if argv[:1] == ["strength"]:  # strength_vs_steps from matches played after the run
         return strength_from_matches(argv[1:])
     if len(argv) == 3 and argv[0] == "plot":  # redraw a returned strength_vs_steps.json

@@ -4,6 +4,7 @@
 # FINAL_PICK and EVAL_OPPONENTS pass through, e.g. FINAL_PICK=score:bundled EVAL_OPPONENTS=bundled;
 # so does SELFPLAY_BESIDE (self-play while the model trains; EVAL_OPPONENTS is then none), e.g.
 # SELFPLAY_BESIDE=11 bash scripts/bundled_gpu_smoke.sh: the train call also returns selfplay-11.tgz.
+# BUILD_FIRST=1: a build call first, then a second set and the train call (build in parts, merged).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=${1:-/tmp/bundled-gpu-smoke}
@@ -14,6 +15,13 @@ if [ -n "${SELFPLAY_BESIDE:-}" ]; then export EVAL_OPPONENTS=${EVAL_OPPONENTS:-n
 export STOCKFISH_PATH=${STOCKFISH_PATH:-$(command -v stockfish || echo /usr/games/stockfish)}
 OUT="$S/out-selfplay" "$PY" scripts/bundled_gpu.py selfplay 10 30
 cp "$S/out-selfplay/selfplay-10.tgz" runs/bundled-gpu-smoke/
+if [ -n "${BUILD_FIRST:-}" ]; then
+  # A build call with the games it carries first (set 10), then the train call with one more
+  # set (11): it builds only set 11 (excluding set 10's games with dedupe=true) and merges.
+  OUT="$S/out-build" GAMES='runs/bundled-gpu-smoke/selfplay-*.tgz' "$PY" scripts/bundled_gpu.py build
+  OUT="$S/out-selfplay" "$PY" scripts/bundled_gpu.py selfplay 11 20
+  cp "$S/out-selfplay/selfplay-11.tgz" runs/bundled-gpu-smoke/
+fi
 OUT="$S/out-train" MODEL_TAG=smoke FINAL_PICK=${FINAL_PICK:-eval_loss} GAMES='runs/bundled-gpu-smoke/selfplay-*.tgz' TRAIN_STEPS=${TRAIN_STEPS:-6} SAVE_STEPS=${SAVE_STEPS:-2} BUDGET_S=420 \
     EVAL_GAMES=2 EVAL_CONCURRENCY=2 \
     TRAIN_OVERRIDES="train.per_device_train_batch_size=1 train.device=cpu eval.generation_positions=16 data.max_eval_examples=16 train.warmup_steps=1 train.logging_steps=1 train.threads=1 train.compile=true" \

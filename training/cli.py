@@ -1,5 +1,5 @@
 """Training subcommands of ``mistral-chess``: ``dataset selfplay``, ``dataset build``,
-``dataset pack-games`` / ``unpack-games``, ``train``, ``merge`` and ``grow-model``. Heavy imports stay inside the handlers."""
+``dataset merge``, ``dataset pack-games`` / ``unpack-games``, ``train``, ``merge`` and ``grow-model``. Heavy imports stay inside the handlers."""
 
 from __future__ import annotations
 
@@ -46,6 +46,18 @@ def register(sub: Any) -> None:
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. examples.positions_per_game=4")
     b.set_defaults(func=_build)
+
+    mg = dsub.add_parser(
+        "merge",
+        help="join data sets built in parts with the same settings into one (for the trainer's data.path)",
+        description="Join built data sets into one folder: their shards (hard-linked where possible), games.keys "
+        "and stats added up. The parts must share the example, split, length and players settings and the "
+        "tokenizer. Build each later part with exclude=[earlier parts] so that no game is in two parts.",
+    )
+    mg.add_argument("parts", nargs="+", help="data set folders written by `dataset build` (two or more)")
+    mg.add_argument("--out", required=True, help="the merged data set's folder")
+    mg.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    mg.set_defaults(func=_merge_datasets)
 
     pk = dsub.add_parser(
         "pack-games",
@@ -128,6 +140,16 @@ def _build(args: argparse.Namespace) -> int:
     cfg = load_dataset_config(args.config, overrides)
     stats = build_dataset(cfg, progress_bar=not args.no_progress)
     brief = {k: stats[k] for k in ("games", "examples", "examples_dropped_too_long", "speed")}
+    print(json.dumps(brief, indent=1))
+    return 0
+
+
+def _merge_datasets(args: argparse.Namespace) -> int:
+    from training.dataset import merge_datasets
+
+    configure_logging()
+    stats = merge_datasets(args.parts, args.out, overwrite=args.overwrite)
+    brief = {k: stats[k] for k in ("games", "examples", "examples_dropped_too_long", "files")}
     print(json.dumps(brief, indent=1))
     return 0
 

@@ -258,6 +258,11 @@ class DatasetConfig:
     # first read wins); the others count as filtered "duplicate". Off by default, so the builds
     # of the shipped models stay as they were; self-play sets repeat their book games.
     dedupe: bool = False
+    # Leave out the games of these (filtered as "excluded"): built data-set folders (their
+    # games.keys, fast) or game files and folders (LAION parquet, packed .mcg: read and hashed,
+    # about 1 ms a game). E.g. the games an earlier model trained on, or a first part of a build
+    # made in parts (`dataset merge`).
+    exclude: list[str] = dataclasses.field(default_factory=list)
     players: PlayersConfig = dataclasses.field(default_factory=PlayersConfig)
     examples: ExamplesConfig = dataclasses.field(default_factory=ExamplesConfig)
     split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
@@ -279,6 +284,9 @@ class DatasetConfig:
             raise ConfigError("batch_games and shard_examples must be >= 1")
         if self.max_length < 16:
             raise ConfigError(f"max_length must be >= 16, not {self.max_length}")
+        for i, path in enumerate(self.exclude):
+            if not path:
+                raise ConfigError(f"exclude[{i}]: an empty path (give a data-set folder, or game files)")
 
     @property
     def worker_count(self) -> int:

@@ -15,8 +15,12 @@ Output folder::
     stats.json                     counts, corrupt records by kind, tokens, speed
     corrupt.jsonl                  every corrupt record with its file and row/game index
     dataset_config.yaml            the resolved config
+    games.keys                     the moves key (16 bytes) of every game used, sorted: what
+                                   ``exclude`` reads to leave these games out of another build
 
-The split is by game (a hash of the moves), never by position.
+The split is by game (a hash of the moves), never by position. ``merge_datasets``
+(``dataset merge``) joins data sets built with the same settings into one, so a build
+can be made in parts (each later part with ``exclude`` of the earlier ones).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ from training.sources import CorruptRecord, Filtered, WorkUnit, convert, expand_
 
 SPLITS = ("train", "validation", "eval")  # eval: next-move positions of validation games (generation metrics)
 STATS_FILE = "stats.json"
+KEYS_FILE = "games.keys"
+KEY_BYTES = 16  # sources.moves_key
 
 
 # -- worker side ---------------------------------------------------------------------------------
@@ -318,6 +324,47 @@ class _Tally:
     too_long: int = 0
     worker: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     mismatches: list[str] = dataclasses.field(default_factory=list)
+    keys: list[bytes] = dataclasses.field(default_factory=list)  # moves keys of the games used
+
+
+def read_keys(folder: str | Path) -> set[bytes]:
+    """The moves keys of the games a built data set holds (its ``games.keys``)."""
+    path = Path(folder) / KEYS_FILE
+    if not path.is_file():
+        raise DataError(
+            f"{folder}: a data set without {KEYS_FILE} (built before it was written): give its game "
+            "files to exclude instead, or build it again"
+        )
+    data = path.read_bytes()
+    if len(data) % KEY_BYTES:
+        raise DataError(f"{path}: {len(data)} bytes, not a whole number of {KEY_BYTES}-byte keys (the file is damaged)")
+    return {data[i : i + KEY_BYTES] for i in range(0, len(data), KEY_BYTES)}
+
+
+def excluded_keys(paths: list[str]) -> set[bytes]:
+    """The moves keys of the games to leave out of a build (``exclude``): of each built data set
+    folder (``stats.json`` beside ``games.keys``) or of the games in LAION parquet and packed
+    ``.mcg`` files (or folders of them), hashed as the build hashes games from the start."""
+    from training.packgames import decode_moves, game_files, read_laion, read_packed
+    from training.sources import STANDARD_FEN, moves_key
+
+    keys: set[bytes] = set()
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir() and (p / STATS_FILE).is_file():
+            keys |= read_keys(p)
+            continue
+        try:
+            files = game_files([p])
+        except DataError as exc:
+            raise DataError(f"exclude: {exc}") from None
+        for f in files:
+            if f.suffix == ".mcg":
+                header, records = read_packed(f)
+                keys.update(moves_key(STANDARD_FEN, decode_moves(data, header["version"])) for data, _, _ in records)
+            else:
+                keys.update(moves_key(STANDARD_FEN, moves) for moves, _, _ in read_laion([f]) if moves)
+    return keys
 
 
 def build_dataset(cfg: DatasetConfig, *, progress_bar: bool = True) -> dict[str, Any]:
@@ -332,6 +379,9 @@ def build_dataset(cfg: DatasetConfig, *, progress_bar: bool = True) -> dict[str,
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise DataError(f"output folder {out} exists and is not empty (set overwrite=true to replace it)")
     files = [(i, path, fmt) for i, src in enumerate(cfg.sources) for path, fmt in expand_source(src)]
+    excluded = excluded_keys(cfg.exclude) if cfg.exclude else set()
+    if cfg.exclude:
+        logger.info("dataset: leaving out {} distinct games of {}", len(excluded), ", ".join(cfg.exclude))
     work = out.with_name(out.name + ".partial")
     if work.exists():
         shutil.rmtree(work)
@@ -359,7 +409,7 @@ def build_dataset(cfg: DatasetConfig, *, progress_bar: bool = True) -> dict[str,
                 submit = lambda i, u: pool.apply_async(_run_unit, (i, u))  # noqa: E731
             else:
                 submit = lambda i, u: _Done(local.run(i, u))  # noqa: E731
-            _drive(cfg, files, submit, 2 * workers + 2, tally, writers, corrupt_log, bar)
+            _drive(cfg, files, submit, 2 * workers + 2, tally, writers, corrupt_log, bar, excluded)
         finally:
             bar.close()
             if pool is not None:
@@ -378,6 +428,7 @@ def build_dataset(cfg: DatasetConfig, *, progress_bar: bool = True) -> dict[str,
         for m in tally.mismatches:
             logger.warning(m)
         (work / STATS_FILE).write_text(json.dumps(stats, indent=1))
+        (work / KEYS_FILE).write_bytes(b"".join(sorted(tally.keys)))
         dump_yaml(cfg, work / "dataset_config.yaml")
         if out.exists():
             shutil.rmtree(out)
@@ -432,8 +483,10 @@ def _drive(
     writers: dict[str, _Writer],
     corrupt_log: Any,
     bar: Any,
+    excluded: set[bytes] | None = None,
 ) -> None:
-    """Feed units to the workers (at most ``window`` in flight) and take results in order."""
+    """Feed units to the workers (at most ``window`` in flight) and take results in order.
+    Games whose key is in ``excluded`` are filtered as ``excluded``."""
     pending: deque[tuple[int, Any]] = deque()
     used_by_source: collections.Counter[int] = collections.Counter()
     stop_source: set[int] = set()
@@ -453,8 +506,10 @@ def _drive(
         nonlocal stop_all
         if stop_all or src_index in stop_source:
             return
+        if excluded:
+            result = _drop_keys(result, excluded, "excluded")
         if cfg.dedupe:
-            result = _drop_seen(result, seen)
+            result = _drop_keys(result, seen, "duplicate", remember=True)
         limit = caps(src_index)
         cut = result.n
         if limit is not None:
@@ -465,6 +520,7 @@ def _drive(
                 if cfg.max_games and tally.games_used + limit >= cfg.max_games:
                     stop_all = True
         _account(result, cut, tally, writers, corrupt_log)
+        tally.keys.extend(key for seq, key in result.keys.items() if seq < cut)
         used = sum(1 for s in result.status[:cut] if s == "ok")
         used_by_source[src_index] += used
         bar.update(cut)
@@ -488,10 +544,10 @@ def _drive(
         take(i, res.get())
 
 
-def _drop_seen(result: UnitResult, seen: set[bytes]) -> UnitResult:
-    """``result`` without the games whose moves an earlier game of the build had (``dedupe``):
-    their status becomes ``filtered:duplicate`` and their examples go; the others' keys join
-    ``seen``. Games are taken in source order, so the first copy is the one kept."""
+def _drop_keys(result: UnitResult, seen: set[bytes], reason: str, *, remember: bool = False) -> UnitResult:
+    """``result`` without the games whose key is in ``seen``: their status becomes
+    ``filtered:<reason>`` and their examples go. With ``remember`` (``dedupe``) the others'
+    keys join ``seen``; games are taken in source order, so the first copy is the one kept."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -499,12 +555,12 @@ def _drop_seen(result: UnitResult, seen: set[bytes]) -> UnitResult:
     for seq, key in sorted(result.keys.items()):
         if key in seen:
             dup.append(seq)
-        else:
+        elif remember:
             seen.add(key)
     if not dup:
         return result
     drop = set(dup)
-    status = ["filtered:duplicate" if i in drop else s for i, s in enumerate(result.status)]
+    status = [f"filtered:{reason}" if i in drop else s for i, s in enumerate(result.status)]
     gone = pa.array(dup, type=pa.int64())
     tables = {
         split: table.filter(pc.invert(pc.is_in(table["game_seq"].cast(pa.int64()), value_set=gone)))
@@ -641,3 +697,141 @@ def read_stats(folder: str | Path) -> dict[str, Any]:
 def split_files(folder: str | Path, split: str) -> list[Path]:
     return sorted(Path(folder).glob(f"{split}-*.parquet"))
 
+
+
+# -- merging data sets built in parts --------------------------------------------------------------
+
+# Settings that must be equal for parts to make one data set: the examples (the engine's prompt
+# and board windows come from them), the split (a game's side), the length cap and the players
+# filter; the tokenizer is compared by its fingerprint.
+_MERGE_SAME = ("examples", "split", "max_length", "players")
+
+
+def merge_datasets(parts: list[str | Path], out: str | Path, *, overwrite: bool = False) -> dict[str, Any]:
+    """Join data sets built with the same settings (``_MERGE_SAME``) into ``out``: their shards
+    (hard links where the file system allows, else copies; renumbered), one ``games.keys``, the
+    corrupt records, and stats that add up the parts' (each part's own stats under ``parts``).
+    A game in more than one part is counted and warned about, not removed: build a later part
+    with ``exclude`` of the earlier ones to keep each game once. Returns the stats."""
+    import pyarrow.parquet as pq
+
+    from engine.configtools import dump_yaml
+
+    if len(parts) < 2:
+        raise DataError(f"dataset merge: give two or more data sets, not {len(parts)}")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise DataError(f"output folder {out} exists and is not empty (--overwrite replaces it)")
+    folders = [Path(p) for p in parts]
+    stats = [read_stats(f) for f in folders]
+    configs = [s.get("config") or {} for s in stats]
+    for f, s, c in zip(folders[1:], stats[1:], configs[1:], strict=True):
+        for key in _MERGE_SAME:
+            if c.get(key) != configs[0].get(key):
+                raise DataError(
+                    f"dataset merge: {f} was built with other {key!r} settings than {folders[0]} "
+                    f"({c.get(key)!r} against {configs[0].get(key)!r}); parts must share them"
+                )
+        fp, fp0 = (s.get("tokenizer") or {}).get("fingerprint"), (stats[0].get("tokenizer") or {}).get("fingerprint")
+        if fp != fp0:
+            raise DataError(f"dataset merge: {f} is tokenized differently from {folders[0]} ({fp} against {fp0})")
+    for split in SPLITS:
+        schemas = {str(f): pq.read_schema(p) for f in folders for p in split_files(f, split)[:1]}
+        if len({str(sc) for sc in schemas.values()}) > 1:
+            raise DataError(f"dataset merge: the {split} files have different columns in {', '.join(schemas)}")
+    keys = [read_keys(f) for f in folders]
+    total = sum(len(k) for k in keys)
+    union = set().union(*keys)
+    if len(union) < total:
+        logger.warning(
+            "dataset merge: {} game(s) are in more than one part (build later parts with exclude=[earlier parts] to "
+            "keep each game once)", total - len(union),
+        )  # fmt: skip
+
+    work = out.with_name(out.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        files = {}
+        for split in SPLITS:
+            n = 0
+            for f in folders:
+                for src in split_files(f, split):
+                    dst = work / f"{split}-{n:05d}.parquet"
+                    try:
+                        os.link(src, dst)
+                    except OSError:
+                        shutil.copyfile(src, dst)
+                    n += 1
+            files[split] = n
+        if (folders[0] / "tokenizer").is_dir():
+            shutil.copytree(folders[0] / "tokenizer", work / "tokenizer")
+        with (work / "corrupt.jsonl").open("wb") as log:
+            for f in folders:
+                if (f / "corrupt.jsonl").is_file():
+                    log.write((f / "corrupt.jsonl").read_bytes())
+        (work / KEYS_FILE).write_bytes(b"".join(sorted(union)))
+        merged = _merged_stats(stats, folders, files, total - len(union))
+        (work / STATS_FILE).write_text(json.dumps(merged, indent=1))
+        dump_yaml(merged["config"], work / "dataset_config.yaml")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    logger.info(
+        "dataset merge: {} parts -> {}: {} games, {} train / {} validation examples",
+        len(folders), out, merged["games"]["used"], merged["examples"]["train"]["total"],
+        merged["examples"]["validation"]["total"],
+    )  # fmt: skip
+    return merged
+
+
+def _merged_stats(
+    stats: list[dict[str, Any]], folders: list[Path], files: dict[str, int], shared_games: int
+) -> dict[str, Any]:
+    def add(dicts: list[dict[str, Any]]) -> dict[str, Any]:
+        total: collections.Counter[str] = collections.Counter()
+        for d in dicts:
+            total.update({k: v for k, v in (d or {}).items() if isinstance(v, int)})
+        return dict(total)
+
+    games = [s["games"] for s in stats]
+    merged_games = {
+        "read": sum(g["read"] for g in games),
+        "used": sum(g["used"] for g in games),
+        "with_examples_by_split": add([g.get("with_examples_by_split") or {} for g in games]),
+        "filtered": add([g.get("filtered") or {} for g in games]),
+        "corrupt": add([g.get("corrupt") or {} for g in games]),
+        "skipped_draws": sum(g.get("skipped_draws") or 0 for g in games),
+        "in_more_than_one_part": shared_games,
+    }
+    examples = {split: add([s["examples"].get(split) or {} for s in stats]) for split in SPLITS}
+    tokens: dict[str, Any] = {}
+    if all(s.get("tokens") for s in stats):
+        for split in ("train", "validation"):
+            parts = [s["tokens"][split] for s in stats]
+            n = examples[split].get("total", 0)
+            t = sum(p["total"] for p in parts)
+            tokens[split] = {
+                "total": t,
+                "completion": sum(p["completion"] for p in parts),
+                "mean_per_example": round(t / n, 1) if n else 0,
+                "max_per_example": max(p["max_per_example"] for p in parts),
+            }
+    config = dict(stats[0].get("config") or {})
+    config["sources"] = [src for s in stats for src in (s.get("config") or {}).get("sources") or []]
+    seconds = sum((s.get("speed") or {}).get("seconds") or 0 for s in stats)
+    return {
+        "games": merged_games,
+        "examples": examples,
+        "examples_dropped_too_long": sum(s.get("examples_dropped_too_long") or 0 for s in stats),
+        "tokens": tokens,
+        "tokenizer": stats[0].get("tokenizer"),
+        "corrupt_examples": [e for s in stats for e in s.get("corrupt_examples") or []],
+        "speed": {"seconds": round(seconds, 3), "games_per_s": round(merged_games["read"] / seconds, 1) if seconds else None},
+        "files": files,
+        "config": config,
+        "parts": [{"path": str(f), "stats": s} for f, s in zip(folders, stats, strict=True)],
+    }

@@ -13,7 +13,7 @@ import pytest
 from engine.errors import ConfigError
 from tests.training.conftest import CORRUPT_ROWS, FOOL_UCI, SCHOLAR_UCI, write_laion
 from training.config import DatasetConfig, ExamplesConfig, load_dataset_config
-from training.dataset import build_dataset
+from training.dataset import build_dataset, merge_datasets
 from training.errors import DataError
 from training.examples import ExampleMaker
 from training.sources import Game, moves_key, replay_uci
@@ -227,6 +227,64 @@ def test_dedupe_keeps_the_first_copy_of_each_game(tmp_path: Path, selfplay_dir: 
     assert {r["game"].split(":")[0] for r in rows(tmp_path / "d", "train")} >= {str(again)}  # its own game
     plain = build_dataset(load_dataset_config(None, [*both, f"out={tmp_path / 'p'}", "workers=1"]), progress_bar=False)
     assert plain["games"]["used"] == len(games) + 11 and not plain["games"]["filtered"]  # off by default
+
+
+def test_build_in_parts_with_exclude_then_merge(
+    tmp_path: Path, selfplay_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A build in two parts, the second excluding the first's games, merged, equals the build of
+    both sources at once with dedupe: the same rows in the same order, the same games.keys."""
+    from engine.cli import main
+
+    games = games_of_folder(selfplay_dir)
+    first = write_laion(tmp_path / "first.parquet", games[:10])
+    second = write_laion(tmp_path / "second.parquet", games[5:] + [(SCHOLAR_UCI, "CHECKMATE", "1-0")])  # 5 shared
+
+    def build(name: str, sources: list[Path], *extra: str) -> dict[str, Any]:
+        srcs = ", ".join(f"{{path: {s}}}" for s in sources)
+        over = [f"sources=[{srcs}]", "tokenizer=", "batch_games=4", "split.validation_fraction=0.25",
+                f"out={tmp_path / name}", "workers=1", *extra]  # fmt: skip
+        return build_dataset(load_dataset_config(None, over), progress_bar=False)
+
+    a = build("a", [first])
+    assert (tmp_path / "a" / "games.keys").stat().st_size == 16 * a["games"]["used"] == 16 * 10
+    b = build("b", [second], f"exclude=[{tmp_path / 'a'}]")
+    assert b["games"]["filtered"] == {"excluded": 5} and b["games"]["used"] == len(games) - 10 + 1
+    by_files = build("b2", [second], f"exclude=[{first}]")  # game files are hashed as the build hashes them
+    assert rows(tmp_path / "b2", "train") == rows(tmp_path / "b", "train") and by_files["games"]["filtered"] == {"excluded": 5}
+    whole = build("w", [first, second], "dedupe=true")
+    assert whole["games"]["filtered"] == {"duplicate": 5}
+
+    assert main(["dataset", "merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "m")]) == 0
+    brief = json.loads(capsys.readouterr().out)
+    assert brief["games"]["used"] == whole["games"]["used"] and brief["games"]["in_more_than_one_part"] == 0
+    for split in ("train", "validation", "eval"):
+        assert rows(tmp_path / "m", split) == rows(tmp_path / "w", split), split
+    assert (tmp_path / "m" / "games.keys").read_bytes() == (tmp_path / "w" / "games.keys").read_bytes()
+    merged = json.loads((tmp_path / "m" / "stats.json").read_text())
+    assert merged["examples"]["train"]["total"] == whole["examples"]["train"]["total"] > 0
+    assert merged["files"]["train"] == 2 and [p["path"] for p in merged["parts"]] == [str(tmp_path / "a"), str(tmp_path / "b")]
+
+    # A game in both parts is counted (and warned about), not removed.
+    build("b3", [second])
+    again = merge_datasets([tmp_path / "a", tmp_path / "b3"], tmp_path / "m3")
+    assert again["games"]["in_more_than_one_part"] == 5
+    # Parts must share their example settings; a merge needs two parts and a free output folder.
+    build("c", [second], f"exclude=[{tmp_path / 'a'}]", "examples.positions_per_game=1")
+    with pytest.raises(DataError, match="other 'examples' settings"):
+        merge_datasets([tmp_path / "a", tmp_path / "c"], tmp_path / "m4")
+    with pytest.raises(DataError, match="two or more"):
+        merge_datasets([tmp_path / "a"], tmp_path / "m5")
+    with pytest.raises(DataError, match="exists and is not empty"):
+        merge_datasets([tmp_path / "a", tmp_path / "b"], tmp_path / "m")
+    assert not (tmp_path / "m4").exists()
+    # A bad exclude says what was wrong.
+    with pytest.raises(DataError, match="exclude: .*no such file or folder"):
+        build("x", [second], f"exclude=[{tmp_path / 'nowhere'}]")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "stats.json").write_text("{}")
+    with pytest.raises(DataError, match="without games.keys"):
+        build("x", [second], f"exclude=[{tmp_path / 'd'}]")
 
 
 def test_cli_build_and_bad_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
