@@ -80,6 +80,13 @@ class EngineSpec:
         return {k: v for k, v in d.items() if v not in (None, [], {}, "")}
 
 
+# A folder the engine can load: a Hugging Face model (config.json) or a LoRA adapter.
+MODEL_MARKERS = ("config.json", "adapter_config.json")
+
+
+def is_model_folder(p: Path) -> bool:
+    return any((p / marker).is_file() for marker in MODEL_MARKERS)
+
 def find_stockfish(explicit: str | None = None) -> str:
     """``explicit``, else $STOCKFISH_PATH, else ``stockfish`` on PATH, else /usr/games/stockfish.
 
@@ -265,6 +272,13 @@ def _mistral(first: str, pairs: dict[str, str], overrides: list[str]) -> EngineS
         if path.is_file() and path.suffix in (".yaml", ".yml"):
             config = str(path)
         elif path.is_dir():
+            if not is_model_folder(path):
+                inner = sorted(p.name for p in path.iterdir() if p.is_dir() and is_model_folder(p))
+                hint = f" (a model is in {', '.join(str(path / n) for n in inner)})" if inner else ""
+                raise EngineSpecError(
+                    f"mistral engine: {target!r} holds no model: no {' or '.join(MODEL_MARKERS)}{hint}; the engine "
+                    "would play random fallback moves"
+                )
             model = str(path)
         elif target.startswith((".", "/", "~")) or not path.parent.exists() or path.suffix:
             raise EngineSpecError(

@@ -501,6 +501,13 @@ def run_match(
     if opts.games < 1:
         raise ArenaError("games must be >= 1")
     openings, play_order = settings.suite()
+    if opts.games > 2 * len(openings):
+        logger.warning(
+            "{} games from {} openings: each opening is played about {:.1f} times with each colour; "
+            "deterministic engines replay the same game each time (the report counts the repeats and gives the "
+            "result over the distinct games). A suite of {} or more openings gives every game its own start",
+            opts.games, len(openings), opts.games / (2 * len(openings)), (opts.games + 1) // 2,
+        )  # fmt: skip
     tasks = paired_schedule(0, 1, opts.games, play_order)
     log, pgn, done = open_outputs(run_identity("match", specs, settings, openings), opts)
     if log is None:
@@ -557,6 +564,14 @@ def run_match(
     )
     result = runner.run(tasks, done)
     report = report_of(result.records, interrupted=result.interrupted, restarts=result.restarts)
+    if report["repeated_games"]:
+        dist = report["distinct"]
+        logger.warning(
+            "{} of the {} games repeat an earlier game move for move; over the {} distinct games: score {}, "
+            "Elo {} ({} to {})",
+            report["repeated_games"], report["games"], dist["games"], dist["score"], dist["elo"]["diff"],
+            dist["elo"]["lower"], dist["elo"]["upper"],
+        )  # fmt: skip
     if opts.json:
         write_json(report, opts.json)
     return report

@@ -131,12 +131,35 @@ def terminations(records: list[GameRecord]) -> dict[str, int]:
     return dict(collections.Counter(r.termination for r in records).most_common())
 
 
+def game_identity(r: GameRecord) -> tuple[int, str, tuple[str, ...], tuple[str, ...]]:
+    """What makes two games the same game: the engine with White, the start, every move."""
+    return (r.white_engine, r.start_fen, tuple(r.opening_moves), tuple(m.uci for m in r.moves))
+
+
+def distinct_games(records: list[GameRecord]) -> list[GameRecord]:
+    """The first copy of each game (``game_identity``). Deterministic engines (a model's
+    constrained choice, Stockfish at fixed depth or nodes) replay the same game whenever an
+    opening comes round again with the same colours, so a match of more games than twice its
+    openings holds copies, which add nothing but weight."""
+    seen: set[tuple[int, str, tuple[str, ...], tuple[str, ...]]] = set()
+    out = []
+    for r in records:
+        key = game_identity(r)
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
 def head_to_head(records: list[GameRecord], a: int, b: int) -> dict[str, Any]:
-    """Result of ``a`` against ``b``: W/D/L, score, Elo with 95% interval, LOS, pentanomial."""
+    """Result of ``a`` against ``b``: W/D/L, score, Elo with 95% interval, LOS, pentanomial;
+    and, when some games repeat an earlier one move for move, the same over the distinct games
+    (``distinct``): the interval of all games counts copies as independent games and is too narrow."""
     games = [r for r in records if {r.white_engine, r.black_engine} == {a, b}]
     w, d, lo = wdl(games, a)
     penta = pentanomial(games, a, b)
     n = w + d + lo
+    unique = distinct_games(games)
     out: dict[str, Any] = {
         "games": n,
         "wins": w,
@@ -150,7 +173,20 @@ def head_to_head(records: list[GameRecord], a: int, b: int) -> dict[str, Any]:
             "counts": dict(zip(("0", "0.5", "1", "1.5", "2"), penta, strict=True)),
             "elo": elo_pentanomial(penta).to_dict() if sum(penta) else None,
         },
+        "repeated_games": n - len(unique),
+        "distinct": None,
     }
+    if len(unique) < n:
+        uw, ud, ul = wdl(unique, a)
+        un = uw + ud + ul
+        out["distinct"] = {
+            "games": un,
+            "wins": uw,
+            "draws": ud,
+            "losses": ul,
+            "score": round((uw + 0.5 * ud) / un, 4),
+            "elo": elo_wdl(uw, ud, ul).to_dict(),
+        }
     return out
 
 

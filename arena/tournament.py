@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from arena.elo import Z95, fit_ratings
-from arena.engines import EngineSpec, parse_engine
+from arena.engines import EngineSpec, is_model_folder, parse_engine
 from arena.errors import ArenaError, EngineSpecError
 from arena.match import (
     INTERLEAVED_NUMBERING,
@@ -49,17 +49,13 @@ class TournamentOptions:
     show_progress: bool = True
 
 
-def _is_model_folder(p: Path) -> bool:
-    return (p / "adapter_config.json").is_file() or (p / "config.json").is_file()
-
-
 def checkpoint_engines(run_dir: str, extra_words: list[str]) -> list[EngineSpec]:
     """One ``mistral:`` engine per checkpoint folder of a training run, by step."""
     root = Path(run_dir)
     if not root.is_dir():
         raise EngineSpecError(f"--checkpoints: {run_dir!r} is not a folder")
-    folders = [p for p in sorted(root.iterdir()) if p.is_dir() and _is_model_folder(p)]
-    if _is_model_folder(root):
+    folders = [p for p in sorted(root.iterdir()) if p.is_dir() and is_model_folder(p)]
+    if is_model_folder(root):
         folders.append(root)  # the final model saved at the top of the run
     if not folders:
         raise EngineSpecError(

@@ -6,11 +6,21 @@ evaluation is within ``--max-cp`` of equality are kept, in the order below, each
 with its evaluation in an ``Eval`` tag (White's view, centipawns).
 
     .venv/bin/python benchmarks/arena_make_openings.py [--depth 18] [--max-cp 50]
+
+``--random N`` writes another kind of suite: N balanced lines of ``--plies`` (8) uniformly
+random legal moves (seeded by ``--seed``), the way self-play opens its non-book games. The
+bundled suite's lines are the self-play book, so the bundled model has seen every one of them,
+and the games Stockfish played from them, many times; random lines of 8 plies it has not (about
+10^11 of them, against under a million random openings in all its training sets):
+
+    .venv/bin/python benchmarks/arena_make_openings.py --random 50 --seed 1 --depth 14 \
+        --out arena/data/openings-random8.pgn
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 
 import chess
@@ -121,6 +131,31 @@ def build(depth: int) -> tuple[list[Opening], list[int]]:
     return openings, scores
 
 
+def random_lines(n: int, seed: int, plies: int, depth: int, max_cp: int) -> list[Opening]:
+    """``n`` distinct lines of ``plies`` uniformly random legal moves whose final position
+    Stockfish (``depth``) scores within ``max_cp`` of equality, in the order found."""
+    rng = random.Random(seed)
+    kept: list[Opening] = []
+    seen: set[str] = set()
+    tried = 0
+    while len(kept) < n:
+        tried += 1
+        if tried > 200 * n:
+            raise SystemExit(f"only {len(kept)} balanced lines in {tried - 1} tries: raise --max-cp")
+        board = chess.Board()
+        for _ in range(plies):
+            board.push(rng.choice(list(board.legal_moves)))
+        if board.is_game_over() or board.epd() in seen:
+            continue
+        o = Opening(name=f"Random {len(kept) + 1}", fen=chess.STARTING_FEN, moves=tuple(board.move_stack))
+        (cp,) = evaluate([o], find_stockfish(), depth=depth)
+        if abs(cp) <= max_cp:
+            seen.add(board.epd())
+            kept.append(Opening(o.name, o.fen, o.moves, "", cp))
+    print(f"{n} balanced lines of {tried} random ones", file=sys.stderr)
+    return kept
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -130,7 +165,22 @@ def main() -> int:
         "--max-cp", type=int, default=50, help="keep lines within this many centipawns of equality"
     )
     parser.add_argument("--out", default=str(bundled_path()))
+    parser.add_argument("--random", type=int, default=0, help="N lines of random moves instead of the named lines")
+    parser.add_argument("--plies", type=int, default=8, help="plies of each random line (4-8)")
+    parser.add_argument("--seed", type=int, default=1, help="the random lines' seed")
     args = parser.parse_args()
+    if args.random:
+        if not 4 <= args.plies <= 8:
+            parser.error(f"--plies must be 4-8, not {args.plies}")
+        lines = random_lines(args.random, args.seed, args.plies, args.depth, args.max_cp)
+        header = (
+            f"mistral-chess arena: {len(lines)} balanced lines of {args.plies} random legal moves (seed {args.seed}).\n"
+            f"Written by benchmarks/arena_make_openings.py --random: Stockfish depth {args.depth}, kept |Eval| <= "
+            f"{args.max_cp} cp.\nEval: Stockfish's evaluation of the final position, White's view, in centipawns."
+        )
+        write_pgn(lines, args.out, depth=args.depth, header=header)
+        print(f"{len(lines)} lines -> {args.out}", file=sys.stderr)
+        return 0
     openings, scores = build(args.depth)
     kept = []
     for o, cp in zip(openings, scores, strict=True):

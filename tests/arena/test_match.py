@@ -236,3 +236,34 @@ def test_cli_rejects_a_third_engine_for_a_match(tmp_path: Path) -> None:
         env=dict(os.environ),
     )
     assert res.returncode == 2 and "exactly two --engine" in res.stderr
+
+
+@pytest.mark.timeout(120)
+def test_repeated_games_are_counted_and_the_distinct_ones_rated(
+    stockfish_path: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two deterministic engines and one opening: six games are two games played three times
+    each. The report says so and gives the result over the two distinct games."""
+    from loguru import logger
+
+    suite = tmp_path / "one.pgn"
+    suite.write_text('[Event "?"]\n[Result "*"]\n[Opening "Italian"]\n\n1. e4 e5 2. Nf3 Nc6 3. Bc4 Bc5 *\n')
+    specs = [
+        parse_engine(["stockfish", "depth=1", "name=d1"], stockfish_path=stockfish_path),
+        parse_engine(["stockfish", "depth=3", "name=d3"], stockfish_path=stockfish_path),
+    ]
+    settings = PlaySettings(tc="60+1", max_plies=30, openings=str(suite))
+    messages: list[str] = []
+    sink = logger.add(lambda m: messages.append(str(m)), level="WARNING")
+    try:
+        report = run_match(specs, settings, MatchOptions(games=6, json=str(tmp_path / "r.json"), show_progress=False))
+    finally:
+        logger.remove(sink)
+    assert report["games"] == 6 and report["repeated_games"] == 4
+    dist = report["distinct"]
+    assert dist["games"] == 2 and dist["wins"] + dist["draws"] + dist["losses"] == 2
+    assert dist["score"] == report["score"]  # each game counted three times: the same share
+    assert dist["elo"]["games"] == 2 and report["elo"]["games"] == 6
+    assert any("6 games from 1 openings" in m for m in messages)
+    assert any("4 of the 6 games repeat an earlier game" in m for m in messages)
+    assert json.loads((tmp_path / "r.json").read_text())["distinct"]["games"] == 2

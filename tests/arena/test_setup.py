@@ -84,6 +84,15 @@ def test_bad_engine_specs_are_clear_errors(tmp_path: Path, tiny_model_dir: Path)
         parse_engine([f"mistral:{tiny_model_dir}", "search.mood=generate"])
     with pytest.raises(EngineSpecError, match="neither a model folder"):
         parse_engine([f"mistral:{tmp_path / 'missing'}"])
+    # A folder with no model in it (the engine would start and play random fallbacks), e.g. the
+    # folder a model's tarball was unpacked into: refused, naming the model folder inside.
+    (tmp_path / "unpacked" / "bundled-v9").mkdir(parents=True)
+    (tmp_path / "unpacked" / "bundled-v9" / "config.json").write_text("{}")
+    with pytest.raises(EngineSpecError, match=r"holds no model: no config.json or adapter_config.json \(a model is in .*bundled-v9\)"):
+        parse_engine([f"mistral:{tmp_path / 'unpacked'}"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EngineSpecError, match="holds no model: no config.json or adapter_config.json; the engine"):
+        parse_engine([f"mistral:{tmp_path / 'empty'}"])
     with pytest.raises(EngineSpecError, match="not found"):
         parse_engine(["/no/such/engine --uci"])
     with pytest.raises(EngineSpecError, match="not key=value"):
