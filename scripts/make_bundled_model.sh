@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the bundled model (engine/data/bundled-model, v19; v3, v4, v5, v7, v13, v15, v16 and v17 on the way) with the project's own pipeline:
+# Reproduce the bundled model (engine/data/bundled-model, v21; v3, v4, v5, v7, v13, v15, v16, v17 and v19 on the way) with the project's own pipeline:
 # Stockfish self-play -> whole-game data set -> an 18.8M-parameter Mistral-architecture model
 # from scratch (configs/train/scratch-medium.yaml) = v3, then v3 trained further on set D
 # (seed 20) = v4, then v4 trained further on sets E (its first 32,000 games), F, G and H
@@ -65,7 +65,7 @@ history_set() {
         mv "$W/history/datasets/$1" "$d"
     else
         $MC dataset selfplay --config configs/dataset/selfplay.yaml --out "$d" --games "$3" seed="$2" nodes=600 \
-            nodes_jitter=0.25 random_plies_min=4 random_plies_max=8 book_fraction=0.2 chunk_games=500
+            nodes_jitter=0.25 random_plies_min=4 random_plies_max=8 book_fraction=0.2 chunk_games=500 "${@:4}"
     fi
 }
 if [ "${V4:-1}" = 1 ]; then
@@ -173,8 +173,9 @@ fi
 anneal() {
     local tag=$1 from=$2 per_game=$3 steps=${ANNEAL_STEPS:-3600} ship=${ANNEAL_SHIP:-}
     shift 3
+    # shellcheck disable=SC2086  # ANNEAL_BUILD: more build words, e.g. dedupe=true (v21)
     $MC dataset build --config configs/dataset/scratch-windows.yaml "$@" --out "$W/windows-$tag" \
-        examples.positions_per_game="$per_game"
+        examples.positions_per_game="$per_game" ${ANNEAL_BUILD:-}
     $MC train --config configs/train/scratch-medium.yaml data.path="$W/windows-$tag" train.output_dir="$W/run-$tag" \
         model.init=pretrained model.path="$from" model.tokenizer= train.learning_rate=1e-4 \
         train.warmup_steps=100 train.min_lr_ratio=0.0 train.max_steps="$steps" train.save_steps=400 \
@@ -223,6 +224,22 @@ if [ "${V4:-1}" = 1 ] && [ "${V5:-1}" = 1 ] && [ "${V7:-1}" = 1 ] && [ "${V13:-1
     history_set selfplay-180 180 82000
     ANNEAL_STEPS=4800 ANNEAL_SHIP=4400 anneal v19 "$W/v17-int8" 0 --source "$W/selfplay-30" \
         --source "$W/selfplay-140" --source "$W/selfplay-150" --source "$W/selfplay-160" --source "$W/selfplay-180"
+fi
+# v21: v19 as shipped trained on every board window of sets U, Y, V, W and X (251,470 games, seeds
+# 190, 220, 170, 200 and 210; Y played with a budget drawn every move), each game once
+# (dedupe=true: 235,911 games), lr 1e-4 with 100 warm-up steps, cosine to 0 over 3,500 steps (0.92
+# passes), on the lent GPU machine (the model card, "v21"); v21 ships the final model (also the
+# lowest validation loss), as int8 with a scale per 64 weights. (The GPU build was made in two parts,
+# U and Y, then V, W and X excluding them, and merged: the same data set as this one build.)
+if [ "${V4:-1}" = 1 ] && [ "${V5:-1}" = 1 ] && [ "${V7:-1}" = 1 ] && [ "${V13:-1}" = 1 ] && [ "${V15:-1}" = 1 ] &&
+    [ "${V16:-1}" = 1 ] && [ "${V17:-1}" = 1 ] && [ "${V19:-1}" = 1 ] && [ "${V21:-1}" = 1 ]; then
+    history_set selfplay-190 190 39026
+    history_set selfplay-220 220 101459 jitter_per_move=true
+    history_set selfplay-170 170 31985
+    history_set selfplay-200 200 65000
+    history_set selfplay-210 210 14000
+    ANNEAL_STEPS=3500 ANNEAL_BUILD=dedupe=true anneal v21 "$W/v19-int8" 0 --source "$W/selfplay-190" \
+        --source "$W/selfplay-220" --source "$W/selfplay-170" --source "$W/selfplay-200" --source "$W/selfplay-210"
 fi
 echo "(to ship: copy config.json, engine_prompt.yaml (v13 on), generation_config.json, model.int8.safetensors and"
 echo " tokenizer*.json of the int8 folder into engine/data/bundled-model; export-int8 makes the int8 folder)"
