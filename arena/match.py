@@ -488,6 +488,17 @@ def score_text(records: list[GameRecord], a: int = 0) -> str:
     return f"+{w} -{lo} ={d} ({pct:.1f}%)"
 
 
+def warn_repeated_openings(games: int, openings: int) -> None:
+    """Games of one pairing beyond twice the suite's openings repeat a start with the same colours."""
+    if games > 2 * openings:
+        logger.warning(
+            "{} games from {} openings: each opening is played about {:.1f} times with each colour; "
+            "deterministic engines replay the same game each time (the report counts the repeats and gives the "
+            "result over the distinct games). A suite of {} or more openings gives every game its own start",
+            games, openings, games / (2 * openings), (games + 1) // 2,
+        )  # fmt: skip
+
+
 def run_match(
     specs: list[EngineSpec],
     settings: PlaySettings,
@@ -501,13 +512,7 @@ def run_match(
     if opts.games < 1:
         raise ArenaError("games must be >= 1")
     openings, play_order = settings.suite()
-    if opts.games > 2 * len(openings):
-        logger.warning(
-            "{} games from {} openings: each opening is played about {:.1f} times with each colour; "
-            "deterministic engines replay the same game each time (the report counts the repeats and gives the "
-            "result over the distinct games). A suite of {} or more openings gives every game its own start",
-            opts.games, len(openings), opts.games / (2 * len(openings)), (opts.games + 1) // 2,
-        )  # fmt: skip
+    warn_repeated_openings(opts.games, len(openings))
     tasks = paired_schedule(0, 1, opts.games, play_order)
     log, pgn, done = open_outputs(run_identity("match", specs, settings, openings), opts)
     if log is None:

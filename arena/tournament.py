@@ -28,6 +28,7 @@ from arena.match import (
     interleaved_schedule,
     open_run_outputs,
     run_identity,
+    warn_repeated_openings,
 )
 from arena.referee import GameRecord, GameTask
 from arena.report import engine_stats, head_to_head, terminations, wdl, write_json
@@ -147,6 +148,8 @@ def tournament_report(
                 "draws": h["draws"],
                 "losses": h["losses"],
                 "score": h["score"],
+                "repeated_games": h["repeated_games"],
+                "distinct": h["distinct"],
             }
     return {
         "kind": "tournament",
@@ -175,6 +178,7 @@ def run_tournament(
         raise ArenaError("games per pairing must be >= 1")
     _anchor(specs, opts)  # a bad --anchor is an error before any game
     openings, play_order = settings.suite()
+    warn_repeated_openings(opts.games, len(openings))  # each pairing's games; the report's cross table counts copies
     tasks = round_robin(len(specs), opts.games, play_order)
     # The schedule's name, not the games per pairing: a game's place does not depend on them
     # (logs of the earlier schedule, which named games_per_pairing, are refused as another run's).
