@@ -324,3 +324,43 @@ def test_selfplay_beside_training_is_checked(driver: ModuleType, monkeypatch: py
         assert word in cmd
     assert cmd[cmd.index("--out") + 1] == "/w/selfplay-160"
     assert cmd[cmd.index("--workers") + 1] == "12"
+
+
+def test_a_build_call_builds_the_carried_games_and_the_train_call_the_rest(
+    driver: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, selfplay_dir: Path
+) -> None:
+    """``build`` makes part 0 of the games it carries; the next build makes part 1 of the sources
+    no part holds, excluding part 0's games (dedupe=true); parts of another run's sources go."""
+    from training.packgames import pack_games
+
+    chunks = sorted(selfplay_dir.glob("*.parquet"))
+    assert len(chunks) == 3
+    repo = tmp_path / "repo"
+    first = repo / ".gpu2" / "datasets" / "a.mcg"
+    second = repo / ".gpu3" / "datasets" / "b.mcg"
+    pack_games(chunks[:2], first)
+    pack_games(chunks[1:], second)  # the middle chunk's 8 games are in both
+    (repo / "configs" / "dataset").mkdir(parents=True)  # the build reads its config from the repository
+    (repo / "configs" / "dataset" / "scratch-games.yaml").write_text((ROOT / "configs/dataset/scratch-games.yaml").read_text())
+    work = tmp_path / "work"
+    monkeypatch.setattr(driver, "ROOT", repo)
+    for key, value in (("WORK", str(work)), ("OUT", str(tmp_path / "out")), ("WORKERS", "1"),
+                       ("BUILD_OVERRIDES", "tokenizer= dedupe=true"), ("GAMES", ".gpu2/datasets/*")):  # fmt: skip
+        monkeypatch.setenv(key, value)
+    (tmp_path / "out").mkdir()
+    assert driver.phase_build() == 0
+    part0 = work / "parts" / "part-0"
+    assert json.loads((part0 / "sources.json").read_text()) == [str(first)]
+    assert json.loads((part0 / "stats.json").read_text())["games"]["used"] == 16
+
+    monkeypatch.setenv("GAMES", ".gpu*/datasets/*")
+    parts = driver.build_part(work, driver.game_sources(work))
+    assert parts == [part0, work / "parts" / "part-1"]
+    stats1 = json.loads((parts[1] / "stats.json").read_text())
+    assert stats1["games"]["filtered"] == {"excluded": 8} and stats1["games"]["used"] == 8
+    assert driver.build_part(work, driver.game_sources(work)) == parts  # nothing left to build
+
+    # Parts built from sources the current GAMES do not name belong to another run.
+    monkeypatch.setenv("GAMES", ".gpu3/datasets/*")
+    assert driver.built_parts(work, driver.game_sources(work)) == []
+    assert not (work / "parts").exists()
