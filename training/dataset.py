@@ -373,8 +373,6 @@ def build_dataset(cfg: DatasetConfig, *, progress_bar: bool = True) -> dict[str,
 
     from tqdm import tqdm
 
-    from engine.configtools import dump_yaml
-
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise DataError(f"output folder {out} exists and is not empty (set overwrite=true to replace it)")
@@ -427,12 +425,7 @@ def build_dataset(cfg: DatasetConfig, *, progress_bar: bool = True) -> dict[str,
             logger.warning("no validation examples: too few games for validation_fraction={}", cfg.split.validation_fraction)
         for m in tally.mismatches:
             logger.warning(m)
-        (work / STATS_FILE).write_text(json.dumps(stats, indent=1))
-        (work / KEYS_FILE).write_bytes(b"".join(sorted(tally.keys)))
-        dump_yaml(cfg, work / "dataset_config.yaml")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(work, out)
+        _publish(work, out, stats, tally.keys, cfg)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -442,6 +435,19 @@ def build_dataset(cfg: DatasetConfig, *, progress_bar: bool = True) -> dict[str,
         stats["speed"]["games_per_s"], sum(tally.corrupt.values()), sum(tally.filtered.values()),
     )  # fmt: skip
     return stats
+
+
+def _publish(work: Path, out: Path, stats: dict[str, Any], keys: Any, config: Any) -> None:
+    """The finished data set in ``work``: its stats, games.keys and config written, then put
+    in ``out``'s place in one rename (an earlier ``out`` goes first)."""
+    from engine.configtools import dump_yaml
+
+    (work / STATS_FILE).write_text(json.dumps(stats, indent=1))
+    (work / KEYS_FILE).write_bytes(b"".join(sorted(keys)))
+    dump_yaml(config, work / "dataset_config.yaml")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(work, out)
 
 
 def _known_total(cfg: DatasetConfig, files: list[tuple[int, Path, str]]) -> int | None:
@@ -715,8 +721,6 @@ def merge_datasets(parts: list[str | Path], out: str | Path, *, overwrite: bool 
     with ``exclude`` of the earlier ones to keep each game once. Returns the stats."""
     import pyarrow.parquet as pq
 
-    from engine.configtools import dump_yaml
-
     if len(parts) < 2:
         raise DataError(f"dataset merge: give two or more data sets, not {len(parts)}")
     out = Path(out)
@@ -770,13 +774,8 @@ def merge_datasets(parts: list[str | Path], out: str | Path, *, overwrite: bool 
             for f in folders:
                 if (f / "corrupt.jsonl").is_file():
                     log.write((f / "corrupt.jsonl").read_bytes())
-        (work / KEYS_FILE).write_bytes(b"".join(sorted(union)))
         merged = _merged_stats(stats, folders, files, total - len(union))
-        (work / STATS_FILE).write_text(json.dumps(merged, indent=1))
-        dump_yaml(merged["config"], work / "dataset_config.yaml")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(work, out)
+        _publish(work, out, merged, union, merged["config"])
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
