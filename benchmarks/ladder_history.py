@@ -2,8 +2,8 @@
 
 Reads the committed ladder reports (``arena ladder --anchor sf-skill0-d1``, 3+0.05, on the
 development machine's CPU) and draws each version's ladder Elo with its 95% profile interval:
-the 125-game ladders (25 games a level) side by side, and the 250-game ones (50 a level) where a
-version has one. What it shows is how wide a ladder's interval is against the 40-50 Elo a
+the 125-game ladders (25 games a level) side by side, and the 250- and 500-game ones (50 and 100 a
+level) where a version has one (a longer ladder extends the shorter one with ``--resume``). What it shows is how wide a ladder's interval is against the 40-50 Elo a
 version gains head to head.
 
     .venv/bin/python benchmarks/ladder_history.py --out benchmarks/results/bundled_ladder_history.png
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PATTERN = re.compile(r"bundled_v(\d+)_ladder(50)?_anchored_cpu\.json")
+PATTERN = re.compile(r"bundled_v(\d+)_ladder(\d+)?_anchored_cpu\.json")
 
 
 def ladders(folder: Path) -> list[tuple[int, int, dict]]:
@@ -51,7 +51,7 @@ def main() -> int:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for per_level, dx, style in ((25, -0.15, "o"), (50, 0.15, "s")):
+    for per_level, dx, style in ((25, -0.2, "o"), (50, 0.0, "s"), (100, 0.2, "D")):
         pts = [(v, fit) for v, g, fit in rows if g == per_level]
         if not pts:
             continue
