@@ -345,7 +345,7 @@ def excluded_keys(paths: list[str]) -> set[bytes]:
     """The moves keys of the games to leave out of a build (``exclude``): of each built data set
     folder (``stats.json`` beside ``games.keys``) or of the games in LAION parquet and packed
     ``.mcg`` files (or folders of them), hashed as the build hashes games from the start."""
-    from training.packgames import decode_moves, game_files, read_laion, read_packed
+    from training.packgames import file_moves, game_files
     from training.sources import STANDARD_FEN, moves_key
 
     keys: set[bytes] = set()
@@ -359,11 +359,7 @@ def excluded_keys(paths: list[str]) -> set[bytes]:
         except DataError as exc:
             raise DataError(f"exclude: {exc}") from None
         for f in files:
-            if f.suffix == ".mcg":
-                header, records = read_packed(f)
-                keys.update(moves_key(STANDARD_FEN, decode_moves(data, header["version"])) for data, _, _ in records)
-            else:
-                keys.update(moves_key(STANDARD_FEN, moves) for moves, _, _ in read_laion([f]) if moves)
+            keys.update(moves_key(STANDARD_FEN, moves) for moves in file_moves(f) if moves)
     return keys
 
 
@@ -702,7 +698,6 @@ def read_stats(folder: str | Path) -> dict[str, Any]:
 
 def split_files(folder: str | Path, split: str) -> list[Path]:
     return sorted(Path(folder).glob(f"{split}-*.parquet"))
-
 
 
 # -- merging data sets built in parts --------------------------------------------------------------

@@ -204,6 +204,15 @@ def game_key(moves: Sequence[str]) -> bytes:
     return encode_pieces(moves)
 
 
+def file_moves(path: Path) -> Iterator[list[str]]:
+    """The moves (UCI) of each record of one LAION parquet or packed ``.mcg`` file, in order."""
+    if path.suffix == ".mcg":
+        header, records = read_packed(path)
+        yield from (decode_moves(data, header["version"]) for data, _, _ in records)
+    else:
+        yield from (moves for moves, _, _ in read_laion([path]))
+
+
 def game_keys(path: Path) -> list[bytes | None]:
     """The :func:`game_key` of each record of one LAION parquet or packed ``.mcg`` file, in order
     (None for a record that is no game). Version 2 packed records are their keys already; the
@@ -212,9 +221,8 @@ def game_keys(path: Path) -> list[bytes | None]:
         header, records = read_packed(path)
         if header["version"] == 2:
             return [data for data, _, _ in records]
-        return [game_key(decode_moves(data, header["version"])) for data, _, _ in records]
     keys: list[bytes | None] = []
-    for moves, _, _ in read_laion([path]):
+    for moves in file_moves(path):
         try:
             keys.append(game_key(moves))
         except DataError:
