@@ -61,7 +61,9 @@ workers tokenize, and the trainer takes the ids as they are instead of tokenizin
 RESUME (1: go on with the run an earlier train call left on this still-warm machine, under
 WORK: no unpacking and no build, the trainer resumes from its newest checkpoint (the same
 settings and TRAIN_STEPS, so the learning-rate schedule goes on where it stopped), and the
-matches already played are kept), MODEL_TAG (v3: the returned folder is bundled-TAG, the tarball model-TAG.tgz), FINAL_INT8_GROUP
+matches already played are kept), DATA_FROM (unset; the WORK folder of an earlier train
+call on this warm machine, e.g. /tmp/bw: train on its data set as it is, no build, a second
+arm with other TRAIN_OVERRIDES in its own WORK, e.g. WORK=/tmp/bw2 MODEL_TAG=v22c), MODEL_TAG (v3: the returned folder is bundled-TAG, the tarball model-TAG.tgz), FINAL_INT8_GROUP
 (unset: the final model's weights come back as the trainer saved them, bf16; N: as int8 with
 a scale per N weights, ``mistral-chess export-int8 --group N``: needed above ~20M parameters,
 whose bf16 weights would not fit the 8 returned files; a run with ``qat.int4_modules`` saves its
@@ -810,6 +812,26 @@ def build_command(sources: list[Path], data: Path) -> list[str]:
     return cmd + [a for a in (os.environ.get("BUILD_OVERRIDES") or "").split() if a]
 
 
+def run_build(cmd: list[str], log: Path) -> None:
+    """Run a ``dataset build`` command, its output to LOG, the command line to the phase log."""
+    say("build: " + " ".join(cmd[3:]))
+    with open(log, "w") as build_log:
+        subprocess.run(cmd, cwd=ROOT, check=True, stdout=build_log, stderr=subprocess.STDOUT)
+
+
+def data_from() -> Path | None:
+    """DATA_FROM: the WORK folder of an earlier train call on this warm machine whose data set
+    (DATA_FROM/data) this call trains on as it is, with no build: a second arm (other
+    TRAIN_OVERRIDES, its own WORK and MODEL_TAG) on the same windows."""
+    src = os.environ.get("DATA_FROM")
+    if not src:
+        return None
+    data = Path(src) / "data"
+    if not (data / "stats.json").is_file():
+        sys.exit(f"DATA_FROM={src}: no data set at {data} (an earlier train call on this warm machine builds it)")
+    return data
+
+
 def build_dedupes() -> bool:
     return "dedupe=true" in (os.environ.get("BUILD_OVERRIDES") or "").split()
 
@@ -848,9 +870,7 @@ def build_part(work: Path, sources: list[Path]) -> list[Path]:
     cmd = build_command(new, part)
     if parts and build_dedupes():
         cmd.append("exclude=[" + ", ".join(str(p) for p in parts) + "]")
-    say("build: " + " ".join(cmd[3:]))
-    with open(work / f"build-{part.name}.log", "w") as build_log:
-        subprocess.run(cmd, cwd=ROOT, check=True, stdout=build_log, stderr=subprocess.STDOUT)
+    run_build(cmd, work / f"build-{part.name}.log")
     (part / "sources.json").write_text(json.dumps([str(s) for s in new]))
     stats = json.loads((part / "stats.json").read_text())
     say(
@@ -882,11 +902,14 @@ def phase_train() -> int:
     work = work_dir()
     # Only Stockfish opponents and self-play need the 21 MB binary: without them .gpu2 can leave it behind.
     sf = stockfish() if needs_stockfish(eval_opponents()) or beside is not None else ""
-    data = work / "data"
+    shared = data_from()
+    data = shared or work / "data"
     resume = os.environ.get("RESUME") == "1"
     if resume and not (data / "stats.json").is_file():
         sys.exit(f"RESUME=1: no data set at {data} (an earlier train call on this warm machine builds it)")
-    if not resume:
+    if shared is not None:
+        say(f"build: none, training on {data} (DATA_FROM)")
+    elif not resume:
         sources = game_sources(work)
         shutil.rmtree(data, ignore_errors=True)
         if built_parts(work, sources):  # a build call came first: build the rest, merge
@@ -899,10 +922,7 @@ def phase_train() -> int:
                                stdout=subprocess.DEVNULL)  # fmt: skip
                 say(f"build: merged {len(parts)} parts in {time.monotonic() - t:.0f} s")
         else:
-            cmd = build_command(sources, data)
-            say("build: " + " ".join(cmd[3:]))
-            with open(work / "build.log", "w") as build_log:
-                subprocess.run(cmd, cwd=ROOT, check=True, stdout=build_log, stderr=subprocess.STDOUT)
+            run_build(build_command(sources, data), work / "build.log")
     stats = json.loads((data / "stats.json").read_text())
     train_games = int(stats["games"]["with_examples_by_split"].get("train") or 0)
     say(

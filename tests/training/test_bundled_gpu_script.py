@@ -242,6 +242,24 @@ def test_resume_needs_the_earlier_data_set(driver: ModuleType, tmp_path: Path, m
         driver.phase_train()
 
 
+def test_a_second_arm_trains_on_the_data_set_of_an_earlier_call(
+    driver: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DATA_FROM=EARLIER_WORK: the data set an earlier train call built, used as it is; refused
+    by name when that call left none."""
+    monkeypatch.delenv("DATA_FROM", raising=False)
+    assert driver.data_from() is None
+    earlier = tmp_path / "bw"
+    monkeypatch.setenv("DATA_FROM", str(earlier))
+    monkeypatch.setenv("WORK", str(tmp_path / "bw2"))
+    monkeypatch.setenv("EVAL_OPPONENTS", "none")
+    with pytest.raises(SystemExit, match=f"DATA_FROM={earlier}: no data set at {earlier / 'data'}"):
+        driver.phase_train()
+    (earlier / "data").mkdir(parents=True)
+    (earlier / "data" / "stats.json").write_text("{}")
+    assert driver.data_from() == earlier / "data"
+
+
 def test_passes_over_the_windows_are_told_and_a_second_pass_warned(
     driver: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
