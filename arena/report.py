@@ -151,6 +151,19 @@ def distinct_games(records: list[GameRecord]) -> list[GameRecord]:
     return out
 
 
+def _wdl_summary(w: int, d: int, lo: int) -> dict[str, Any]:
+    """Games, W/D/L, score and Elo (95% interval) of one side's results."""
+    n = w + d + lo
+    return {
+        "games": n,
+        "wins": w,
+        "draws": d,
+        "losses": lo,
+        "score": round((w + 0.5 * d) / n, 4) if n else None,
+        "elo": elo_wdl(w, d, lo).to_dict(),
+    }
+
+
 def head_to_head(records: list[GameRecord], a: int, b: int) -> dict[str, Any]:
     """Result of ``a`` against ``b``: W/D/L, score, Elo with 95% interval, LOS, pentanomial;
     and, when some games repeat an earlier one move for move, the same over the distinct games
@@ -158,35 +171,20 @@ def head_to_head(records: list[GameRecord], a: int, b: int) -> dict[str, Any]:
     games = [r for r in records if {r.white_engine, r.black_engine} == {a, b}]
     w, d, lo = wdl(games, a)
     penta = pentanomial(games, a, b)
-    n = w + d + lo
     unique = distinct_games(games)
-    out: dict[str, Any] = {
-        "games": n,
-        "wins": w,
-        "draws": d,
-        "losses": lo,
-        "score": round((w + 0.5 * d) / n, 4) if n else None,
-        "elo": elo_wdl(w, d, lo).to_dict(),
-        "los": None if los(w, lo) is None else round(los(w, lo) or 0.0, 4),
-        "pentanomial": {
-            "pairs": sum(penta),
-            "counts": dict(zip(("0", "0.5", "1", "1.5", "2"), penta, strict=True)),
-            "elo": elo_pentanomial(penta).to_dict() if sum(penta) else None,
-        },
-        "repeated_games": n - len(unique),
-        "distinct": None,
-    }
-    if len(unique) < n:
-        uw, ud, ul = wdl(unique, a)
-        un = uw + ud + ul
-        out["distinct"] = {
-            "games": un,
-            "wins": uw,
-            "draws": ud,
-            "losses": ul,
-            "score": round((uw + 0.5 * ud) / un, 4),
-            "elo": elo_wdl(uw, ud, ul).to_dict(),
+    out = _wdl_summary(w, d, lo)
+    out.update(
+        {
+            "los": None if los(w, lo) is None else round(los(w, lo) or 0.0, 4),
+            "pentanomial": {
+                "pairs": sum(penta),
+                "counts": dict(zip(("0", "0.5", "1", "1.5", "2"), penta, strict=True)),
+                "elo": elo_pentanomial(penta).to_dict() if sum(penta) else None,
+            },
+            "repeated_games": out["games"] - len(unique),
+            "distinct": _wdl_summary(*wdl(unique, a)) if len(unique) < out["games"] else None,
         }
+    )
     return out
 
 
