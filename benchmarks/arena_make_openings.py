@@ -133,25 +133,41 @@ def build(depth: int) -> tuple[list[Opening], list[int]]:
 
 def random_lines(n: int, seed: int, plies: int, depth: int, max_cp: int) -> list[Opening]:
     """``n`` distinct lines of ``plies`` uniformly random legal moves whose final position
-    Stockfish (``depth``) scores within ``max_cp`` of equality, in the order found."""
+    Stockfish (``depth``) scores within ``max_cp`` of equality, in the order found.
+
+    Candidates are drawn in batches and each batch is scored by one Stockfish process (every
+    position as a new game, so a score does not depend on the batch); they are then taken in
+    the order drawn, so the suite is the same whatever the batch size."""
     rng = random.Random(seed)
+    stockfish = find_stockfish()
     kept: list[Opening] = []
     seen: set[str] = set()
     tried = 0
     while len(kept) < n:
-        tried += 1
-        if tried > 200 * n:
-            raise SystemExit(f"only {len(kept)} balanced lines in {tried - 1} tries: raise --max-cp")
-        board = chess.Board()
-        for _ in range(plies):
-            board.push(rng.choice(list(board.legal_moves)))
-        if board.is_game_over() or board.epd() in seen:
-            continue
-        o = Opening(name=f"Random {len(kept) + 1}", fen=chess.STARTING_FEN, moves=tuple(board.move_stack))
-        (cp,) = evaluate([o], find_stockfish(), depth=depth)
-        if abs(cp) <= max_cp:
+        if tried >= 200 * n:
+            raise SystemExit(f"only {len(kept)} balanced lines in {tried} tries: raise --max-cp")
+        batch: list[chess.Board] = []
+        for _ in range(min(2 * (n - len(kept)) + 4, 200 * n - tried)):
+            board = chess.Board()
+            for _ in range(plies):
+                board.push(rng.choice(list(board.legal_moves)))
+            batch.append(board)
+        playable = [b for b in batch if not b.is_game_over()]
+        cps = dict(
+            zip(
+                (id(b) for b in playable),
+                evaluate([Opening("", chess.STARTING_FEN, tuple(b.move_stack)) for b in playable], stockfish, depth=depth),
+                strict=True,
+            )
+        )
+        for board in batch:
+            tried += 1
+            if id(board) not in cps or board.epd() in seen or abs(cps[id(board)]) > max_cp:
+                continue
             seen.add(board.epd())
-            kept.append(Opening(o.name, o.fen, o.moves, "", cp))
+            kept.append(Opening(f"Random {len(kept) + 1}", chess.STARTING_FEN, tuple(board.move_stack), "", cps[id(board)]))
+            if len(kept) == n:
+                break
     print(f"{n} balanced lines of {tried} random ones", file=sys.stderr)
     return kept
 
