@@ -193,3 +193,30 @@ def test_exclude_games_leaves_out_the_positions_of_those_games(tmp_path, selfpla
     moved = [dataclasses.replace(p, game="/nowhere/x.parquet:0") for p in positions]
     with pytest.raises(DataError, match="the source of the data set's games is gone"):
         legal_rate.unseen_positions(moved, [str(trained)])
+
+
+def test_legal_rate_pairs_models_on_the_same_positions() -> None:
+    """benchmarks/legal_rate.py's paired comparison: the discordant positions of each pair and
+    the exact McNemar p-value (two-sided binomial test on them)."""
+    import importlib.util
+    import math
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "legal_rate.py"
+    spec = importlib.util.spec_from_file_location("legal_rate", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    a = [True] * 90 + [False] * 10
+    b = [True] * 80 + [False] * 10 + [True] * 2 + [False] * 8  # b loses 10 of a's, wins back 2
+    c = list(a)
+    rows = mod.paired({"a": a, "b": b, "c": c})
+    assert [(r["a"], r["b"]) for r in rows] == [("a", "b"), ("a", "c"), ("b", "c")]
+    ab = rows[0]
+    assert (ab["positions"], ab["both_legal"], ab["only_a"], ab["only_b"]) == (100, 80, 10, 2)
+    want = 2 * sum(math.comb(12, j) for j in range(3)) / 2**12  # P(X <= 2), X ~ Bin(12, 1/2), doubled
+    assert ab["mcnemar_p"] == round(want, 5) and 0.03 < want < 0.04
+    assert (rows[1]["only_a"], rows[1]["only_b"], rows[1]["mcnemar_p"]) == (0, 0, 1.0)  # identical answers
+    with pytest.raises(ValueError, match="different positions"):
+        mod.paired({"a": a, "b": b[:50]})
