@@ -136,8 +136,14 @@ def unseen_positions(positions: list, sources: list[str]) -> list:
     parquet or packed ``.mcg`` file the data set was built from) occurs in ``sources``
     (training.packgames.seen_games)."""
     from training.errors import DataError
-    from training.packgames import game_keys, seen_games
+    from training.packgames import game_files, game_keys, packed_header, seen_games
 
+    slow = [p.name for p in game_files(sources) if p.suffix == ".mcg" and packed_header(p)["version"] == 1]
+    if slow:
+        # version 2 records are their game keys; version 1 games are replayed (about 1 ms a game)
+        print(f"--exclude-games: {', '.join(slow)} are packed as version 1: every game is replayed to compare "
+              "it (minutes a set); a version 2 copy (the newest in the history, gpu_carry.sh --games --pack) "
+              "is read in seconds", file=sys.stderr, flush=True)  # fmt: skip
     seen = seen_games(sources)
     keys_of: dict[str, list[bytes | None]] = {}  # a source file's games, by index
     kept = []
