@@ -23,6 +23,9 @@ from arena.tournament import TournamentOptions, checkpoint_engines, run_tourname
 
 ENGINES = Path(__file__).parent / "engines"
 RANDOM = f"{sys.executable} {ENGINES / 'random_engine.py'}"
+# 30 ms a move: the random engine answers at once, so on a loaded machine a whole 8-game match
+# could end before a test that waits for two finished games gets to stop it.
+PACED = f"{sys.executable} {ENGINES / 'paced_engine.py'}"
 
 
 def read_pgn(path: Path) -> list[chess.pgn.Game]:
@@ -85,10 +88,10 @@ def _eight_game_match(tmp_path: Path) -> tuple[list[str], Path, Path, Path]:
         "arena",
         "match",
         "--engine",
-        RANDOM,
+        PACED,
         "name=a",
         "--engine",
-        RANDOM,
+        PACED,
         "name=b",
         "--games",
         "8",
