@@ -153,13 +153,8 @@ def random_lines(n: int, seed: int, plies: int, depth: int, max_cp: int) -> list
                 board.push(rng.choice(list(board.legal_moves)))
             batch.append(board)
         playable = [b for b in batch if not b.is_game_over()]
-        cps = dict(
-            zip(
-                (id(b) for b in playable),
-                evaluate([Opening("", chess.STARTING_FEN, tuple(b.move_stack)) for b in playable], stockfish, depth=depth),
-                strict=True,
-            )
-        )
+        scores = evaluate([Opening("", chess.STARTING_FEN, tuple(b.move_stack)) for b in playable], stockfish, depth=depth)
+        cps = {id(b): cp for b, cp in zip(playable, scores, strict=True)}
         for board in batch:
             tried += 1
             if id(board) not in cps or board.epd() in seen or abs(cps[id(board)]) > max_cp:

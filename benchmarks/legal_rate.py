@@ -116,9 +116,10 @@ def main() -> int:
         ))  # fmt: skip
         m["seconds"] = round(time.perf_counter() - t, 1)
         m["path"] = path
-        legal_by_model[name] = legal_flags(positions, outputs)
+        kinds = output_classes(positions, outputs)
+        legal_by_model[name] = [k == "legal" for k in kinds]
         if args.breakdown:
-            m.update(breakdown(positions, outputs, args.examples))
+            m.update(breakdown(positions, outputs, kinds, args.examples))
         res["models"][name] = m  # type: ignore[index]
         print(name, json.dumps(m), flush=True)
     if len(legal_by_model) > 1:
@@ -160,13 +161,14 @@ def unseen_positions(positions: list, sources: list[str]) -> list:
     return kept
 
 
-def legal_flags(positions: list, outputs: list[str]) -> list[bool]:
-    """For each position, whether the model's output starts with a legal move (the engine's parser)."""
+def output_classes(positions: list, outputs: list[str]) -> list[str]:
+    """For each position, the class of the model's output (``training.evaluation.classify_output``,
+    the engine's parser: ``legal``, or why the move is illegal)."""
     import chess
 
     from training.evaluation import classify_output
 
-    return [classify_output(chess.Board(p.fen), " " + text) == "legal" for p, text in zip(positions, outputs, strict=True)]
+    return [classify_output(chess.Board(p.fen), " " + text) for p, text in zip(positions, outputs, strict=True)]
 
 
 def paired(legal: dict[str, list[bool]]) -> list[dict[str, object]]:
@@ -203,20 +205,17 @@ def window_ply(prompt: str, fen: str) -> int:
     return (board.fullmove_number - root.fullmove_number) * 2 + (board.turn == chess.BLACK) - (root.turn == chess.BLACK)
 
 
-def breakdown(positions: list, outputs: list[str], examples: int) -> dict[str, object]:
-    """Classes of the outputs, legal rate by ply in window, the first illegal examples."""
+def breakdown(positions: list, outputs: list[str], kinds: list[str], examples: int) -> dict[str, object]:
+    """Classes of the outputs (``kinds``, from :func:`output_classes`), legal rate by ply in
+    window, the first illegal examples."""
     import collections
 
-    import chess
-
-    from training.evaluation import OUTPUT_CLASSES, classify_output
+    from training.evaluation import OUTPUT_CLASSES
 
     classes: collections.Counter[str] = collections.Counter()
     by_ply: dict[int, list[int]] = {}
     listed: list[dict[str, object]] = []
-    for pos, text in zip(positions, outputs, strict=True):
-        board = chess.Board(pos.fen)
-        kind = classify_output(board, " " + text)
+    for pos, text, kind in zip(positions, outputs, kinds, strict=True):
         classes[kind] += 1
         ply = window_ply(pos.prompt, pos.fen)
         row = by_ply.setdefault(ply, [0, 0])

@@ -204,11 +204,14 @@ def game_key(moves: Sequence[str]) -> bytes:
     return encode_pieces(moves)
 
 
+def _packed_moves(header: dict[str, Any], records: list[tuple[bytes, str | None, str]]) -> Iterator[list[str]]:
+    return (decode_moves(data, header["version"]) for data, _, _ in records)
+
+
 def file_moves(path: Path) -> Iterator[list[str]]:
     """The moves (UCI) of each record of one LAION parquet or packed ``.mcg`` file, in order."""
     if path.suffix == ".mcg":
-        header, records = read_packed(path)
-        yield from (decode_moves(data, header["version"]) for data, _, _ in records)
+        yield from _packed_moves(*read_packed(path))
     else:
         yield from (moves for moves, _, _ in read_laion([path]))
 
@@ -218,11 +221,14 @@ def game_keys(path: Path) -> list[bytes | None]:
     (None for a record that is no game). Version 2 packed records are their keys already; the
     rest are packed here (about 1 ms a game)."""
     if path.suffix == ".mcg":
-        header, records = read_packed(path)
+        header, records = read_packed(path)  # read once: version 1 records are decoded from it below
         if header["version"] == 2:
             return [data for data, _, _ in records]
+        games = _packed_moves(header, records)
+    else:
+        games = file_moves(path)
     keys: list[bytes | None] = []
-    for moves in file_moves(path):
+    for moves in games:
         try:
             keys.append(game_key(moves))
         except DataError:

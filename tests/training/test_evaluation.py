@@ -107,7 +107,10 @@ def test_breakdown_counts_classes_and_plies() -> None:
         EvalPosition('[Event "?"]\n\n1.', " e4", START),
         EvalPosition('[Event "?"]\n\n1. e4', " e5", after_e4.fen()),
     ]
-    out = legal_rate.breakdown(positions, [" e4", " Qh5", " e5"], examples=5)
+    outputs = [" e4", " Qh5", " e5"]
+    kinds = legal_rate.output_classes(positions, outputs)
+    assert kinds == ["legal", "unreachable", "legal"]
+    out = legal_rate.breakdown(positions, outputs, kinds, examples=5)
     assert out["classes"] == {"legal": 2, "unreachable": 1}
     assert out["by_ply_in_window"] == {
         "0": {"positions": 2, "legal_rate": 0.5},
@@ -198,15 +201,9 @@ def test_exclude_games_leaves_out_the_positions_of_those_games(tmp_path, selfpla
 def test_legal_rate_pairs_models_on_the_same_positions() -> None:
     """benchmarks/legal_rate.py's paired comparison: the discordant positions of each pair and
     the exact McNemar p-value (two-sided binomial test on them)."""
-    import importlib.util
     import math
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "legal_rate.py"
-    spec = importlib.util.spec_from_file_location("legal_rate", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _legal_rate_module()
 
     a = [True] * 90 + [False] * 10
     b = [True] * 80 + [False] * 10 + [True] * 2 + [False] * 8  # b loses 10 of a's, wins back 2
