@@ -114,7 +114,7 @@ def think_with_deadline(
     returned. Returns None when ``give_up`` is set meanwhile (the game ended).
     """
     cancel = threading.Event()
-    future = pool.submit(player.choose, board.copy(), engine_color=engine_color, cancel=cancel)
+    future = pool.submit(player.choose, board.copy(), engine_color=engine_color, cancel=cancel, deadline=deadline)
     while True:
         left = deadline - time.monotonic()
         try:

@@ -95,8 +95,22 @@ class SearchConfig:
     # Lines reported per move (UCI MultiPV): the constrained choice's N most likely moves, each
     # as `info multipv k ... pv MOVE`, its probability as the score; 1: the chosen move only.
     multipv: int = 1
+    # Tactical guard (engine/guard.py), constrained mode: "material" looks at the model's
+    # `guard_moves` most likely moves with a capture search and a mate-in-one check and plays
+    # the most likely one within `guard_margin_cp` of the best of them (a mate in one is always
+    # played), in at most `guard_ms` a move. "none": the model's choice as it is.
+    guard: Literal["none", "material"] = "none"
+    guard_moves: int = 5
+    guard_margin_cp: int = 150
+    guard_ms: int = 30
 
     def __post_init__(self) -> None:
+        if not 1 <= self.guard_moves <= 256:
+            raise ConfigError(f"search.guard_moves must be in 1..256, not {self.guard_moves}")
+        if self.guard_margin_cp < 0:
+            raise ConfigError(f"search.guard_margin_cp must be >= 0, not {self.guard_margin_cp}")
+        if self.guard_ms < 1:
+            raise ConfigError(f"search.guard_ms must be >= 1, not {self.guard_ms}")
         if self.temperature < 0 or self.retry_temperature < 0:
             raise ConfigError("search.temperature and search.retry_temperature must be >= 0")
         if self.retries < 0:

@@ -25,6 +25,7 @@ import math
 import random
 import re
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +34,7 @@ from loguru import logger
 
 from engine.config import EngineConfig
 from engine.errors import ConfigError, MoveParseError, PromptError
+from engine.guard import guard_choice
 from engine.prompt import (
     Prompt,
     PromptBuilder,
@@ -47,6 +49,7 @@ from engine.scoring import Cancelled, LMScorer
 # Confidence -> centipawns: cp = CP_SCALE * log10(p / (1 - p)), clamped.
 CP_SCALE = 400.0
 CP_LIMIT = 2000
+GUARD_DEADLINE_MARGIN_S = 0.005  # the guard stops this long before the move is due
 
 _RESULT_RE = re.compile(r"^(1-0|0-1|1/2-1/2|½-½|\*)")
 _MOVE_NUMBER_RE = re.compile(r"^\d+\.(\.\.)?")
@@ -79,6 +82,9 @@ class PlayerStats:
     resignations: int = 0
     errors: int = 0
     timeouts: int = 0
+    guard_looks: int = 0  # moves the tactical guard looked at (search.guard)
+    guard_changes: int = 0  # of them, where it played another move than the model's choice
+    guard_cut: int = 0  # of them, where its time ran out before every candidate was looked at
     by_source: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
 
 
@@ -305,10 +311,12 @@ class Player:
         engine_color: chess.Color | None = None,
         cancel: threading.Event | None = None,
         only: Sequence[chess.Move] = (),
+        deadline: float | None = None,
     ) -> Decision:
         """The move for the side to move of ``board``. Never raises for model trouble.
         ``only`` (UCI ``go searchmoves``): choose among these legal moves alone (ignored when
-        none of them is legal)."""
+        none of them is legal). ``deadline`` (monotonic seconds): when the answer is due; the
+        tactical guard (``search.guard``) stops looking before it."""
         legal = restricted(board, only)
         if not legal:
             d = Decision(move=None, source="no-legal-move")
@@ -328,6 +336,8 @@ class Player:
             prompt = self.prompt_for(board, engine_color=engine_color)
             if self.config.search.mode == "constrained":
                 d = self._constrained(board, legal, prompt, cancel)
+                if self.config.search.guard != "none" and d.move is not None and d.ranked:
+                    self._guard(board, d, deadline)
             else:
                 d = self._generate(board, legal, prompt, cancel)
         except Cancelled:
@@ -349,6 +359,30 @@ class Player:
         self.stats.by_source[d.source] += 1
         self.last_decision = d
         return d
+
+    def _guard(self, board: chess.Board, d: Decision, deadline: float | None) -> None:
+        """The tactical guard (engine/guard.py) over the model's candidates, the chosen move
+        first (it may be a sample): ``d`` takes the guard's move, its probability and a note."""
+        cfg = self.config.search
+        started = time.monotonic()
+        stop = started + cfg.guard_ms / 1000.0
+        if deadline is not None:
+            stop = min(stop, deadline - GUARD_DEADLINE_MARGIN_S)
+        candidates = [(m, p) for m, p in d.ranked if m == d.move]
+        candidates += [(m, p) for m, p in d.ranked if m != d.move]
+        result = guard_choice(board, candidates, moves=cfg.guard_moves, margin_cp=cfg.guard_margin_cp, deadline=stop)
+        self.stats.guard_looks += 1
+        if not result.complete:
+            self.stats.guard_cut += 1
+        if result.note:
+            d.notes.append(result.note)
+        if result.changed:
+            self.stats.guard_changes += 1
+            prob = next((p for m, p in d.ranked if m == result.move), 0.0)
+            d.move = result.move
+            d.probability = prob
+            d.score_cp = probability_to_cp(prob)
+            logger.debug("{} at {}", result.note, board.fen())
 
     def emergency_move(self, board: chess.Board, reason: str, only: Sequence[chess.Move] = ()) -> Decision:
         """An instant legal move (one of ``only``, as :meth:`choose` reads it) when the model
@@ -525,6 +559,9 @@ class Player:
             "resignations": s.resignations,
             "errors": s.errors,
             "timeouts": s.timeouts,
+            "guard_looks": s.guard_looks,
+            "guard_changes": s.guard_changes,
+            "guard_cut": s.guard_cut,
             "by_source": dict(s.by_source),
         }
 

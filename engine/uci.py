@@ -85,6 +85,10 @@ OPTIONS: tuple[UciOption, ...] = (
     UciOption("Ponder", "check", ""),
     UciOption("MoveSelection", "combo", "search.mode", vars=("constrained", "generate")),
     UciOption("MultiPV", "spin", "search.multipv", min=1, max=256),
+    UciOption("Guard", "combo", "search.guard", vars=("none", "material")),
+    UciOption("GuardMoves", "spin", "search.guard_moves", min=1, max=256),
+    UciOption("GuardMarginCp", "spin", "search.guard_margin_cp", min=0, max=10000),
+    UciOption("GuardTimeMs", "spin", "search.guard_ms", min=1, max=10000),
     UciOption("Temperature", "string", "search.temperature", to_value=_float),
     UciOption("Seed", "spin", "search.seed", min=-1, max=2**31 - 1),
     UciOption("Retries", "spin", "search.retries", min=0, max=20),
@@ -362,7 +366,9 @@ class UciEngine:
         cancel = threading.Event()
         decision: Decision | None = None
         if loaded:
-            future = self._worker.submit(self.player.choose, board.copy(), cancel=cancel, only=only)
+            future = self._worker.submit(
+                self.player.choose, board.copy(), cancel=cancel, only=only, deadline=deadline
+            )
             decision = self._await(future, deadline, params, board.turn)
             if decision is None:
                 cancel.set()

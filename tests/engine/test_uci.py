@@ -441,6 +441,25 @@ def test_multipv_reports_the_most_likely_candidates_in_order() -> None:
     eng.shutdown()
 
 
+def test_guard_option_turns_the_tactical_guard_on_and_says_what_it_changed() -> None:
+    prefs = {"Ng5": -0.1, "d4": -1.0}
+    eng, out = make_engine(lambda c: FakeScorer(prefs))
+    pos = "position startpos moves e2e4 d7d6 g1f3 e7e5"
+    run(eng, "uci", "isready", pos, "go movetime 2000")
+    i, _ = out.wait_for("bestmove")
+    assert out.lines[i] == "bestmove f3g5"  # none by default: the model's choice
+    assert "option name Guard type combo default none var none var material" in out.lines
+    n = len(out.lines)
+    run(eng, "setoption name Guard value material", "setoption name GuardTimeMs value 500", pos, "go movetime 2000")
+    i, _ = out.wait_for("bestmove", start=n)
+    assert out.lines[i] == "bestmove d2d4"
+    assert any(line.startswith("info string guard: Ng5 (p ") for line in out.lines[n:i])
+    assert eng.config.search.guard_ms == 500
+    run(eng, "setoption name GuardMoves value 0")  # out of range: refused, kept
+    assert eng.config.search.guard_moves == 5
+    eng.shutdown()
+
+
 def test_searchmoves_limits_the_choice_and_reports_what_it_cannot_use() -> None:
     prefs = {"e4": -0.5, "d4": -1.0, "Nf3": -2.0, "O-O": -0.1}
     eng, out = make_engine(lambda c: FakeScorer(prefs))

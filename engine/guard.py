@@ -1,0 +1,211 @@
+"""The tactical guard (``search.guard: material``): a check of the model's own candidates.
+
+The model chooses with one forward pass and no look-ahead, so it hangs pieces and walks
+into short mates (the bundled model's card, "Blunders"). With the guard on, the engine
+still plays one of the model's ``search.guard_moves`` most likely moves, in the model's
+order, but looks at each first with python-chess:
+
+- a move that mates at once is played, however low the model ranked it;
+- a candidate after which the opponent mates in one is dropped;
+- every other candidate is valued by a quiescence search over captures and promotions
+  (all replies when in check) with material values, from the opponent's side after it;
+- the model's most likely candidate whose value is within ``search.guard_margin_cp`` of
+  the best candidate's is played.
+
+So the guard catches a piece left where it is taken, a capture that loses the exchange and
+mate on the next move; it does not see forks, pins or quiet threats. It is bounded by
+``search.guard_ms`` (and the deadline of the move, when the caller gives one): what it has
+not looked at when time is up keeps the model's order, and with no candidate looked at
+the model's choice stands. It is off by default (``search.guard: none``): the engine's strength figures (the model
+card, the ladder) are the model's alone unless they say otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+
+import chess
+
+# Material values in centipawns (the king is never captured).
+PIECE_CP = {
+    chess.PAWN: 100,
+    chess.KNIGHT: 320,
+    chess.BISHOP: 330,
+    chess.ROOK: 500,
+    chess.QUEEN: 900,
+    chess.KING: 0,
+}
+MATE_CP = 100_000
+QS_MAX_PLIES = 12  # a capture sequence longer than this is cut (stand-pat value)
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+@dataclasses.dataclass
+class GuardLook:
+    """What the guard found for one candidate (values in centipawns, the mover's view)."""
+
+    move: chess.Move
+    probability: float
+    value: int
+    reason: str  # "mates", "allows mate", "captures", ""
+
+
+@dataclasses.dataclass
+class GuardResult:
+    move: chess.Move
+    looks: list[GuardLook]
+    changed: bool  # the guard played another move than the model's first choice
+    complete: bool  # every candidate was looked at within the time
+    nodes: int
+    note: str
+
+
+def material(board: chess.Board, color: chess.Color) -> int:
+    return sum(PIECE_CP[p] * len(board.pieces(p, color)) for p in PIECE_CP)
+
+
+def _captured_value(board: chess.Board, move: chess.Move) -> int:
+    if board.is_en_passant(move):
+        return PIECE_CP[chess.PAWN]
+    piece = board.piece_at(move.to_square)
+    return PIECE_CP[piece.piece_type] if piece is not None else 0
+
+
+class _Search:
+    def __init__(self, deadline: float | None, max_nodes: int):
+        self.deadline = deadline
+        self.max_nodes = max_nodes
+        self.nodes = 0
+
+    def tick(self) -> None:
+        self.nodes += 1
+        if self.nodes >= self.max_nodes or (
+            self.deadline is not None and self.nodes % 64 == 0 and time.monotonic() >= self.deadline
+        ):
+            raise _OutOfTime
+
+    def qsearch(self, board: chess.Board, alpha: int, beta: int, ply: int) -> int:
+        """Material value for the side to move, captures and promotions only (every reply
+        when in check), fail-hard alpha-beta."""
+        self.tick()
+        in_check = board.is_check()
+        if in_check:
+            moves = list(board.legal_moves)
+            if not moves:
+                return -MATE_CP + ply
+        else:
+            stand = material(board, board.turn) - material(board, not board.turn)
+            if stand >= beta or ply >= QS_MAX_PLIES:
+                return stand
+            alpha = max(alpha, stand)
+            moves = [m for m in board.generate_legal_moves() if board.is_capture(m) or m.promotion]
+        if ply >= QS_MAX_PLIES:  # in check, deep in a sequence: value it as it stands
+            return material(board, board.turn) - material(board, not board.turn)
+        # Most valuable victim first, least valuable attacker first among equals.
+        moves.sort(
+            key=lambda m: (
+                -_captured_value(board, m) - (PIECE_CP[m.promotion] if m.promotion else 0),
+                PIECE_CP[board.piece_type_at(m.from_square) or chess.PAWN],
+            )
+        )
+        for move in moves:
+            board.push(move)
+            try:
+                score = -self.qsearch(board, -beta, -alpha, ply + 1)
+            finally:
+                board.pop()
+            if score >= beta:
+                return beta
+            alpha = max(alpha, score)
+        return alpha
+
+
+def _mates(board: chess.Board, move: chess.Move) -> bool:
+    board.push(move)
+    try:
+        return board.is_checkmate()
+    finally:
+        board.pop()
+
+
+def _allows_mate_in_one(board: chess.Board, search: _Search) -> bool:
+    """Whether the side to move of ``board`` (the opponent, after our candidate) mates at once."""
+    for reply in board.legal_moves:
+        search.tick()
+        board.push(reply)
+        try:
+            if board.is_checkmate():
+                return True
+        finally:
+            board.pop()
+    return False
+
+
+def guard_choice(
+    board: chess.Board,
+    ranked: Sequence[tuple[chess.Move, float]],
+    *,
+    moves: int,
+    margin_cp: int,
+    deadline: float | None,
+    max_nodes: int = 200_000,
+) -> GuardResult:
+    """The move to play among the model's ``ranked`` moves (most likely first: every move the
+    caller allows, with its probability), as the module says. ``board`` is left as it was."""
+    if not ranked:
+        raise ValueError("guard_choice needs the model's ranked moves")
+    board = board.copy(stack=False)
+    search = _Search(deadline, max_nodes)
+    first = ranked[0][0]
+    looks: list[GuardLook] = []
+    # A mate in one is played, however low the model ranks it (one push per candidate; ``ranked``
+    # holds every move the caller allows, so UCI ``searchmoves`` is kept).
+    try:
+        for move, prob in ranked:
+            search.tick()
+            if _mates(board, move):
+                look = GuardLook(move, prob, MATE_CP, "mates")
+                note = f"guard: {board.san(move)} mates" + (
+                    "" if move == first else f" (the model chose {board.san(first)})"
+                )
+                return GuardResult(move, [look], move != first, True, search.nodes, note)
+    except _OutOfTime:
+        return GuardResult(first, [], False, False, search.nodes, "guard: no time to look")
+    complete = True
+    for move, prob in ranked[: max(1, moves)]:
+        try:
+            board.push(move)
+            try:
+                if _allows_mate_in_one(board, search):
+                    looks.append(GuardLook(move, prob, -MATE_CP + 1, "allows mate"))
+                    continue
+                value = -search.qsearch(board, -MATE_CP, MATE_CP, 1)
+            finally:
+                board.pop()
+        except _OutOfTime:
+            complete = False
+            break
+        looks.append(GuardLook(move, prob, value, "captures"))
+    if not looks:
+        return GuardResult(first, [], False, False, search.nodes, "guard: no time to look")
+    best = max(look.value for look in looks)
+    chosen = next(look for look in looks if look.value >= best - margin_cp)
+    note = ""
+    if chosen.move != first:
+        dropped = looks[0]
+        top = next(look for look in looks if look.value == best)
+        what = (
+            "allows mate in one"
+            if dropped.reason == "allows mate"
+            else f"comes out {best - dropped.value} cp below {board.san(top.move)} after the captures"
+        )
+        note = (
+            f"guard: {board.san(first)} (p {ranked[0][1]:.2f}) {what}; played {board.san(chosen.move)} "
+            f"(p {chosen.probability:.2f}, the model's choice {looks.index(chosen) + 1} of {len(looks)} looked at)"
+        )
+    return GuardResult(chosen.move, looks, chosen.move != first, complete, search.nodes, note)

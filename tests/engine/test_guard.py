@@ -1,0 +1,126 @@
+"""The tactical guard (search.guard): the model's candidates checked for hung material and
+mate in one, within its time, and off by default."""
+
+from __future__ import annotations
+
+import time
+
+import chess
+import pytest
+
+from engine.config import load_engine_config
+from engine.errors import ConfigError
+from engine.guard import MATE_CP, guard_choice
+from engine.player import Player
+from tests.engine.test_player import FakeScorer, _cfg
+
+# 1. e4 d6 2. Nf3 e5: Ng5 leaves the knight to ...Qxg5; d4 loses nothing.
+KNIGHT_HANGS = "rnbqkbnr/ppp2ppp/3p4/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R w KQkq - 0 3"
+# Scholar's mate set up: White mates with Qxf7#.
+WHITE_MATES = "r1bqkbnr/pppp1ppp/2n5/4p3/2B1P3/5Q2/PPPP1PPP/RNB1K1NR w KQkq - 2 4"
+# The same with Black to move: ...Nd4?? allows Qxf7#; ...Qf6 defends f7.
+BLACK_TO_DEFEND = "r1bqkbnr/pppp1ppp/2n5/4p3/2B1P3/5Q2/PPPP1PPP/RNB1K1NR b KQkq - 3 4"
+
+
+def _m(uci: str) -> chess.Move:
+    return chess.Move.from_uci(uci)
+
+
+def test_a_hung_piece_is_not_played_and_the_next_candidate_is() -> None:
+    board = chess.Board(KNIGHT_HANGS)
+    r = guard_choice(board, [(_m("f3g5"), 0.6), (_m("d2d4"), 0.4)], moves=5, margin_cp=150, deadline=None)
+    assert r.move == _m("d2d4") and r.changed and r.complete
+    values = {look.move.uci(): look.value for look in r.looks}
+    assert values["f3g5"] == -320  # the knight, for nothing
+    assert values["d2d4"] == 0  # ...exd4 Nxd4: even
+    assert "Ng5" in r.note and "played d4" in r.note
+    assert board.fen() == KNIGHT_HANGS  # the caller's board is untouched
+
+
+def test_a_move_that_allows_mate_in_one_is_dropped() -> None:
+    board = chess.Board(BLACK_TO_DEFEND)
+    r = guard_choice(board, [(_m("c6d4"), 0.6), (_m("d8f6"), 0.4)], moves=5, margin_cp=150, deadline=None)
+    assert r.move == _m("d8f6")
+    assert r.looks[0].reason == "allows mate" and r.looks[0].value == -MATE_CP + 1
+    assert "allows mate in one" in r.note
+
+
+def test_mate_in_one_is_played_however_low_the_model_ranks_it() -> None:
+    board = chess.Board(WHITE_MATES)
+    ranked = [(_m("g1e2"), 0.7), (_m("d2d3"), 0.29), (_m("f3f7"), 0.01)]
+    r = guard_choice(board, ranked, moves=2, margin_cp=150, deadline=None)
+    assert r.move == _m("f3f7") and r.changed
+    assert r.note.startswith("guard: Qxf7# mates")
+    # Only the moves the caller allows (UCI searchmoves): no mate among them, none played.
+    r = guard_choice(board, ranked[:2], moves=2, margin_cp=150, deadline=None)
+    assert r.move == _m("g1e2")
+
+
+def test_a_loss_within_the_margin_keeps_the_models_choice() -> None:
+    # 1. e4 e5 2. Nf3 f5?!: exf5 wins a pawn (-100), within 150 cp of Nc6 (0).
+    board = chess.Board("rnbqkbnr/pppp1ppp/8/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R b KQkq - 1 2")
+    ranked = [(_m("f7f5"), 0.5), (_m("b8c6"), 0.5)]
+    r = guard_choice(board, ranked, moves=5, margin_cp=150, deadline=None)
+    assert r.move == _m("f7f5") and not r.changed and r.note == ""
+    assert [look.value for look in r.looks] == [-100, 0]
+    strict = guard_choice(board, ranked, moves=5, margin_cp=50, deadline=None)
+    assert strict.move == _m("b8c6") and strict.changed  # the same pawn is too much at 50 cp
+    assert "100 cp below Nc6" in strict.note
+
+
+def test_only_the_first_candidates_are_looked_at() -> None:
+    board = chess.Board(KNIGHT_HANGS)
+    r = guard_choice(board, [(_m("f3g5"), 0.6), (_m("d2d4"), 0.4)], moves=1, margin_cp=150, deadline=None)
+    assert r.move == _m("f3g5") and not r.changed and len(r.looks) == 1
+
+
+def test_out_of_time_keeps_the_models_choice() -> None:
+    board = chess.Board(KNIGHT_HANGS)
+    ranked = [(_m("f3g5"), 0.6), (_m("d2d4"), 0.4)]
+    r = guard_choice(board, ranked, moves=5, margin_cp=150, deadline=time.monotonic() - 1, max_nodes=10**6)
+    assert r.move == _m("f3g5") and not r.changed and not r.complete
+    # A node limit that stops after the mate scan and the first candidate: the model's choice stands.
+    r = guard_choice(board, ranked, moves=5, margin_cp=150, deadline=None, max_nodes=60)
+    assert r.move == _m("f3g5") and not r.complete and len(r.looks) <= 1
+
+
+def test_guard_needs_candidates() -> None:
+    with pytest.raises(ValueError, match="ranked moves"):
+        guard_choice(chess.Board(), [], moves=5, margin_cp=150, deadline=None)
+
+
+def test_player_guard_is_off_by_default_and_changes_a_hanging_move_when_on() -> None:
+    prefs = {"Ng5": -0.1, "d4": -1.0}
+    board = chess.Board(KNIGHT_HANGS)
+    plain = Player(_cfg(), FakeScorer(prefs))
+    assert plain.config.search.guard == "none"
+    assert plain.choose(board).move == _m("f3g5")
+    guarded = Player(_cfg(search={"guard": "material"}), FakeScorer(prefs))
+    d = guarded.choose(board)
+    assert d.move == _m("d2d4") and d.source == "model"
+    assert any(n.startswith("guard: Ng5") for n in d.notes)
+    assert d.probability is not None and d.probability < 0.5  # the played move's own probability
+    s = guarded.summary()
+    assert (s["guard_looks"], s["guard_changes"]) == (1, 1)
+
+
+def test_player_guard_respects_the_moves_deadline() -> None:
+    prefs = {"Ng5": -0.1, "d4": -1.0}
+    guarded = Player(_cfg(search={"guard": "material"}), FakeScorer(prefs))
+    d = guarded.choose(chess.Board(KNIGHT_HANGS), deadline=time.monotonic())  # already due
+    assert d.move == _m("f3g5")  # no time to look: the model's choice
+    assert guarded.summary()["guard_cut"] == 1
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("search.guard", "tactics", "search.guard"),
+        ("search.guard_moves", "0", "guard_moves"),
+        ("search.guard_margin_cp", "-1", "guard_margin_cp"),
+        ("search.guard_ms", "0", "guard_ms"),
+    ],
+)
+def test_guard_settings_are_checked(key: str, value: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_engine_config(None, [f"{key}={value}"])
