@@ -320,7 +320,9 @@ def print_match(report: dict[str, Any]) -> None:
         print(
             f"  {name}: illegal {st['illegal_moves']}, time losses {st['time_losses']}, crashes {st['crashes']}, "
             f"stalls {st['stalls']}, resignations {st['resignations']}, fallbacks {st['fallbacks']}, "
-            f"invalid outputs {st['invalid_outputs']}, move time median {mt['median']} ms p95 {mt['p95']} ms"
+            f"invalid outputs {st['invalid_outputs']}, "
+            + (f"guard changes {st['guard_changes']}, " if st.get("guard_changes") else "")
+            + f"move time median {mt['median']} ms p95 {mt['p95']} ms"
         )
 
 

@@ -85,6 +85,7 @@ class MoveNotes:
     repaired: int = 0
     errors: list[str] = dataclasses.field(default_factory=list)
     resign: bool = False
+    guard: bool = False  # the tactical guard played another move than the model's first choice
 
 
 _RAW_LIST_RE = re.compile(r"(?:raw output|invalid before:) (\[.*\])\s*$")
@@ -103,6 +104,8 @@ def read_notes(info_strings: list[str]) -> MoveNotes:
             notes.errors.append(text)
         elif text.startswith("resign:"):
             notes.resign = True
+        elif text.startswith("guard: "):
+            notes.guard = True
         if text.startswith(("fallback", "legal move on try")):
             m = _RAW_LIST_RE.search(text)
             if m:

@@ -63,7 +63,7 @@ def engine_stats(records: list[GameRecord], engine: int, *, restarts: int = 0) -
     w, d, lo = wdl(records, engine)
     faults: collections.Counter[str] = collections.Counter()
     times: list[float] = []
-    moves = fallbacks = repaired = 0
+    moves = fallbacks = repaired = guarded = 0
     invalid: list[str] = []
     errors = 0
     fallback_reasons: collections.Counter[str] = collections.Counter()
@@ -92,6 +92,7 @@ def engine_stats(records: list[GameRecord], engine: int, *, restarts: int = 0) -
                 fallback_reasons[_reason_kind(notes.fallback)] += 1
             invalid.extend(notes.invalid_outputs)
             repaired += notes.repaired
+            guarded += notes.guard
             errors += len(notes.errors)
     games = w + d + lo
     return {
@@ -112,6 +113,7 @@ def engine_stats(records: list[GameRecord], engine: int, *, restarts: int = 0) -
         "invalid_outputs": len(invalid),
         "invalid_output_samples": invalid[:INVALID_SAMPLES],
         "repaired_outputs": repaired,
+        "guard_changes": guarded,
         "engine_errors": errors,
         "move_time_ms": {
             "median": round(statistics.median(times), 1) if times else None,

@@ -60,6 +60,7 @@ class GuardResult:
     move: chess.Move
     looks: list[GuardLook]
     changed: bool  # the guard played another move than the model's first choice
+    # "guard: ..." when it changed the move, "guard cut: ..." when it had no time to look, else ""
     complete: bool  # every candidate was looked at within the time
     nodes: int
     note: str
@@ -170,12 +171,10 @@ def guard_choice(
             search.tick()
             if _mates(board, move):
                 look = GuardLook(move, prob, MATE_CP, "mates")
-                note = f"guard: {board.san(move)} mates" + (
-                    "" if move == first else f" (the model chose {board.san(first)})"
-                )
+                note = "" if move == first else f"guard: {board.san(move)} mates (the model chose {board.san(first)})"
                 return GuardResult(move, [look], move != first, True, search.nodes, note)
     except _OutOfTime:
-        return GuardResult(first, [], False, False, search.nodes, "guard: no time to look")
+        return GuardResult(first, [], False, False, search.nodes, "guard cut: no time to look")
     complete = True
     for move, prob in ranked[: max(1, moves)]:
         try:
@@ -192,7 +191,7 @@ def guard_choice(
             break
         looks.append(GuardLook(move, prob, value, "captures"))
     if not looks:
-        return GuardResult(first, [], False, False, search.nodes, "guard: no time to look")
+        return GuardResult(first, [], False, False, search.nodes, "guard cut: no time to look")
     best = max(look.value for look in looks)
     chosen = next(look for look in looks if look.value >= best - margin_cp)
     note = ""
