@@ -171,7 +171,11 @@ def guard_choice(
             search.tick()
             if _mates(board, move):
                 look = GuardLook(move, prob, MATE_CP, "mates")
-                note = "" if move == first else f"guard: {board.san(move)} mates (the model chose {board.san(first)})"
+                note = (
+                    ""
+                    if move == first
+                    else f"guard: {board.san(move)} mates (the model chose {board.san(first)})"
+                )
                 return GuardResult(move, [look], move != first, True, search.nodes, note)
     except _OutOfTime:
         return GuardResult(first, [], False, False, search.nodes, "guard cut: no time to look")

@@ -14,7 +14,9 @@ def test_guard_notes_are_read_and_counted_per_engine() -> None:
         MoveRecord("e2e4", "e4", 20.0, info_strings=["guard: Nc3 (p 0.5) ...; played e4 (p 0.3, ...)"]),
         MoveRecord("e7e5", "e5", 20.0, info_strings=["guard: d5 (p 0.5) ...; played e5 (p 0.3, ...)"]),
         MoveRecord("g1f3", "Nf3", 20.0, info_strings=["guard cut: no time to look"]),
-        MoveRecord("b8c6", "Nc6", 20.0, info_strings=["fallback: time budget spent before the model answered"]),
+        MoveRecord(
+            "b8c6", "Nc6", 20.0, info_strings=["fallback: time budget spent before the model answered"]
+        ),
     ]
     game = GameRecord(
         index=1, pair=0, opening=0, opening_name="", white="a", black="b", white_engine=0, black_engine=1,
