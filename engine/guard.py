@@ -6,7 +6,8 @@ still plays one of the model's ``search.guard_moves`` most likely moves, in the 
 order, but looks at each first with python-chess:
 
 - a move that mates at once is played, however low the model ranked it;
-- a candidate after which the opponent mates in one is dropped;
+- a candidate after which the opponent mates in one is dropped, and one that stalemates is
+  valued as a draw (0);
 - every other candidate is valued by a quiescence search over captures and promotions
   (all replies when in check) with material values, from the opponent's side after it;
 - the model's most likely candidate whose value is within ``search.guard_margin_cp`` of
@@ -52,7 +53,7 @@ class GuardLook:
     move: chess.Move
     probability: float
     value: int
-    reason: str  # "mates", "allows mate", "captures", ""
+    reason: str  # "mates", "stalemates", "allows mate", "captures"
 
 
 @dataclasses.dataclass
@@ -184,6 +185,9 @@ def guard_choice(
         try:
             board.push(move)
             try:
+                if board.is_stalemate():  # a draw, whatever the material says
+                    looks.append(GuardLook(move, prob, 0, "stalemates"))
+                    continue
                 if _allows_mate_in_one(board, search):
                     looks.append(GuardLook(move, prob, -MATE_CP + 1, "allows mate"))
                     continue
@@ -202,11 +206,12 @@ def guard_choice(
     if chosen.move != first:
         dropped = looks[0]
         top = next(look for look in looks if look.value == best)
-        what = (
-            "allows mate in one"
-            if dropped.reason == "allows mate"
-            else f"comes out {best - dropped.value} cp below {board.san(top.move)} after the captures"
-        )
+        if dropped.reason == "allows mate":
+            what = "allows mate in one"
+        elif dropped.reason == "stalemates":
+            what = f"stalemates, {best} cp below {board.san(top.move)}"
+        else:
+            what = f"comes out {best - dropped.value} cp below {board.san(top.move)} after the captures"
         note = (
             f"guard: {board.san(first)} (p {ranked[0][1]:.2f}) {what}; played {board.san(chosen.move)} "
             f"(p {chosen.probability:.2f}, the model's choice {looks.index(chosen) + 1} of {len(looks)} looked at)"

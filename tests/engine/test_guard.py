@@ -56,6 +56,14 @@ def test_mate_in_one_is_played_however_low_the_model_ranks_it() -> None:
     assert r.move == _m("g1e2")
 
 
+def test_stalemate_counts_as_a_draw_not_as_the_material_ahead() -> None:
+    # White (queen and king against king) stalemates with Qg6?? (Kh8 has no move); Qg5 does not.
+    board = chess.Board("7k/8/5K2/8/8/8/8/6Q1 w - - 0 1")
+    r = guard_choice(board, [(_m("g1g6"), 0.6), (_m("g1g5"), 0.4)], moves=5, margin_cp=150, deadline=None)
+    assert r.looks[0].reason == "stalemates" and r.looks[0].value == 0
+    assert r.move == _m("g1g5") and "stalemates" in r.note
+
+
 def test_a_loss_within_the_margin_keeps_the_models_choice() -> None:
     # 1. e4 e5 2. Nf3 f5?!: exf5 wins a pawn (-100), within 150 cp of Nc6 (0).
     board = chess.Board("rnbqkbnr/pppp1ppp/8/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R b KQkq - 1 2")
