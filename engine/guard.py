@@ -60,15 +60,20 @@ class GuardLook:
 class GuardResult:
     move: chess.Move
     looks: list[GuardLook]
+    probability: float  # the model's probability of ``move``
     changed: bool  # the guard played another move than the model's first choice
-    # "guard: ..." when it changed the move, "guard cut: ..." when it had no time to look, else ""
     complete: bool  # every candidate was looked at within the time
     nodes: int
-    note: str
+    note: str  # "guard: ..." when it changed the move, "guard cut: ..." when it had no time to look, else ""
 
 
 def material(board: chess.Board, color: chess.Color) -> int:
     return sum(PIECE_CP[p] * len(board.pieces(p, color)) for p in PIECE_CP)
+
+
+def _balance(board: chess.Board) -> int:
+    """Material of the side to move less the opponent's, in centipawns."""
+    return material(board, board.turn) - material(board, not board.turn)
 
 
 def _captured_value(board: chess.Board, move: chess.Move) -> int:
@@ -95,19 +100,18 @@ class _Search:
         """Material value for the side to move, captures and promotions only (every reply
         when in check), fail-hard alpha-beta."""
         self.tick()
-        in_check = board.is_check()
-        if in_check:
+        if board.is_check():
             moves = list(board.legal_moves)
             if not moves:
                 return -MATE_CP + ply
+            if ply >= QS_MAX_PLIES:  # in check, deep in a sequence: value it as it stands
+                return _balance(board)
         else:
-            stand = material(board, board.turn) - material(board, not board.turn)
+            stand = _balance(board)
             if stand >= beta or ply >= QS_MAX_PLIES:
                 return stand
             alpha = max(alpha, stand)
             moves = [m for m in board.generate_legal_moves() if board.is_capture(m) or m.promotion]
-        if ply >= QS_MAX_PLIES:  # in check, deep in a sequence: value it as it stands
-            return material(board, board.turn) - material(board, not board.turn)
         # Most valuable victim first, least valuable attacker first among equals.
         moves.sort(
             key=lambda m: (
@@ -139,12 +143,8 @@ def _allows_mate_in_one(board: chess.Board, search: _Search) -> bool:
     """Whether the side to move of ``board`` (the opponent, after our candidate) mates at once."""
     for reply in board.legal_moves:
         search.tick()
-        board.push(reply)
-        try:
-            if board.is_checkmate():
-                return True
-        finally:
-            board.pop()
+        if _mates(board, reply):
+            return True
     return False
 
 
@@ -177,9 +177,9 @@ def guard_choice(
                     if move == first
                     else f"guard: {board.san(move)} mates (the model chose {board.san(first)})"
                 )
-                return GuardResult(move, [look], move != first, True, search.nodes, note)
+                return GuardResult(move, [look], prob, move != first, True, search.nodes, note)
     except _OutOfTime:
-        return GuardResult(first, [], False, False, search.nodes, "guard cut: no time to look")
+        return GuardResult(first, [], ranked[0][1], False, False, search.nodes, "guard cut: no time to look")
     complete = True
     for move, prob in ranked[: max(1, moves)]:
         try:
@@ -199,7 +199,7 @@ def guard_choice(
             break
         looks.append(GuardLook(move, prob, value, "captures"))
     if not looks:
-        return GuardResult(first, [], False, False, search.nodes, "guard cut: no time to look")
+        return GuardResult(first, [], ranked[0][1], False, False, search.nodes, "guard cut: no time to look")
     best = max(look.value for look in looks)
     chosen = next(look for look in looks if look.value >= best - margin_cp)
     note = ""
@@ -216,4 +216,6 @@ def guard_choice(
             f"guard: {board.san(first)} (p {ranked[0][1]:.2f}) {what}; played {board.san(chosen.move)} "
             f"(p {chosen.probability:.2f}, the model's choice {looks.index(chosen) + 1} of {len(looks)} looked at)"
         )
-    return GuardResult(chosen.move, looks, chosen.move != first, complete, search.nodes, note)
+    return GuardResult(
+        chosen.move, looks, chosen.probability, chosen.move != first, complete, search.nodes, note
+    )

@@ -378,10 +378,9 @@ class Player:
             d.notes.append(result.note)
         if result.changed:
             self.stats.guard_changes += 1
-            prob = next((p for m, p in d.ranked if m == result.move), 0.0)
             d.move = result.move
-            d.probability = prob
-            d.score_cp = probability_to_cp(prob)
+            d.probability = result.probability
+            d.score_cp = probability_to_cp(result.probability)
             logger.debug("{} at {}", result.note, board.fen())
 
     def emergency_move(self, board: chess.Board, reason: str, only: Sequence[chess.Move] = ()) -> Decision:

@@ -30,6 +30,7 @@ def test_a_hung_piece_is_not_played_and_the_next_candidate_is() -> None:
     board = chess.Board(KNIGHT_HANGS)
     r = guard_choice(board, [(_m("f3g5"), 0.6), (_m("d2d4"), 0.4)], moves=5, margin_cp=150, deadline=None)
     assert r.move == _m("d2d4") and r.changed and r.complete
+    assert r.probability == 0.4  # the played move's own probability, for the engine's report
     values = {look.move.uci(): look.value for look in r.looks}
     assert values["f3g5"] == -320  # the knight, for nothing
     assert values["d2d4"] == 0  # ...exd4 Nxd4: even
