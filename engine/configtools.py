@@ -101,7 +101,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is typing.Literal:
         allowed = get_args(tp)
         if value not in allowed:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(repr(a) for a in allowed)}")
+            hint = ""
+            if isinstance(value, bool) and all(isinstance(a, str) for a in allowed):
+                # YAML reads off/on/yes/no/true/false unquoted as booleans
+                hint = " (YAML reads off, on, yes and no as true or false: write one of the names)"
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(repr(a) for a in allowed)}{hint}")
         return value
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         if not isinstance(value, Mapping):

@@ -125,6 +125,7 @@ def test_player_guard_respects_the_moves_deadline() -> None:
     ("key", "value", "match"),
     [
         ("search.guard", "tactics", "search.guard"),
+        ("search.guard", "off", "search.guard: False is not one of 'none', 'material' .YAML reads off"),
         ("search.guard_moves", "0", "guard_moves"),
         ("search.guard_margin_cp", "-1", "guard_margin_cp"),
         ("search.guard_ms", "0", "guard_ms"),
