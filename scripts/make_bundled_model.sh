@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the bundled model (engine/data/bundled-model, v21; v3, v4, v5, v7, v13, v15, v16, v17 and v19 on the way) with the project's own pipeline:
+# Reproduce the bundled model (engine/data/bundled-model, v24; v3, v4, v5, v7, v13, v15, v16, v17, v19 and v21 on the way) with the project's own pipeline:
 # Stockfish self-play -> whole-game data set -> an 18.8M-parameter Mistral-architecture model
 # from scratch (configs/train/scratch-medium.yaml) = v3, then v3 trained further on set D
 # (seed 20) = v4, then v4 trained further on sets E (its first 32,000 games), F, G and H
@@ -241,5 +241,32 @@ if [ "${V4:-1}" = 1 ] && [ "${V5:-1}" = 1 ] && [ "${V7:-1}" = 1 ] && [ "${V13:-1
     ANNEAL_STEPS=3500 ANNEAL_BUILD=dedupe=true anneal v21 "$W/v19-int8" 0 --source "$W/selfplay-190" \
         --source "$W/selfplay-220" --source "$W/selfplay-170" --source "$W/selfplay-200" --source "$W/selfplay-210"
 fi
+# v24: v21 as shipped grown from 20 to 30 layers (grow-model: each new layer a copy of its neighbour
+# with zeroed residual outputs, so it starts out computing what v21 does; 53.2M parameters), trained
+# on every board window of sets Z, AA, AB, AC and AD (211,035 games, seeds 230, 240, 250, 260 and
+# 270, new to every shipped model), each game once (dedupe=true: 211,020 games), with the MLP
+# projections trained through a 4-bit fake quantizer (qat.int4_modules: stored as int4 with a scale
+# per 32 weights, the rest int8 per 64, 36.7 MB), lr 2e-4 with 100 warm-up steps, cosine to 0 over
+# 3,400 steps (1.00 pass), on the lent GPU machine (the model card, "v24"); v24 ships the final
+# model (also the lowest validation loss). A run with qat.int4_modules saves its folder quantized,
+# so the run folder itself is the model. (The GPU build was made in three parts, AD, then Z, AA and
+# AB, then AC, each excluding the earlier parts, and merged: the same games as this one build.)
+if [ "${V4:-1}" = 1 ] && [ "${V5:-1}" = 1 ] && [ "${V7:-1}" = 1 ] && [ "${V13:-1}" = 1 ] && [ "${V15:-1}" = 1 ] &&
+    [ "${V16:-1}" = 1 ] && [ "${V17:-1}" = 1 ] && [ "${V19:-1}" = 1 ] && [ "${V21:-1}" = 1 ] && [ "${V24:-1}" = 1 ]; then
+    history_set selfplay-230 230 35983 jitter_per_move=true
+    history_set selfplay-240 240 27500 jitter_per_move=true
+    history_set selfplay-250 250 45109 jitter_per_move=true
+    history_set selfplay-260 260 27349 jitter_per_move=true
+    history_set selfplay-270 270 75094 jitter_per_move=true
+    [ -f "$W/grown-30/config.json" ] || $MC grow-model "$W/v21-int8" "$W/grown-30" --layers 30 --dtype bfloat16
+    $MC dataset build --config configs/dataset/scratch-windows.yaml --source "$W/selfplay-270" \
+        --source "$W/selfplay-230" --source "$W/selfplay-240" --source "$W/selfplay-250" --source "$W/selfplay-260" \
+        --out "$W/windows-v24" examples.positions_per_game=0 dedupe=true
+    $MC train --config configs/train/scratch-medium.yaml data.path="$W/windows-v24" train.output_dir="$W/run-v24" \
+        model.init=pretrained model.path="$W/grown-30" model.tokenizer= train.learning_rate=2e-4 \
+        train.warmup_steps=100 train.min_lr_ratio=0.0 train.max_steps=3400 train.save_steps=425 \
+        eval.eval_steps=425 train.save_total_limit=0 "qat.int4_modules=[gate_proj,up_proj,down_proj]"
+    echo "v24: $W/run-v24"
+fi
 echo "(to ship: copy config.json, engine_prompt.yaml (v13 on), generation_config.json, model.int8.safetensors and"
-echo " tokenizer*.json of the int8 folder into engine/data/bundled-model; export-int8 makes the int8 folder)"
+echo " tokenizer*.json of the int8 folder (v24: of its run folder) into engine/data/bundled-model; export-int8 makes the int8 folder)"
