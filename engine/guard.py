@@ -10,11 +10,14 @@ order, but looks at each first with python-chess:
   valued as a draw (0);
 - every other candidate is valued by a quiescence search over captures and promotions
   (all replies when in check) with material values, from the opponent's side after it;
+  with ``search.guard_checks`` the opponent's first reply may also be a quiet check, so a
+  knight or queen fork with check, or a discovered check that wins what it uncovers, counts;
 - the model's most likely candidate whose value is within ``search.guard_margin_cp`` of
   the best candidate's is played.
 
 So the guard catches a piece left where it is taken, a capture that loses the exchange and
-mate on the next move; it does not see forks, pins or quiet threats. It is bounded by
+mate on the next move (and, with ``guard_checks``, a fork or discovery that starts with
+check); it does not see quiet threats, pins or forks without check. It is bounded by
 ``search.guard_ms`` (and the deadline of the move, when the caller gives one): what it has
 not looked at when time is up keeps the model's order, and with no candidate looked at
 the model's choice stands. It is off by default (``search.guard: none``): the engine's strength figures (the model
@@ -84,9 +87,10 @@ def _captured_value(board: chess.Board, move: chess.Move) -> int:
 
 
 class _Search:
-    def __init__(self, deadline: float | None, max_nodes: int):
+    def __init__(self, deadline: float | None, max_nodes: int, checks: bool = False):
         self.deadline = deadline
         self.max_nodes = max_nodes
+        self.checks = checks  # the opponent's first reply (ply 1) may be a quiet check
         self.nodes = 0
 
     def tick(self) -> None:
@@ -98,7 +102,7 @@ class _Search:
 
     def qsearch(self, board: chess.Board, alpha: int, beta: int, ply: int) -> int:
         """Material value for the side to move, captures and promotions only (every reply
-        when in check), fail-hard alpha-beta."""
+        when in check; quiet checks too at ply 1 when ``checks``), fail-hard alpha-beta."""
         self.tick()
         if board.is_check():
             moves = list(board.legal_moves)
@@ -111,7 +115,12 @@ class _Search:
             if stand >= beta or ply >= QS_MAX_PLIES:
                 return stand
             alpha = max(alpha, stand)
-            moves = [m for m in board.generate_legal_moves() if board.is_capture(m) or m.promotion]
+            quiet_checks = self.checks and ply == 1
+            moves = [
+                m
+                for m in board.generate_legal_moves()
+                if board.is_capture(m) or m.promotion or (quiet_checks and board.gives_check(m))
+            ]
         # Most valuable victim first, least valuable attacker first among equals.
         moves.sort(
             key=lambda m: (
@@ -155,14 +164,16 @@ def guard_choice(
     moves: int,
     margin_cp: int,
     deadline: float | None,
+    checks: bool = False,
     max_nodes: int = 200_000,
 ) -> GuardResult:
     """The move to play among the model's ``ranked`` moves (most likely first: every move the
-    caller allows, with its probability), as the module says. ``board`` is left as it was."""
+    caller allows, with its probability), as the module says; ``checks``: the opponent's first
+    reply may be a quiet check (``search.guard_checks``). ``board`` is left as it was."""
     if not ranked:
         raise ValueError("guard_choice needs the model's ranked moves")
     board = board.copy(stack=False)
-    search = _Search(deadline, max_nodes)
+    search = _Search(deadline, max_nodes, checks)
     first = ranked[0][0]
     looks: list[GuardLook] = []
     # A mate in one is played, however low the model ranks it (one push per candidate; ``ranked``
@@ -211,7 +222,8 @@ def guard_choice(
         elif dropped.reason == "stalemates":
             what = f"stalemates, {best} cp below {board.san(top.move)}"
         else:
-            what = f"comes out {best - dropped.value} cp below {board.san(top.move)} after the captures"
+            after = "the captures and checks" if checks else "the captures"
+            what = f"comes out {best - dropped.value} cp below {board.san(top.move)} after {after}"
         note = (
             f"guard: {board.san(first)} (p {ranked[0][1]:.2f}) {what}; played {board.san(chosen.move)} "
             f"(p {chosen.probability:.2f}, the model's choice {looks.index(chosen) + 1} of {len(looks)} looked at)"

@@ -370,7 +370,9 @@ class Player:
             stop = min(stop, deadline - GUARD_DEADLINE_MARGIN_S)
         candidates = [(m, p) for m, p in d.ranked if m == d.move]
         candidates += [(m, p) for m, p in d.ranked if m != d.move]
-        result = guard_choice(board, candidates, moves=cfg.guard_moves, margin_cp=cfg.guard_margin_cp, deadline=stop)
+        result = guard_choice(
+            board, candidates, moves=cfg.guard_moves, margin_cp=cfg.guard_margin_cp, deadline=stop, checks=cfg.guard_checks
+        )
         self.stats.guard_looks += 1
         if not result.complete:
             self.stats.guard_cut += 1

@@ -89,6 +89,7 @@ OPTIONS: tuple[UciOption, ...] = (
     UciOption("GuardMoves", "spin", "search.guard_moves", min=1, max=256),
     UciOption("GuardMarginCp", "spin", "search.guard_margin_cp", min=0, max=10000),
     UciOption("GuardTimeMs", "spin", "search.guard_ms", min=1, max=10000),
+    UciOption("GuardChecks", "check", "search.guard_checks"),
     UciOption("Temperature", "string", "search.temperature", to_value=_float),
     UciOption("Seed", "spin", "search.seed", min=-1, max=2**31 - 1),
     UciOption("Retries", "spin", "search.retries", min=0, max=20),

@@ -57,6 +57,25 @@ def test_mate_in_one_is_played_however_low_the_model_ranks_it() -> None:
     assert r.move == _m("g1e2")
 
 
+# White to move, Black's knight on d4: after Qd2 the quiet check ...Nf3+ forks king and queen
+# (no capture, so the plain capture search does not see it); after Qd3 no check wins anything.
+FORK_WITH_CHECK = "4k3/pp6/8/8/3n4/8/PP6/3Q2K1 w - - 0 1"
+
+
+def test_a_fork_with_check_counts_only_with_guard_checks() -> None:
+    board = chess.Board(FORK_WITH_CHECK)
+    ranked = [(_m("d1d2"), 0.6), (_m("d1d3"), 0.4)]
+    plain = guard_choice(board, ranked, moves=5, margin_cp=150, deadline=None)
+    assert plain.move == _m("d1d2") and not plain.changed  # captures alone: both keep the material
+    assert [look.value for look in plain.looks] == [580, 580]
+    checks = guard_choice(board, ranked, moves=5, margin_cp=150, deadline=None, checks=True)
+    assert checks.move == _m("d1d3") and checks.changed
+    values = {look.move.uci(): look.value for look in checks.looks}
+    assert values == {"d1d2": 580 - 900, "d1d3": 580}  # ...Nf3+ K moves ...Nxd2: the queen for nothing
+    assert "after the captures and checks" in checks.note
+    assert board.fen() == FORK_WITH_CHECK
+
+
 def test_stalemate_counts_as_a_draw_not_as_the_material_ahead() -> None:
     # White (queen and king against king) stalemates with Qg6?? (Kh8 has no move); Qg5 does not.
     board = chess.Board("7k/8/5K2/8/8/8/8/6Q1 w - - 0 1")
@@ -111,6 +130,18 @@ def test_player_guard_is_off_by_default_and_changes_a_hanging_move_when_on() -> 
     assert d.probability is not None and d.probability < 0.5  # the played move's own probability
     s = guarded.summary()
     assert (s["guard_looks"], s["guard_changes"]) == (1, 1)
+
+
+def test_player_passes_guard_checks_to_the_guard() -> None:
+    prefs = {"Qd2": -0.1, "Qd3": -1.0}
+    board = chess.Board(FORK_WITH_CHECK)
+    captures_only = Player(_cfg(search={"guard": "material", "guard_checks": False}), FakeScorer(prefs))
+    assert captures_only.choose(board).move == _m("d1d2")
+    guarded = Player(_cfg(search={"guard": "material"}), FakeScorer(prefs))
+    assert guarded.config.search.guard_checks  # on by default (with the guard)
+    d = guarded.choose(board)
+    assert d.move == _m("d1d3")
+    assert any(n.startswith("guard: Qd2") and "captures and checks" in n for n in d.notes)
 
 
 def test_player_guard_respects_the_moves_deadline() -> None:

@@ -457,6 +457,11 @@ def test_guard_option_turns_the_tactical_guard_on_and_says_what_it_changed() -> 
     assert eng.config.search.guard_ms == 500
     run(eng, "setoption name GuardMoves value 0")  # out of range: refused, kept
     assert eng.config.search.guard_moves == 5
+    assert "option name GuardChecks type check default true" in out.lines
+    run(eng, "setoption name GuardChecks value false")
+    assert eng.config.search.guard_checks is False
+    run(eng, "setoption name GuardChecks value yes")  # not true/false: refused, kept
+    assert eng.config.search.guard_checks is False
     eng.shutdown()
 
 
