@@ -464,6 +464,14 @@ class Evaluator(threading.Thread):
 
         export_checkpoint(self.run_dir, ckpt, engine_dir)
         say(f"eval: step {step}: exported in {time.monotonic() - t:.1f} s")
+        try:  # an engine that cannot load its model plays fallback moves: no match to rate
+            from engine.int8store import load_causal_lm
+
+            load_causal_lm(engine_dir)
+        except Exception as exc:
+            say(f"eval: step {step}: the exported model does not load ({type(exc).__name__}: {exc}); not played")
+            self.skipped.append(step)
+            return
         for opp in self.opponents:
             left = self.deadline - time.monotonic()
             expected = max(self.match_seconds) if self.match_seconds else 30.0

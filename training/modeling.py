@@ -420,7 +420,9 @@ def save_for_engine(model: Any, tokenizer: Any, cfg: TrainConfig, output_dir: Pa
 
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.lora.enabled:
-        model.save_pretrained(str(output_dir), safe_serialization=True, state_dict=state_dict)
+        # A copy: transformers (5.25 at least) empties the dict it is given as it writes.
+        model.save_pretrained(str(output_dir), safe_serialization=True,
+                              state_dict=None if state_dict is None else dict(state_dict))
         _absolute_base(output_dir / "adapter_config.json", cfg.model.path)
     else:
         save_dtype = torch_dtype(cfg.train.save_dtype, "cpu") if cfg.train.save_dtype != "auto" else torch.float32
@@ -431,7 +433,10 @@ def save_for_engine(model: Any, tokenizer: Any, cfg: TrainConfig, output_dir: Pa
             state_dict.pop("lm_head.weight", None)  # the copy would break the tie (and double the size)
         model.config.use_cache = True
         model.config.dtype = str(save_dtype).replace("torch.", "")
-        model.save_pretrained(str(output_dir), safe_serialization=True, state_dict=state_dict)
+        # save_pretrained gets a copy of the dict: transformers 5.25 pops every tensor it writes
+        # out of the dict it is given (for a model built from its config, such as one loaded
+        # from an int8 folder), which left the 4-bit store below with no tensor at all.
+        model.save_pretrained(str(output_dir), safe_serialization=True, state_dict=dict(state_dict))
         model.config.use_cache = False
         if cfg.qat.int4_modules:
             # A model trained for the 4-bit store is saved in it: the engine then plays the

@@ -101,3 +101,29 @@ def test_qat_run_saves_the_weights_it_trained_with(
     export_checkpoint(out, out / "checkpoints" / "step-0000008", exported)
     assert load_file(str(exported / INT8_FILE)).keys() == load_file(str(out / INT8_FILE)).keys()
     assert torch.equal(load_file(str(exported / INT8_FILE))[name], load_file(str(out / INT8_FILE))[name])
+
+
+def test_checkpoint_of_a_run_from_an_int8_base_exports_every_weight(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A run that goes on from a shipped folder (int8 store, built from its config) and saves
+    through save_for_engine: transformers 5.25 empties the state dict it is handed while
+    writing, which once left the 4-bit store of such an export with no tensor at all."""
+    from transformers import AutoTokenizer
+
+    from engine.int8store import export_int8, load_causal_lm
+    from training.modeling import save_for_engine
+
+    base = tmp_path / "base-int8"
+    export_int8(tiny_model_dir, base, group=32)
+    cfg = load_train_config(None, [
+        f"model.path={base}", "model.init=pretrained", "lora.enabled=false",
+        "qat.int4_modules=[gate_proj,up_proj,down_proj]", "qat.int4_group=32", "qat.int8_group=32",
+    ])  # fmt: skip
+    model = load_causal_lm(base)
+    out = tmp_path / "exported"
+    save_for_engine(model, AutoTokenizer.from_pretrained(str(tiny_model_dir)), cfg, out)
+    stored = load_file(str(out / INT8_FILE))
+    assert any(k.endswith("mlp.up_proj.weight") for k in stored), sorted(stored)[:5]
+    reloaded = load_causal_lm(out)  # raises when a weight is missing
+    name = "model.layers.0.mlp.up_proj.weight"
+    want = fake_int4(dict(model.named_parameters())[name].detach(), 32)
+    assert torch.equal(dict(reloaded.named_parameters())[name].detach(), want)
