@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the bundled model (engine/data/bundled-model, v24; v3, v4, v5, v7, v13, v15, v16, v17, v19 and v21 on the way) with the project's own pipeline:
+# Reproduce the bundled model (engine/data/bundled-model, v25; v3, v4, v5, v7, v13, v15, v16, v17, v19, v21 and v24 on the way) with the project's own pipeline:
 # Stockfish self-play -> whole-game data set -> an 18.8M-parameter Mistral-architecture model
 # from scratch (configs/train/scratch-medium.yaml) = v3, then v3 trained further on set D
 # (seed 20) = v4, then v4 trained further on sets E (its first 32,000 games), F, G and H
@@ -268,5 +268,30 @@ if [ "${V4:-1}" = 1 ] && [ "${V5:-1}" = 1 ] && [ "${V7:-1}" = 1 ] && [ "${V13:-1
         eval.eval_steps=425 train.save_total_limit=0 "qat.int4_modules=[gate_proj,up_proj,down_proj]"
     echo "v24: $W/run-v24"
 fi
+# v25: v24 as shipped (the run folder of v24 above: it is saved in the 4-bit store) trained on every
+# board window of set AE, set AG and set AF's first 22,900 games (chunks 0-228; seeds 280, 300 and
+# 290, none of them trained on by a shipped model; 81,711 games kept by dedupe=true), the MLP still
+# through the 4-bit fake quantizer, lr 1e-4 with 100 warm-up steps, cosine to 0 over 1,300 steps (0.98
+# passes), on the lent GPU machine (the model card, "v25"); v25 ships the final model (also the
+# lowest validation loss). (The GPU build was made in two parts, AG and AE, then AF excluding them,
+# and merged: the same games as this one build.)
+if [ "${V4:-1}" = 1 ] && [ "${V5:-1}" = 1 ] && [ "${V7:-1}" = 1 ] && [ "${V13:-1}" = 1 ] && [ "${V15:-1}" = 1 ] &&
+    [ "${V16:-1}" = 1 ] && [ "${V17:-1}" = 1 ] && [ "${V19:-1}" = 1 ] && [ "${V21:-1}" = 1 ] && [ "${V24:-1}" = 1 ] &&
+    [ "${V25:-1}" = 1 ]; then
+    history_set selfplay-280 280 24753 jitter_per_move=true
+    history_set selfplay-290 290 43600 jitter_per_move=true chunk_games=100
+    history_set selfplay-300 300 34060 jitter_per_move=true
+    # AF's first 229 chunks of 100 games: the games v25 trained on (the rest came after the run).
+    mkdir -p "$W/selfplay-290-v25"
+    find "$W/selfplay-290" -name 'games-*.parquet' | sort | head -229 | xargs -I{} ln -sf {} "$W/selfplay-290-v25/"
+    $MC dataset build --config configs/dataset/scratch-windows.yaml --source "$W/selfplay-300" \
+        --source "$W/selfplay-280" --source "$W/selfplay-290-v25" \
+        --out "$W/windows-v25" examples.positions_per_game=0 dedupe=true
+    $MC train --config configs/train/scratch-medium.yaml data.path="$W/windows-v25" train.output_dir="$W/run-v25" \
+        model.init=pretrained model.path="$W/run-v24" model.tokenizer= train.learning_rate=1e-4 \
+        train.warmup_steps=100 train.min_lr_ratio=0.0 train.max_steps=1300 train.save_steps=325 \
+        eval.eval_steps=325 train.save_total_limit=0 "qat.int4_modules=[gate_proj,up_proj,down_proj]"
+    echo "v25: $W/run-v25"
+fi
 echo "(to ship: copy config.json, engine_prompt.yaml (v13 on), generation_config.json, model.int8.safetensors and"
-echo " tokenizer*.json of the int8 folder (v24: of its run folder) into engine/data/bundled-model; export-int8 makes the int8 folder)"
+echo " tokenizer*.json of the int8 folder (v24, v25: of its run folder) into engine/data/bundled-model; export-int8 makes the int8 folder)"
