@@ -294,6 +294,8 @@ def _match(args: argparse.Namespace) -> int:
 
 
 def print_match(report: dict[str, Any]) -> None:
+    from arena.report import engine_warnings
+
     a, b = (e["name"] for e in report["engines"])
     print(
         f"Score of {a} vs {b}: {report['wins']} - {report['losses']} - {report['draws']}"
@@ -324,6 +326,8 @@ def print_match(report: dict[str, Any]) -> None:
             + (f"guard changes {st['guard_changes']}, " if st.get("guard_changes") else "")
             + f"move time median {mt['median']} ms p95 {mt['p95']} ms"
         )
+    for warning in engine_warnings(report["per_engine"]):
+        print(f"WARNING: {warning}")
 
 
 def _pct(score: float | None) -> str:

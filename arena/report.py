@@ -124,6 +124,20 @@ def engine_stats(records: list[GameRecord], engine: int, *, restarts: int = 0) -
     }
 
 
+def engine_warnings(per_engine: dict[str, dict[str, Any]]) -> list[str]:
+    """What makes a match say less than its score: an engine that played moves with no model
+    (it could not load one, and its fallback chose them at random)."""
+    out = []
+    for name, st in per_engine.items():
+        n = (st.get("fallback_reasons") or {}).get("no model loaded", 0)
+        if n:
+            out.append(
+                f"{name} played {n} of its {st.get('moves', 0)} moves with no model loaded (its fallback "
+                "chose them at random): its model did not load; the engine's log says why"
+            )
+    return out
+
+
 def _reason_kind(reason: str) -> str:
     """Group fallback reasons: 'no legal move in 4 tries; raw output [...]' -> 'no legal move in 4 tries'."""
     return reason.split(";")[0].strip()[:80]
