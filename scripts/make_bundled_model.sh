@@ -168,25 +168,34 @@ if [ "${V4:-1}" = 1 ] && [ "${V5:-1}" = 1 ] && [ "${V7:-1}" = 1 ] && [ "${V13:-1
 fi
 # anneal TAG FROM PER_GAME SOURCE_ARGS...: the int8 model FROM trained further on PER_GAME board
 # windows a game (0: every window) of the sources, lr 1e-4 with 100 warm-up steps, cosine to 0 over
-# ANNEAL_STEPS (3,600) steps, stored as int8 with a scale per 64 weights in $W/TAG-int8: the final
-# model (v16, v17), or with ANNEAL_SHIP=STEP the checkpoint of that step (v19).
+# ANNEAL_STEPS (3,600) steps, a checkpoint every ANNEAL_SAVE (400), stored as int8 with a scale per 64
+# weights in $W/TAG-int8: the final model (v16, v17), or with ANNEAL_SHIP=STEP the checkpoint of that
+# step (v19). ANNEAL_BUILD and ANNEAL_TRAIN: more build and training words. A run with
+# qat.int4_modules in ANNEAL_TRAIN (v25) saves its folder in the int8/int4 store already: that folder
+# is the model, with no export-int8.
 anneal() {
-    local tag=$1 from=$2 per_game=$3 steps=${ANNEAL_STEPS:-3600} ship=${ANNEAL_SHIP:-}
+    local tag=$1 from=$2 per_game=$3 steps=${ANNEAL_STEPS:-3600} ship=${ANNEAL_SHIP:-} save=${ANNEAL_SAVE:-400}
+    local out="$W/run-$tag"
+    local -
+    set -f  # the extra words below are split but never globbed ("qat.int4_modules=[...]")
     shift 3
-    # shellcheck disable=SC2086  # ANNEAL_BUILD: more build words, e.g. dedupe=true (v21)
+    # shellcheck disable=SC2086  # ANNEAL_BUILD: e.g. dedupe=true (v21); ANNEAL_TRAIN: e.g. qat.int4_modules=[...] (v25)
     $MC dataset build --config configs/dataset/scratch-windows.yaml "$@" --out "$W/windows-$tag" \
         examples.positions_per_game="$per_game" ${ANNEAL_BUILD:-}
-    $MC train --config configs/train/scratch-medium.yaml data.path="$W/windows-$tag" train.output_dir="$W/run-$tag" \
+    # shellcheck disable=SC2086
+    $MC train --config configs/train/scratch-medium.yaml data.path="$W/windows-$tag" train.output_dir="$out" \
         model.init=pretrained model.path="$from" model.tokenizer= train.learning_rate=1e-4 \
-        train.warmup_steps=100 train.min_lr_ratio=0.0 train.max_steps="$steps" train.save_steps=400 \
-        eval.eval_steps=400 train.save_total_limit=0
+        train.warmup_steps=100 train.min_lr_ratio=0.0 train.max_steps="$steps" train.save_steps="$save" \
+        eval.eval_steps="$save" train.save_total_limit=0 ${ANNEAL_TRAIN:-}
     if [ -n "$ship" ]; then
-        export_step "$W/run-$tag" "$ship"
-        $MC export-int8 "$W/run-$tag/bundled" "$W/$tag-int8" --group 64
-    else
-        $MC export-int8 "$W/run-$tag" "$W/$tag-int8" --group 64
+        export_step "$out" "$ship"
+        out="$out/bundled"
     fi
-    echo "$tag: $W/$tag-int8"
+    if [ -f "$out/model.safetensors" ]; then
+        $MC export-int8 "$out" "$W/$tag-int8" --group 64
+        out="$W/$tag-int8"
+    fi
+    echo "$tag: $out"
 }
 # v16: v15 as shipped trained on every board window of sets F, K, L, M and N (293,093 games, seeds
 # 40, 80, 90, 100 and 110), lr 1e-4 with 100 warm-up steps, cosine to 0 over 3,600 steps, on the
@@ -284,14 +293,8 @@ if [ "${V4:-1}" = 1 ] && [ "${V5:-1}" = 1 ] && [ "${V7:-1}" = 1 ] && [ "${V13:-1
     # AF's first 229 chunks of 100 games: the games v25 trained on (the rest came after the run).
     mkdir -p "$W/selfplay-290-v25"
     find "$W/selfplay-290" -name 'games-*.parquet' | sort | head -229 | xargs -I{} ln -sf {} "$W/selfplay-290-v25/"
-    $MC dataset build --config configs/dataset/scratch-windows.yaml --source "$W/selfplay-300" \
-        --source "$W/selfplay-280" --source "$W/selfplay-290-v25" \
-        --out "$W/windows-v25" examples.positions_per_game=0 dedupe=true
-    $MC train --config configs/train/scratch-medium.yaml data.path="$W/windows-v25" train.output_dir="$W/run-v25" \
-        model.init=pretrained model.path="$W/run-v24" model.tokenizer= train.learning_rate=1e-4 \
-        train.warmup_steps=100 train.min_lr_ratio=0.0 train.max_steps=1300 train.save_steps=325 \
-        eval.eval_steps=325 train.save_total_limit=0 "qat.int4_modules=[gate_proj,up_proj,down_proj]"
-    echo "v25: $W/run-v25"
+    ANNEAL_STEPS=1300 ANNEAL_SAVE=325 ANNEAL_BUILD=dedupe=true ANNEAL_TRAIN="qat.int4_modules=[gate_proj,up_proj,down_proj]" \
+        anneal v25 "$W/run-v24" 0 --source "$W/selfplay-300" --source "$W/selfplay-280" --source "$W/selfplay-290-v25"
 fi
 echo "(to ship: copy config.json, engine_prompt.yaml (v13 on), generation_config.json, model.int8.safetensors and"
 echo " tokenizer*.json of the int8 folder (v24, v25: of its run folder) into engine/data/bundled-model; export-int8 makes the int8 folder)"
