@@ -165,6 +165,10 @@ class TimeConfig:
     # then the engine answers a fallback move (engine/timeman.py says why no smaller slice).
     max_share: float = 0.4
     min_budget_ms: int = 10
+    # The instant move when the model has not answered within the budget (or is still
+    # loading): "material" (engine/guard.py, instant_move: a mate in one, else the best
+    # one-ply exchange, equal moves at random) or "random" (any legal move).
+    emergency: Literal["material", "random"] = "material"
 
     def __post_init__(self) -> None:
         if self.move_overhead_ms < 0:

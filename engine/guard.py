@@ -231,3 +231,48 @@ def guard_choice(
     return GuardResult(
         chosen.move, looks, chosen.probability, chosen.move != first, complete, search.nodes, note
     )
+
+
+def instant_move(
+    board: chess.Board, legal: Sequence[chess.Move], order: Sequence[chess.Move] | None = None
+) -> tuple[chess.Move, str]:
+    """A move in about a millisecond for when the model cannot answer in time
+    (``time.emergency: material``), with a note of why: a mate in one, else the move of best
+    one-ply exchange value. A move gains what it captures (and what its promotion adds); the
+    opponent then takes the moved piece with its least valuable attacker when that pays
+    (always when nothing of ours defends the square, else when the piece is worth more than
+    the attacker, which we take back). Ties keep ``order`` (``legal``'s when None; the engine
+    shuffles it, so equal quiet moves are chosen at random). It sees no more than that: not a
+    piece left hanging elsewhere, nor a fork."""
+    if not legal:
+        raise ValueError("instant_move needs at least one legal move")
+    board = board.copy(stack=False)
+    us = board.turn
+    best: chess.Move | None = None
+    best_value = -MATE_CP
+    for move in order if order is not None else legal:
+        gain = _captured_value(board, move)
+        if move.promotion:
+            gain += PIECE_CP[move.promotion] - PIECE_CP[chess.PAWN]
+        moved = PIECE_CP[move.promotion or board.piece_type_at(move.from_square) or chess.PAWN]
+        board.push(move)
+        try:
+            if board.is_checkmate():
+                return move, "mates"
+            defended = board.is_attacked_by(us, move.to_square)
+            attackers = [board.piece_type_at(sq) for sq in board.attackers(not us, move.to_square)]
+        finally:
+            board.pop()
+        if defended:  # a king cannot take a defended piece
+            attackers = [t for t in attackers if t != chess.KING]
+        if not attackers:
+            loss = 0
+        elif not defended:
+            loss = moved
+        else:
+            loss = max(0, moved - min(PIECE_CP[t] for t in attackers if t is not None))
+        value = gain - loss
+        if value > best_value:
+            best, best_value = move, value
+    assert best is not None
+    return best, f"best one-ply exchange ({best_value:+d} cp)"

@@ -34,7 +34,7 @@ from loguru import logger
 
 from engine.config import EngineConfig
 from engine.errors import ConfigError, MoveParseError, PromptError
-from engine.guard import guard_choice
+from engine.guard import guard_choice, instant_move
 from engine.prompt import (
     Prompt,
     PromptBuilder,
@@ -387,9 +387,19 @@ class Player:
 
     def emergency_move(self, board: chess.Board, reason: str, only: Sequence[chess.Move] = ()) -> Decision:
         """An instant legal move (one of ``only``, as :meth:`choose` reads it) when the model
-        cannot answer in time."""
+        cannot answer in time: by ``time.emergency``, the best one-ply exchange
+        (:func:`engine.guard.instant_move`, about a millisecond) or any legal move."""
         self.stats.timeouts += 1
-        return self._fallback(board, reason, [], policy="random", legal=restricted(board, only))
+        legal = restricted(board, only)
+        if self.config.time.emergency == "random" or not legal:
+            return self._fallback(board, reason, [], policy="random", legal=legal)
+        self.stats.fallbacks += 1
+        order = list(legal)
+        self.rng.shuffle(order)  # equal moves at random, as the random fallback would choose
+        move, why = instant_move(board, legal, order)
+        logger.warning("fallback (material): {}; fen={}", reason, board.fen())
+        note = f"fallback material: {reason}; {board.san(move)}: {why}"
+        return Decision(move=move, source="fallback-material", raw_outputs=[], notes=[note])
 
     def _constrained(
         self, board: chess.Board, legal: list[chess.Move], prompt: Prompt, cancel: threading.Event | None

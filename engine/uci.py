@@ -100,6 +100,7 @@ OPTIONS: tuple[UciOption, ...] = (
     UciOption("ResignThreshold", "string", "resign.threshold", to_value=_float),
     UciOption("DrawAccept", "combo", "draw.accept", vars=("never", "always", "threshold")),
     UciOption("MoveOverhead", "spin", "time.move_overhead_ms", min=0, max=10000),
+    UciOption("EmergencyMove", "combo", "time.emergency", vars=("material", "random")),
     UciOption("PromptTemplate", "string", "prompt.template"),
     UciOption("EngineElo", "spin", "prompt.engine_elo", min=0, max=4000),
 )

@@ -8,9 +8,9 @@ import time
 import chess
 import pytest
 
-from engine.config import load_engine_config
+from engine.config import EngineConfig, load_engine_config
 from engine.errors import ConfigError
-from engine.guard import MATE_CP, guard_choice
+from engine.guard import MATE_CP, guard_choice, instant_move
 from engine.player import Player
 from tests.engine.test_player import FakeScorer, _cfg
 
@@ -165,3 +165,68 @@ def test_player_guard_respects_the_moves_deadline() -> None:
 def test_guard_settings_are_checked(key: str, value: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         load_engine_config(None, [f"{key}={value}"])
+
+
+# -- the instant move when the model misses its budget (time.emergency: material) ----------
+
+
+def test_instant_move_plays_mate_in_one_whatever_the_order() -> None:
+    board = chess.Board(WHITE_MATES)
+    legal = list(board.legal_moves)
+    move, why = instant_move(board, legal, [m for m in legal if m != _m("f3f7")] + [_m("f3f7")])
+    assert move == _m("f3f7") and why == "mates"
+    assert board.fen() == WHITE_MATES  # the caller's board is untouched
+
+
+def test_instant_move_keeps_a_piece_that_would_hang_and_values_a_fair_trade_at_zero() -> None:
+    board = chess.Board(KNIGHT_HANGS)
+    # Ng5 leaves the knight to ...Qxg5 (nothing defends g5); d4 is met by ...exd4 Nxd4: even.
+    move, why = instant_move(board, [_m("f3g5"), _m("d2d4")])
+    assert move == _m("d2d4") and why == "best one-ply exchange (+0 cp)"
+    move, why = instant_move(board, [_m("f3g5")])
+    assert move == _m("f3g5") and why == "best one-ply exchange (-320 cp)"
+
+
+def test_instant_move_takes_free_material_and_promotes_to_a_queen() -> None:
+    board = chess.Board("4k3/8/8/3q4/8/8/8/3RK3 w - - 0 1")  # the queen on d5 is not defended
+    move, why = instant_move(board, list(board.legal_moves))
+    assert move == _m("d1d5") and why == "best one-ply exchange (+900 cp)"
+    board = chess.Board("8/P6k/8/8/8/8/8/K7 w - - 0 1")
+    move, why = instant_move(board, list(board.legal_moves))
+    assert move == _m("a7a8q") and why == "best one-ply exchange (+800 cp)"
+
+
+def test_instant_move_does_not_count_a_king_taking_a_defended_piece() -> None:
+    # Re7+ puts the rook beside Black's king, defended by the pawn on d6: the king cannot take it,
+    # so it is worth 0 like Kg1, and comes first (counting the king as a taker would make it -500).
+    board = chess.Board("4k3/8/3P4/8/8/8/8/4RK2 w - - 0 1")
+    move, why = instant_move(board, [_m("e1e7"), _m("f1g1")])
+    assert move == _m("e1e7") and why == "best one-ply exchange (+0 cp)"
+
+
+def test_instant_move_breaks_ties_by_the_given_order_and_needs_a_move() -> None:
+    board = chess.Board()
+    legal = list(board.legal_moves)
+    for first in (_m("g1f3"), _m("a2a3")):  # every opening move is worth 0
+        assert instant_move(board, legal, [first] + [m for m in legal if m != first])[0] == first
+    with pytest.raises(ValueError, match="at least one legal move"):
+        instant_move(board, [])
+
+
+def test_player_emergency_move_is_material_by_default_and_random_on_request() -> None:
+    board = chess.Board(KNIGHT_HANGS)
+    p = Player(EngineConfig(), None)
+    d = p.emergency_move(board, "time budget spent before the model answered", [_m("f3g5"), _m("d2d4")])
+    assert d.move == _m("d2d4") and d.source == "fallback-material"
+    assert d.notes == ["fallback material: time budget spent before the model answered; d4: best one-ply exchange (+0 cp)"]
+    assert p.stats.timeouts == 1 and p.stats.fallbacks == 1
+    r = Player(_cfg(time={"emergency": "random"}), None)
+    d = r.emergency_move(board, "model still loading", [_m("f3g5")])
+    assert d.move == _m("f3g5") and d.source == "fallback-random"
+    assert r.stats.timeouts == 1 and r.stats.fallbacks == 1
+
+
+def test_emergency_setting_is_checked() -> None:
+    assert load_engine_config(None, ["time.emergency=random"]).time.emergency == "random"
+    with pytest.raises(ConfigError, match="time.emergency"):
+        load_engine_config(None, ["time.emergency=best"])

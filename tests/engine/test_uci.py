@@ -205,6 +205,22 @@ def test_slow_model_never_loses_on_time() -> None:
     eng.shutdown()
 
 
+def test_the_clocks_fallback_move_is_the_best_exchange_unless_random_is_asked() -> None:
+    # The model needs 3 s, the move 200 ms: the instant move takes the undefended queen.
+    eng, out = make_engine(lambda c: SlowScorer(3.0), time={"move_overhead_ms": 50})
+    run(eng, "uci", "isready", "position fen 4k3/8/8/3q4/8/8/8/3RK3 w - - 0 1", "go movetime 200")
+    assert bestmove(out, timeout=5) == "d1d5"
+    assert "option name EmergencyMove type combo default material var material var random" in out.lines
+    assert any(line.startswith("info string fallback material: time budget spent") and "Rxd5" in line
+               for line in out.lines), out.lines
+    n = len(out.lines)
+    run(eng, "setoption name EmergencyMove value random", "position startpos", "go movetime 200")
+    assert chess.Move.from_uci(bestmove(out, start=n, timeout=5)) in chess.Board().legal_moves
+    assert eng.config.time.emergency == "random"
+    assert any(line.startswith("info string fallback random: time budget spent") for line in out.lines[n:]), out.lines[n:]
+    eng.shutdown()
+
+
 def test_a_slow_model_that_the_clock_affords_is_waited_for() -> None:
     # 150 ms a move at 1.5 s + 50 ms: a slice of the clock (1500 / 30 + 40 - 30 = 60 ms) would
     # answer a fallback move; the clock affords 0.4 * 1500 - 30 = 570 ms, so the model's move comes.
