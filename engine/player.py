@@ -390,16 +390,7 @@ class Player:
         cannot answer in time: by ``time.emergency``, the best one-ply exchange
         (:func:`engine.guard.instant_move`, about a millisecond) or any legal move."""
         self.stats.timeouts += 1
-        legal = restricted(board, only)
-        if self.config.time.emergency == "random" or not legal:
-            return self._fallback(board, reason, [], policy="random", legal=legal)
-        self.stats.fallbacks += 1
-        order = list(legal)
-        self.rng.shuffle(order)  # equal moves at random, as the random fallback would choose
-        move, why = instant_move(board, legal, order)
-        logger.warning("fallback (material): {}; fen={}", reason, board.fen())
-        note = f"fallback material: {reason}; {board.san(move)}: {why}"
-        return Decision(move=move, source="fallback-material", raw_outputs=[], notes=[note])
+        return self._fallback(board, reason, [], policy=self.config.time.emergency, legal=restricted(board, only))
 
     def _constrained(
         self, board: chess.Board, legal: list[chess.Move], prompt: Prompt, cancel: threading.Event | None
@@ -503,6 +494,12 @@ class Player:
         if policy == "resign":
             self.stats.resignations += 1
             return Decision(move=None, resign=True, source="fallback-resign", raw_outputs=raws, notes=[note])
+        if policy == "material" and legal:
+            order = list(legal)
+            self.rng.shuffle(order)  # equal moves at random, as the random policy would choose
+            move, why = instant_move(board, legal, order)
+            note = f"fallback material: {reason}; {board.san(move)}: {why}"
+            return Decision(move=move, source="fallback-material", raw_outputs=raws, notes=[note])
         if policy == "constrained" and prompt is not None and self.scorer is not None:
             d = self._constrained(board, legal, prompt, cancel)
             d.source = "fallback-constrained"
