@@ -236,7 +236,7 @@ def guard_choice(
 def instant_move(
     board: chess.Board, legal: Sequence[chess.Move], order: Sequence[chess.Move] | None = None
 ) -> tuple[chess.Move, str]:
-    """A move in about a millisecond for when the model cannot answer in time
+    """A move from one pass over ``legal`` (no search) for when the model cannot answer in time
     (``time.emergency: material``), with a note of why: a mate in one, else the move of best
     one-ply exchange value. A move gains what it captures (and what its promotion adds); the
     opponent then takes the moved piece with its least valuable attacker when that pays

@@ -388,7 +388,7 @@ class Player:
     def emergency_move(self, board: chess.Board, reason: str, only: Sequence[chess.Move] = ()) -> Decision:
         """An instant legal move (one of ``only``, as :meth:`choose` reads it) when the model
         cannot answer in time: by ``time.emergency``, the best one-ply exchange
-        (:func:`engine.guard.instant_move`, about a millisecond) or any legal move."""
+        (:func:`engine.guard.instant_move`, one pass over the legal moves) or any legal move."""
         self.stats.timeouts += 1
         return self._fallback(board, reason, [], policy=self.config.time.emergency, legal=restricted(board, only))
 
