@@ -69,6 +69,14 @@ class SelfPlayConfig:
     jitter_per_move: bool = False
     book_fraction: float = 0.0
     book: str = ""  # PGN suite of opening lines from the start position; empty: the arena's bundled suite
+    # Mistakes after the opening: each move is, with probability ``mistake_rate`` (drawn from a
+    # stream of the game's own, so a rerun plays the same game), not Stockfish's move at the
+    # budget but a uniformly random legal move (``mistake_nodes: 0``) or Stockfish's move at
+    # ``mistake_nodes`` nodes (a shallow, plausible error). The other side then plays on as
+    # usual, so the set holds positions where a blunder is there to punish or to survive:
+    # rare in games of one budget against itself, common in a weak engine's games.
+    mistake_rate: float = 0.0
+    mistake_nodes: int = 0
     claim_draws: bool = True  # end games at threefold repetition / fifty moves (as claimable draws)
     max_plies: int = 1000  # safety net: longer games are discarded (and counted)
     # Stop after this many seconds (0 = no limit): each worker finishes its game and writes
@@ -104,6 +112,12 @@ class SelfPlayConfig:
             raise ConfigError(f"book_fraction must be in [0, 1], not {self.book_fraction}")
         if self.max_seconds < 0:
             raise ConfigError(f"max_seconds must be >= 0 (0 = no limit), not {self.max_seconds}")
+        if not 0.0 <= self.mistake_rate < 1.0:
+            raise ConfigError(f"mistake_rate must be in [0, 1), not {self.mistake_rate}")
+        if self.mistake_nodes < 0:
+            raise ConfigError(f"mistake_nodes must be >= 0 (0 = a uniformly random legal move), not {self.mistake_nodes}")
+        if self.mistake_nodes and not self.mistake_rate:
+            raise ConfigError("mistake_nodes needs mistake_rate > 0 (how often a move is the mistake)")
         if self.hash_mb < 1:
             raise ConfigError(f"hash_mb must be >= 1, not {self.hash_mb}")
 

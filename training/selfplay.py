@@ -22,6 +22,9 @@ plies allow only 400 games). ``nodes_jitter`` draws each game's node budget from
 (the arena's balanced suite by default), which also puts real opening moves in the data.
 A book line and one node budget fix the whole game, so book games repeat once a set is
 larger than lines x budgets; ``jitter_per_move`` draws a budget for every move instead.
+``mistake_rate`` makes a share of the moves after the opening mistakes (a random legal move,
+or Stockfish's move at ``mistake_nodes``): games with blunders to punish and to survive,
+which a fixed budget against itself hardly plays.
 
 Columns (LAION): ``Moves`` (list of UCI strings), ``Termination`` (python-chess
 ``Termination`` name), ``Result`` (``1-0``, ``0-1``, ``1/2-1/2``).
@@ -56,9 +59,13 @@ CONFIG_FILE = "selfplay_config.yaml"
 IDENTITY_KEYS = (
     "seed", "nodes", "depth", "movetime_ms", "elo", "hash_mb", "random_plies_min", "random_plies_max",
     "claim_draws", "max_plies", "nodes_jitter", "book_fraction", "book", "jitter_per_move",
+    "mistake_rate", "mistake_nodes",
 )  # fmt: skip
 # Values of identity keys added later: a folder written before them used these.
-IDENTITY_DEFAULTS: dict[str, Any] = {"nodes_jitter": 0.0, "book_fraction": 0.0, "book": "", "jitter_per_move": False}
+IDENTITY_DEFAULTS: dict[str, Any] = {
+    "nodes_jitter": 0.0, "book_fraction": 0.0, "book": "", "jitter_per_move": False,
+    "mistake_rate": 0.0, "mistake_nodes": 0,
+}  # fmt: skip
 
 
 def find_stockfish(configured: str = "") -> str:
@@ -191,6 +198,12 @@ def move_nodes(cfg: SelfPlayConfig, index: int) -> Iterator[int]:
         yield rng.randint(lo, hi)
 
 
+def move_mistakes(cfg: SelfPlayConfig, index: int) -> random.Random:
+    """Game ``index``'s stream for ``mistake_rate``: one draw a move after the opening (and one
+    more for a random mistake's move), its own so that games without mistakes stay as they were."""
+    return random.Random(f"selfplay-mistakes:{cfg.seed}:{index}")
+
+
 def game_book_line(cfg: SelfPlayConfig, index: int, book: list[list[str]]) -> list[str] | None:
     """The book line game ``index`` starts from (UCI moves), or None (random plies)."""
     if not book or not cfg.book_fraction:
@@ -271,6 +284,8 @@ def play_game(engine: UciPipe, cfg: SelfPlayConfig, index: int, book: list[list[
             moves.append(move.uci())
     go = go_command(cfg, game_nodes(cfg, index))
     budgets = move_nodes(cfg, index) if cfg.jitter_per_move else None
+    mistakes = move_mistakes(cfg, index) if cfg.mistake_rate else None
+    shallow = f"go nodes {cfg.mistake_nodes}" if cfg.mistake_nodes else ""
     engine.new_game()
     while True:
         termination = game_over(board, claim_draws=cfg.claim_draws)
@@ -280,7 +295,13 @@ def play_game(engine: UciPipe, cfg: SelfPlayConfig, index: int, book: list[list[
             return None
         if budgets is not None:
             go = go_command(cfg, next(budgets))
-        uci = engine.bestmove(moves, go)
+        if mistakes is not None and mistakes.random() < cfg.mistake_rate:
+            if shallow:
+                uci = engine.bestmove(moves, shallow)
+            else:
+                uci = mistakes.choice(list(board.legal_moves)).uci()
+        else:
+            uci = engine.bestmove(moves, go)
         try:
             move = chess.Move.from_uci(uci)
         except ValueError:
@@ -444,10 +465,13 @@ def run_selfplay(cfg: SelfPlayConfig, *, progress_bar: bool = True) -> dict[str,
     todo = sum(e - s for s, e in tasks)
     workers = min(cfg.worker_count, max(1, len(tasks)))
     logger.info(
-        "self-play: {} games requested, {} to play in {} chunks, {} workers, {}{}{}{}",
+        "self-play: {} games requested, {} to play in {} chunks, {} workers, {}{}{}{}{}",
         cfg.games, todo, len(tasks), workers, go_command(cfg),
         f" (nodes +-{cfg.nodes_jitter:.0%} a game)" if cfg.nodes_jitter else "",
         f", {cfg.book_fraction:.0%} of games from book lines" if cfg.book_fraction else "",
+        (f", {cfg.mistake_rate:.1%} of moves mistakes ("
+         + (f"Stockfish at {cfg.mistake_nodes} nodes)" if cfg.mistake_nodes else "random legal moves)")
+         if cfg.mistake_rate else ""),
         f", stopping after {cfg.max_seconds:g} s" if cfg.max_seconds else "",
     )  # fmt: skip
     t0 = time.perf_counter()

@@ -21,8 +21,10 @@ from training.selfplay import (
     find_stockfish,
     game_book_line,
     game_nodes,
+    game_rng,
     load_book,
     missing_ranges,
+    move_mistakes,
     move_nodes,
     play_game,
     run_selfplay,
@@ -153,6 +155,63 @@ def test_book_games_repeat_with_one_budget_a_game_and_differ_with_one_a_move(sto
     assert len(played[True]) == 30
 
 
+def test_mistakes_are_the_games_own_random_moves_and_fixed_by_seed_and_index(stockfish_path: str) -> None:
+    """With ``mistake_rate`` a move after the opening is, when the game's own stream says so, the
+    stream's random legal move instead of Stockfish's: replaying the stream over the game finds
+    exactly those moves; a rerun plays the same games, and the games differ from the ones without
+    mistakes, which stay as they were."""
+    engine = UciPipe(find_stockfish(stockfish_path), hash_mb=16, elo=0)
+    try:
+        plain_cfg = SelfPlayConfig(nodes=20, seed=5)
+        cfg = SelfPlayConfig(nodes=20, seed=5, mistake_rate=0.3)
+        plain = [play_game(engine, plain_cfg, i) for i in range(6)]
+        games = [play_game(engine, cfg, i) for i in range(6)]
+        again = [play_game(engine, cfg, i) for i in range(6)]
+        plain_again = [play_game(engine, plain_cfg, i) for i in range(6)]
+    finally:
+        engine.close()
+    assert all(g is not None for g in plain + games)
+    assert [g.moves for g in games] == [g.moves for g in again if g is not None]
+    assert [g.moves for g in plain] == [g.moves for g in plain_again if g is not None]
+    assert sum(g.moves != p.moves for g, p in zip(games, plain)) >= 5  # type: ignore[union-attr]
+    total_mistakes = 0
+    for i, game in enumerate(games):
+        assert game is not None
+        opening = game_rng(cfg.seed, i).randint(cfg.random_plies_min, cfg.random_plies_max)
+        board = chess.Board()
+        for uci in game.moves[:opening]:
+            board.push_uci(uci)
+        stream = move_mistakes(cfg, i)
+        for uci in game.moves[opening:]:
+            if stream.random() < cfg.mistake_rate:
+                expected = stream.choice(list(board.legal_moves)).uci()
+                assert uci == expected, f"game {i}: the mistake at ply {board.ply()} is not the stream's move"
+                total_mistakes += 1
+            board.push_uci(uci)
+        assert board.is_game_over(claim_draw=True)
+    plies = sum(len(g.moves) for g in games if g is not None)
+    assert 0.15 * plies < total_mistakes < 0.45 * plies  # about 30% of the moves after the opening
+
+
+def test_shallow_mistakes_and_bad_mistake_settings(stockfish_path: str) -> None:
+    engine = UciPipe(find_stockfish(stockfish_path), hash_mb=16, elo=0)
+    try:
+        cfg = SelfPlayConfig(nodes=200, seed=2, mistake_rate=0.5, mistake_nodes=1)
+        game = play_game(engine, cfg, 0)
+        assert game is not None and game.moves == play_game(engine, cfg, 0).moves  # type: ignore[union-attr]
+        assert game.moves != play_game(engine, SelfPlayConfig(nodes=200, seed=2), 0).moves  # type: ignore[union-attr]
+    finally:
+        engine.close()
+    with pytest.raises(ConfigError, match=r"mistake_rate must be in \[0, 1\)"):
+        SelfPlayConfig(mistake_rate=1.0)
+    with pytest.raises(ConfigError, match="mistake_rate must be"):
+        SelfPlayConfig(mistake_rate=-0.1)
+    with pytest.raises(ConfigError, match="mistake_nodes needs mistake_rate"):
+        SelfPlayConfig(mistake_nodes=1)
+    with pytest.raises(ConfigError, match="mistake_nodes must be >= 0"):
+        SelfPlayConfig(mistake_rate=0.1, mistake_nodes=-1)
+
+
 def test_time_limit_keeps_played_games_and_resumes_exactly(tmp_path: Path, stockfish_path: str) -> None:
     args = [
         "games=300", "chunk_games=300", "workers=1", "nodes=20", "nodes_jitter=0.3", "book_fraction=0.5",
@@ -191,6 +250,9 @@ def test_a_folder_from_before_the_jitter_keys_resumes_only_without_jitter(tmp_pa
             load_selfplay_config(None, [*base, "games=4", "nodes_jitter=0.2", "jitter_per_move=true"]),
             progress_bar=False,
         )
+    cfg_file.write_text(old + "\n")  # and before the mistakes: it resumes without them only
+    with pytest.raises(SelfPlayError, match=r"mistake_rate: 0.0 -> 0.05"):
+        run_selfplay(load_selfplay_config(None, [*base, "games=4", "mistake_rate=0.05"]), progress_bar=False)
 
 
 def test_sigterm_keeps_finished_chunks_and_writes_the_manifest(tmp_path: Path, stockfish_path: str) -> None:
