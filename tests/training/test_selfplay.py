@@ -173,7 +173,7 @@ def test_mistakes_are_the_games_own_random_moves_and_fixed_by_seed_and_index(sto
     assert all(g is not None for g in plain + games)
     assert [g.moves for g in games] == [g.moves for g in again if g is not None]
     assert [g.moves for g in plain] == [g.moves for g in plain_again if g is not None]
-    assert sum(g.moves != p.moves for g, p in zip(games, plain)) >= 5  # type: ignore[union-attr]
+    assert sum(g.moves != p.moves for g, p in zip(games, plain, strict=True)) >= 5  # type: ignore[union-attr]
     total_mistakes = 0
     for i, game in enumerate(games):
         assert game is not None
