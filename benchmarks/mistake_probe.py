@@ -34,19 +34,18 @@ import chess.engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.configtools import read_yaml  # noqa: E402
-from training.config import SelfPlayConfig  # noqa: E402
-from training.selfplay import find_stockfish, game_book_line, game_rng, load_book, move_mistakes  # noqa: E402
+from training.config import SelfPlayConfig, load_selfplay_config  # noqa: E402
+from training.selfplay import (  # noqa: E402
+    chunk_name,
+    draw_mistake,
+    find_stockfish,
+    finished_chunks,
+    load_book,
+    move_mistakes,
+    opening_moves,
+)
 
 CAP = 1000
-
-
-def opening_plies(cfg: SelfPlayConfig, index: int, book: list[list[str]]) -> int:
-    """How many plies of game ``index`` came before Stockfish's first move (book line or random plies)."""
-    line = game_book_line(cfg, index, book)
-    if line is not None:
-        return len(line)
-    return game_rng(cfg.seed, index).randint(cfg.random_plies_min, cfg.random_plies_max)
 
 
 def mistake_positions(
@@ -60,19 +59,17 @@ def mistake_positions(
     mistakes: list[tuple[str, str]] = []
     budget: list[tuple[str, str]] = []
     seen = 0
-    for chunk in sorted(folder.glob("games-*.parquet")):
-        first = int(chunk.name.split("-")[1])
-        for offset, moves in enumerate(pq.read_table(chunk).column("Moves").to_pylist()):
-            index = first + offset
-            n_open = opening_plies(cfg, index, book)
+    for first, end in finished_chunks(folder):
+        for index, moves in enumerate(
+            pq.read_table(folder / chunk_name(first, end)).column("Moves").to_pylist(), first
+        ):
+            n_open = len(opening_moves(cfg, index, book))
             board = chess.Board()
             for uci in moves[:n_open]:
                 board.push_uci(uci)
             stream = move_mistakes(cfg, index)
             for uci in moves[n_open:]:
-                if stream.random() < cfg.mistake_rate:
-                    if not cfg.mistake_nodes:
-                        stream.choice(list(board.legal_moves))  # the draw that picked the random move
+                if draw_mistake(stream, cfg, board)[0]:
                     if len(mistakes) < limit:
                         mistakes.append((board.fen(), uci))
                 else:
@@ -135,8 +132,7 @@ def main() -> int:
     cfg_file = args.games / "selfplay_config.yaml"
     if not cfg_file.is_file():
         ap.error(f"{args.games}: no selfplay_config.yaml (not a self-play folder)")
-    raw = read_yaml(cfg_file)
-    cfg = SelfPlayConfig(**{k: v for k, v in raw.items() if k in SelfPlayConfig.__dataclass_fields__})
+    cfg = load_selfplay_config(cfg_file)
     if not cfg.mistake_rate:
         ap.error(f"{args.games} was played without mistakes (mistake_rate 0)")
     t0 = time.perf_counter()

@@ -199,9 +199,20 @@ def move_nodes(cfg: SelfPlayConfig, index: int) -> Iterator[int]:
 
 
 def move_mistakes(cfg: SelfPlayConfig, index: int) -> random.Random:
-    """Game ``index``'s stream for ``mistake_rate``: one draw a move after the opening (and one
-    more for a random mistake's move), its own so that games without mistakes stay as they were."""
+    """Game ``index``'s stream for ``mistake_rate`` (read by :func:`draw_mistake`), its own so
+    that games without mistakes stay as they were."""
     return random.Random(f"selfplay-mistakes:{cfg.seed}:{index}")
+
+
+def draw_mistake(stream: random.Random, cfg: SelfPlayConfig, board: chess.Board) -> tuple[bool, str | None]:
+    """Whether the move at ``board`` is a mistake (one draw of the game's stream) and, for a
+    random mistake (``mistake_nodes: 0``), its move (one more draw); a shallow mistake's move
+    is Stockfish's, so None. The one rule for self-play and for finding its mistakes again."""
+    if stream.random() >= cfg.mistake_rate:
+        return False, None
+    if cfg.mistake_nodes:
+        return True, None
+    return True, stream.choice(list(board.legal_moves)).uci()
 
 
 def game_book_line(cfg: SelfPlayConfig, index: int, book: list[list[str]]) -> list[str] | None:
@@ -263,25 +274,28 @@ def _result(board: chess.Board, termination: chess.Termination) -> str:
     return "1/2-1/2"
 
 
+def opening_moves(cfg: SelfPlayConfig, index: int, book: list[list[str]]) -> list[str]:
+    """Game ``index``'s moves before Stockfish's first (UCI): its book line, or its random plies."""
+    line = game_book_line(cfg, index, book)
+    if line is not None:
+        return list(line)
+    board = chess.Board()
+    rng = game_rng(cfg.seed, index)
+    for _ in range(rng.randint(cfg.random_plies_min, cfg.random_plies_max)):
+        legal = list(board.legal_moves)
+        if not legal:
+            break
+        board.push(rng.choice(legal))
+    return [m.uci() for m in board.move_stack]
+
+
 def play_game(engine: UciPipe, cfg: SelfPlayConfig, index: int, book: list[list[str]] | None = None) -> PlayedGame | None:
     """Game ``index``: a book line or random opening plies, then Stockfish against itself
     at the game's node budget. None: discarded (too long)."""
     board = chess.Board()
-    moves: list[str] = []
-    line = game_book_line(cfg, index, book or [])
-    if line is not None:
-        for uci in line:
-            board.push_uci(uci)
-            moves.append(uci)
-    else:
-        rng = game_rng(cfg.seed, index)
-        for _ in range(rng.randint(cfg.random_plies_min, cfg.random_plies_max)):
-            legal = list(board.legal_moves)
-            if not legal:
-                break
-            move = rng.choice(legal)
-            board.push(move)
-            moves.append(move.uci())
+    moves = opening_moves(cfg, index, book or [])
+    for uci in moves:
+        board.push_uci(uci)
     go = go_command(cfg, game_nodes(cfg, index))
     budgets = move_nodes(cfg, index) if cfg.jitter_per_move else None
     mistakes = move_mistakes(cfg, index) if cfg.mistake_rate else None
@@ -295,13 +309,8 @@ def play_game(engine: UciPipe, cfg: SelfPlayConfig, index: int, book: list[list[
             return None
         if budgets is not None:
             go = go_command(cfg, next(budgets))
-        if mistakes is not None and mistakes.random() < cfg.mistake_rate:
-            if shallow:
-                uci = engine.bestmove(moves, shallow)
-            else:
-                uci = mistakes.choice(list(board.legal_moves)).uci()
-        else:
-            uci = engine.bestmove(moves, go)
+        mistake, random_uci = draw_mistake(mistakes, cfg, board) if mistakes is not None else (False, None)
+        uci = random_uci or engine.bestmove(moves, shallow if mistake else go)
         try:
             move = chess.Move.from_uci(uci)
         except ValueError:
