@@ -77,7 +77,9 @@ SELFPLAY_BESIDE (unset; SEED: self-play on the CPU cores, at the lowest priority
 trains, into WORK/selfplay-SEED, a RESUME call going on where it stopped; each call returns the
 whole set so far as ``selfplay-SEED.tgz``. Needs EVAL_OPPONENTS=none and Stockfish, which with
 the ~48 MB tree travels in parts: ``gpu_carry.sh --stockfish --games ... --pack --split 18``),
-SELFPLAY_WORKERS (12: the trainer keeps the other cores).
+SELFPLAY_WORKERS (12: the trainer keeps the other cores), SELFPLAY_OVERRIDES (unset; key=value words for the
+self-play recipe of ``selfplay`` and SELFPLAY_BESIDE, after its own, e.g. ``mistake_rate=0.03``: set AL's
+kind of games, 3% of the moves after the opening a random legal move).
 
 The device calls, in order (made by the lead with the ``run`` tool; any kind with one GPU)
 ----------------------------------------------------------------------------------------
@@ -260,7 +262,19 @@ def selfplay_command(seed: int, folder: Path, workers: int, seconds: float, sf: 
         f"seed={seed}", f"nodes={env_int('NODES', 600)}", "nodes_jitter=0.25", "jitter_per_move=true",
         "random_plies_min=4", "random_plies_max=8", "book_fraction=0.2",
         "chunk_games=100", f"max_seconds={seconds:.0f}", f"stockfish={sf}",
+        *selfplay_overrides(),
     )  # fmt: skip
+
+
+def selfplay_overrides() -> list[str]:
+    """SELFPLAY_OVERRIDES, checked: more key=value words for the self-play recipe, after its own
+    (so they win), e.g. ``mistake_rate=0.03`` for set AL's kind of games. The keys themselves are
+    checked by ``dataset selfplay``, which names a wrong one before any game is played."""
+    words = (os.environ.get("SELFPLAY_OVERRIDES") or "").split()
+    bad = [w for w in words if "=" not in w or w.startswith("=")]
+    if bad:
+        sys.exit(f"SELFPLAY_OVERRIDES: {' '.join(bad)} is not key=value (e.g. SELFPLAY_OVERRIDES='mistake_rate=0.03')")
+    return words
 
 
 def pack_selfplay(folder: Path) -> None:

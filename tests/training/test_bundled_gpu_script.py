@@ -342,6 +342,17 @@ def test_selfplay_beside_training_is_checked(driver: ModuleType, monkeypatch: py
         assert word in cmd
     assert cmd[cmd.index("--out") + 1] == "/w/selfplay-160"
     assert cmd[cmd.index("--workers") + 1] == "12"
+    assert not any(w.startswith("mistake_rate=") for w in cmd)
+
+
+def test_selfplay_overrides_go_after_the_recipe(driver: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SELFPLAY_OVERRIDES", "mistake_rate=0.03 nodes=800")
+    cmd = driver.selfplay_command(370, Path("/w/selfplay-370"), 15, 480, "/tmp/sf")
+    assert cmd[-2:] == ["mistake_rate=0.03", "nodes=800"]
+    assert cmd.index("nodes=600") < cmd.index("nodes=800")  # the later word wins in the config loader
+    monkeypatch.setenv("SELFPLAY_OVERRIDES", "mistake_rate=0.03 0.05")
+    with pytest.raises(SystemExit, match="SELFPLAY_OVERRIDES: 0.05 is not key=value"):
+        driver.selfplay_command(370, Path("/w/selfplay-370"), 15, 480, "/tmp/sf")
 
 
 def test_a_build_call_builds_the_carried_games_and_the_train_call_the_rest(
