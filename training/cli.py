@@ -1,5 +1,5 @@
 """Training subcommands of ``mistral-chess``: ``dataset selfplay``, ``dataset build``,
-``dataset merge``, ``dataset pack-games`` / ``unpack-games``, ``train``, ``merge`` and ``grow-model``. Heavy imports stay inside the handlers."""
+``dataset merge``, ``dataset pack-games`` / ``unpack-games``, ``train``, ``merge``, ``grow-model`` and ``combine-models``. Heavy imports stay inside the handlers."""
 
 from __future__ import annotations
 
@@ -112,6 +112,20 @@ def register(sub: Any) -> None:
                    help="dtype of the written weights (default float32)")
     g.set_defaults(func=_grow)
 
+    c = sub.add_parser(
+        "combine-models",
+        help="combine fine-tunes of one parent without training: their average, or the parent plus each one's change",
+        description="--mode average: the weighted mean of the models (a model soup; weights sum to 1, equal by default). "
+        "--mode task-sum: BASE + sum of w_i * (MODEL_i - BASE) (weights 1 by default). The models share the "
+        "architecture; int8/int4 weights are combined in float32 and stored as the first model stores them.",
+    )
+    c.add_argument("out", help="new folder for the combined model")
+    c.add_argument("models", nargs="+", help="two or more model folders, fine-tuned from one parent")
+    c.add_argument("--mode", default="average", choices=("average", "task-sum"))
+    c.add_argument("--base", help="the parent model folder (--mode task-sum)")
+    c.add_argument("--weights", help="one weight a model, comma-separated, e.g. 0.5,0.5")
+    c.set_defaults(func=_combine)
+
 
 def _overrides(args: argparse.Namespace, mapping: dict[str, Any]) -> list[str]:
     extra = [f"{key}={value}" for key, value in mapping.items() if value is not None]
@@ -191,6 +205,22 @@ def _merge(args: argparse.Namespace) -> int:
     configure_logging()
     out = merge_adapter(args.adapter, args.out, base=args.base, dtype=args.dtype, device=args.device)
     print(out)
+    return 0
+
+
+def _combine(args: argparse.Namespace) -> int:
+    from training.errors import TrainingError
+    from training.soup import combine_models
+
+    configure_logging()
+    weights = None
+    if args.weights:
+        try:
+            weights = [float(w) for w in args.weights.split(",")]
+        except ValueError:
+            raise TrainingError(f"--weights {args.weights!r}: give numbers separated by commas, e.g. 0.5,0.5") from None
+    recipe = combine_models(args.models, args.out, mode=args.mode, base=args.base, weights=weights)
+    print(json.dumps(recipe, indent=1))
     return 0
 
 
