@@ -151,10 +151,15 @@ def save_quantized(
     state: dict[str, Any], file: str | Path, *, group: int = 0, int4_modules: Iterable[str] = (), int4_group: int = 32
 ) -> Path:
     """``state`` written as :data:`INT8_FILE`-style storage to ``file``."""
+    stored = quantize_state_dict(state, group=group, int4_modules=int4_modules, int4_group=int4_group)
+    return write_quantized(stored, file)
+
+
+def write_quantized(stored: dict[str, Any], file: str | Path) -> Path:
+    """Tensors :func:`quantize_state_dict` made, written to ``file`` with the format's metadata."""
     import torch
     from safetensors.torch import save_file
 
-    stored = quantize_state_dict(state, group=group, int4_modules=int4_modules, int4_group=int4_group)
     fmt = FORMAT_INT4 if any(t.dtype == torch.uint8 for t in stored.values()) else FORMAT
     save_file(stored, str(file), metadata={"format": "pt", "mistral_chess": fmt})
     return Path(file)

@@ -270,8 +270,18 @@ def selfplay_overrides() -> list[str]:
     """SELFPLAY_OVERRIDES, checked: more key=value words for the self-play recipe, after its own
     (so they win), e.g. ``mistake_rate=0.03`` for set AL's kind of games. The keys themselves are
     checked by ``dataset selfplay``, which names a wrong one before any game is played."""
+    from engine.configtools import parse_overrides
+    from engine.errors import ConfigError
+
+    def is_override(word: str) -> bool:
+        try:
+            parse_overrides([word])  # the rule ``dataset selfplay`` reads the words by
+        except ConfigError:
+            return False
+        return True
+
     words = (os.environ.get("SELFPLAY_OVERRIDES") or "").split()
-    bad = [w for w in words if "=" not in w or w.startswith("=")]
+    bad = [w for w in words if not is_override(w)]
     if bad:
         sys.exit(f"SELFPLAY_OVERRIDES: {' '.join(bad)} is not key=value (e.g. SELFPLAY_OVERRIDES='mistake_rate=0.03')")
     return words

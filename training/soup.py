@@ -29,11 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from training.errors import TrainingError
+from training.grow import KEPT_FILES as GROW_KEPT_FILES
 
 MODES = ("average", "task-sum")
-# What the combined folder takes from the first model besides its weights (not its card or logs).
-KEPT_FILES = ("config.json", "generation_config.json", "engine_prompt.yaml", "special_tokens_map.json",
-              "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja")
+# What the combined folder takes from the first model besides its weights and tokenizer files (not
+# its card or logs): what grow-model keeps, with the config (the architecture is the same) and the
+# engine's prompt format.
+KEPT_FILES = ("config.json", "engine_prompt.yaml", *GROW_KEPT_FILES)
 RECIPE_FILE = "combine.json"
 
 
@@ -124,7 +126,7 @@ def combine_models(models: Sequence[str | Path], out: str | Path, *, mode: str =
     (also written as ``combine.json``) with how far the storage's rounding moved the weights."""
     import torch
 
-    from engine.int8store import INT8_FILE, dequantize_state_dict, quantize_state_dict, save_quantized
+    from engine.int8store import INT8_FILE, dequantize_state_dict, quantize_state_dict, write_quantized
 
     folders = [Path(m) for m in models]
     if len(folders) < 2:
@@ -187,9 +189,10 @@ def combine_models(models: Sequence[str | Path], out: str | Path, *, mode: str =
         save_file({k: v.contiguous() for k, v in combined.items()}, str(out / "model.safetensors"), metadata={"format": "pt"})
         recipe["requantize_rms"] = 0.0
     else:
-        save_quantized(combined, out / INT8_FILE, **storage)
+        stored = quantize_state_dict(combined, **storage)
+        write_quantized(stored, out / INT8_FILE)
         # How far the storage's rounding moved the combined weights, over all 2-D weights.
-        rounded = dequantize_state_dict(quantize_state_dict(combined, **storage), torch.float32)
+        rounded = dequantize_state_dict(stored, torch.float32)
         err = sum(float((rounded[k] - v).pow(2).sum()) for k, v in combined.items() if v.dim() == 2)
         norm = sum(float(v.pow(2).sum()) for v in combined.values() if v.dim() == 2)
         recipe["requantize_rms"] = (err / norm) ** 0.5 if norm else 0.0
