@@ -116,11 +116,12 @@ def register(sub: Any) -> None:
         "combine-models",
         help="combine fine-tunes of one parent without training: their average, or the parent plus each one's change",
         description="--mode average: the weighted mean of the models (a model soup; weights sum to 1, equal by default). "
-        "--mode task-sum: BASE + sum of w_i * (MODEL_i - BASE) (weights 1 by default). The models share the "
+        "--mode task-sum: BASE + sum of w_i * (MODEL_i - BASE) (weights 1 by default; one model with --weights 2 "
+        "goes on past it along its change from BASE). The models share the "
         "architecture; int8/int4 weights are combined in float32 and stored as the first model stores them.",
     )
     c.add_argument("out", help="new folder for the combined model")
-    c.add_argument("models", nargs="+", help="two or more model folders, fine-tuned from one parent")
+    c.add_argument("models", nargs="+", help="model folders fine-tuned from one parent (two or more for --mode average)")
     c.add_argument("--mode", default="average", choices=("average", "task-sum"))
     c.add_argument("--base", help="the parent model folder (--mode task-sum)")
     c.add_argument("--weights", help="one weight a model, comma-separated, e.g. 0.5,0.5")

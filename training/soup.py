@@ -8,7 +8,9 @@ need not conflict. Two ways to put them together without another training run:
   weights summing to 1 (equal by default). It stays between the arms.
 - ``task-sum`` (task arithmetic, Ilharco et al. 2023): the parent plus the sum of each
   arm's change from it, ``base + sum_i w_i (model_i - base)`` (weights 1 by default): both
-  updates at once, as if the arms had been trained one after the other.
+  updates at once, as if the arms had been trained one after the other. With one model it
+  scales that model's change: ``--weights 2`` goes on past it along the same line
+  (extrapolation), ``0.5`` stops halfway.
 
 The models must share the architecture (``config.json``, tensor names and shapes). Weights
 stored as int8/int4 (:mod:`engine.int8store`) are read dequantized, combined in float32 and
@@ -129,10 +131,11 @@ def combine_models(models: Sequence[str | Path], out: str | Path, *, mode: str =
     from engine.int8store import INT8_FILE, dequantize_state_dict, quantize_state_dict, write_quantized
 
     folders = [Path(m) for m in models]
-    if len(folders) < 2:
-        raise TrainingError(f"combine-models needs at least two models, got {len(folders)}")
     if mode not in MODES:
         raise TrainingError(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if not folders or (mode == "average" and len(folders) < 2):
+        need = "at least two models" if mode == "average" else "at least one model"
+        raise TrainingError(f"--mode {mode} needs {need}, got {len(folders)}")
     if mode == "task-sum" and base is None:
         raise TrainingError("--mode task-sum adds each model's change from their parent: give the parent with --base")
     if mode == "average" and base is not None:

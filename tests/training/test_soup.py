@@ -60,6 +60,13 @@ def test_average_and_task_sum_of_float_models(family: tuple[Path, Path, Path], t
     model = load_causal_lm(tmp_path / "sum", dtype=torch.float32)
     assert sum(p.numel() for p in model.parameters()) > 0
 
+    # one model: its change from the parent scaled, here carried on past it (extrapolation)
+    recipe = combine_models([a], tmp_path / "far", mode="task-sum", base=base, weights=[2.0])
+    far = read_weights(tmp_path / "far")
+    for k in wa:
+        torch.testing.assert_close(far[k], w0[k] + 2.0 * (wa[k] - w0[k]), rtol=0, atol=1e-5)
+    assert recipe["weights"] == [2.0] and recipe["models"] == [str(a)]
+
 
 def test_int8_models_are_combined_and_stored_as_the_first_is(family: tuple[Path, Path, Path], tmp_path: Path) -> None:
     base, a, b = family
@@ -87,8 +94,10 @@ def test_bad_combinations_are_refused(family: tuple[Path, Path, Path], tmp_path:
     from engine.tiny import make_tiny_mistral
 
     base, a, b = family
-    with pytest.raises(TrainingError, match="at least two models"):
+    with pytest.raises(TrainingError, match="--mode average needs at least two models, got 1"):
         combine_models([a], tmp_path / "x")
+    with pytest.raises(TrainingError, match="--mode task-sum needs at least one model, got 0"):
+        combine_models([], tmp_path / "x", mode="task-sum", base=base)
     with pytest.raises(TrainingError, match="give the parent with --base"):
         combine_models([a, b], tmp_path / "x", mode="task-sum")
     with pytest.raises(TrainingError, match="--base is for --mode task-sum"):
