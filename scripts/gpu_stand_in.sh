@@ -47,6 +47,9 @@ fi
 if [ -e "$MARK" ]; then
     echo "a stand-in is already in place ($(cat "$MARK")): run --restore first" >&2; exit 1
 fi
+if [ -f "$HOOK" ] && ! grep -q "gpu_stand_in.sh" "$HOOK"; then
+    echo "$HOOK is a pre-commit hook of yours: this script would replace it; move it aside first" >&2; exit 1
+fi
 if [ -n "$(git status --porcelain -- "$MODEL")" ]; then
     echo "$MODEL has uncommitted changes or untracked files: commit or remove them first" >&2; exit 1
 fi

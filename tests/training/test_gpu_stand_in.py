@@ -114,6 +114,15 @@ def test_bad_arguments_are_refused_and_change_nothing(repo: Path, args: list[str
     assert git(repo, "status", "--porcelain") == "" and not (repo / ".gpu2/STAND_IN").exists()
 
 
+def test_a_pre_commit_hook_of_the_user_is_not_replaced(repo: Path) -> None:
+    hook = repo / ".git" / "hooks" / "pre-commit"
+    hook.parent.mkdir(parents=True, exist_ok=True)
+    hook.write_text("#!/bin/sh\nexit 0\n")
+    done = run(repo, "engine/data/arms/v9")
+    assert done.returncode == 1 and "pre-commit hook of yours" in done.stderr
+    assert hook.read_text() == "#!/bin/sh\nexit 0\n" and git(repo, "status", "--porcelain") == ""
+
+
 def test_a_changed_bundled_model_is_not_overwritten(repo: Path) -> None:
     (repo / MODEL / "config.json").write_text('{"edited": true}\n')
     done = run(repo, "engine/data/arms/v9")
