@@ -84,7 +84,7 @@ cp "$folder"/* "$MODEL"/
 if [ "$drop" = 1 ]; then
     git ls-files -z 'benchmarks/results/*.pgn' 'benchmarks/results/*.pgn.gz' 'benchmarks/results/*.png' | xargs -0 rm -f
 fi
-# (files taken out of the tree are still listed by git: du leaves them out of its total and fails)
-tree=$( (git ls-files -z --cached --others --exclude-standard | xargs -0 du -cb 2>/dev/null || true) | tail -1 | cut -f1)
+source scripts/tree_size.sh
+tree=$(travelling_tree_bytes)
 echo "$src stands in for $MODEL; the working tree that travels now takes $tree bytes (a call carries 67108864 with its carried folders)"
 echo "after the call: bash scripts/gpu_stand_in.sh --restore"

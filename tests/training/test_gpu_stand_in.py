@@ -37,6 +37,7 @@ def repo(tmp_path: Path) -> Path:
     repo = tmp_path / "repo"
     (repo / "scripts").mkdir(parents=True)
     shutil.copy2(ROOT / "scripts" / "gpu_stand_in.sh", repo / "scripts")
+    shutil.copy2(ROOT / "scripts" / "tree_size.sh", repo / "scripts")
     model_folder(repo / MODEL, b"bundled weights")
     (repo / "benchmarks" / "results").mkdir(parents=True)
     (repo / "benchmarks" / "results" / "match.pgn.gz").write_bytes(b"pgn")
