@@ -15,7 +15,8 @@
 #                        each was committed, then removed from the tree so that GPU calls do not
 #                        carry it), unpacked from the commits that added them to .gpu2/datasets/
 #                        (GAMES='.gpu2/datasets/*' for bundled_gpu.py train); --games NAME[,NAME...]
-#                        (selfplay-20) or COMMIT[,...] takes those sets only. All sets (D 24 MB,
+#                        (selfplay-20) takes those sets only, --games COMMIT[,...] every set in
+#                        those commits' trees. All sets (D 24 MB,
 #                        E 12 MB) with the 40 MB tree are more than one call may carry.
 #   with --pack:         each set of --games packed into .gpu2/datasets/NAME.mcg (xz, format version 2:
 #                        ~111 bytes a game instead of ~186; training/packgames.py), about 1.7 times
@@ -106,21 +107,26 @@ if [ -n "$games" ]; then
         # the hashes does not lose them.
         commits=$(git log --diff-filter=A --format=%H -- 'datasets/*/manifest.json')
         [ -n "$commits" ] || { echo "no self-play set in the history (datasets/*/manifest.json)" >&2; exit 1; }
+        picks=""
+        for c in $commits; do picks="$picks $c:*"; done
     else
-        # Comma-separated commits or set names (selfplay-20: the commit that added its manifest).
-        commits=""
+        # Comma-separated commits (every set in their tree) or set names (selfplay-20: that set
+        # alone, from the commit that added its manifest, which may hold other sets too).
+        picks=""
         for g in ${games//,/ }; do
             if git rev-parse -q --verify "$g^{commit}" >/dev/null 2>&1; then
-                commits="$commits $g"
+                picks="$picks $g:*"
             else
                 c=$(git log --diff-filter=A --format=%H -- "datasets/$g/manifest.json")
                 [ -n "$c" ] || { echo "--games $g: neither a commit nor a set in the history (datasets/README.md)" >&2; exit 1; }
-                commits="$commits $c"
+                picks="$picks $c:datasets/$g"
             fi
         done
     fi
-    for c in $commits; do
+    for pick in $picks; do
+        c=${pick%%:*} only=${pick#*:}
         for set in $(git ls-tree --name-only "$c" datasets/ | grep -v '\.md$' | grep -v '^datasets/packed$'); do
+            [ "$only" = "*" ] || [ "$set" = "$only" ] || continue
             if [ "$pack" = 1 ]; then
                 # A packed copy kept in the history (datasets/packed/NAME.mcg, datasets/README.md)
                 # saves packing again (about 2 minutes per 35,000 games on 2 cores).
@@ -171,18 +177,19 @@ if [ "$split" -gt 0 ] && { [ -d .gpu2/datasets ] || ls .gpu2/stockfish.xz.part-*
         fi
     done
 fi
-tree=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
+source scripts/tree_size.sh
+tree=$(travelling_tree_bytes)  # what travels besides the folder (tracked files may have been taken out)
 over=0
 for d in .gpu[2-9] .gpu[1-9][0-9]; do
     [ -d "$d" ] || continue
     for e in "$d"/* "$d"/datasets/*; do
         [ -e "$e" ] && [ "$e" != "$d/datasets" ] && du -sh "$e"
     done
-    echo "$d: $(du -sh "$d" | cut -f1) to carry (+ the tracked tree, $tree bytes)"
+    echo "$d: $(du -sh "$d" | cut -f1) to carry (+ the working tree, $tree bytes)"
     # A device call carries 64 MiB in all: the tracked tree (and untracked files git does not ignore) plus the folder.
     total=$(($(du -sb "$d" | cut -f1) + tree))
     if [ "$total" -gt $((64 * 1024 * 1024)) ]; then
-        echo "WARNING: $d with the tracked tree is $total bytes, over the 64 MiB (67108864) a call carries: use a smaller --split" >&2
+        echo "WARNING: $d with the working tree is $total bytes, over the 64 MiB (67108864) a call carries: use a smaller --split" >&2
         over=1
     fi
 done
